@@ -1,0 +1,62 @@
+"""The codec protocol and registry."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from harness.errors import ArtifactError, ConfigError
+
+
+class CodecError(ArtifactError):
+    """Compressed data that cannot be decoded within its declared size."""
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a codec may know of its input: bytes per item and, for symbol streams, the alphabet."""
+
+    itemsize: int = 1
+    alphabet: int | None = None
+
+
+class Codec:
+    """Base class: subclasses set `name` and implement compress/decompress.
+
+    decompress must return exactly `raw_size` bytes or raise CodecError, and must never
+    produce (or allocate for) more than raw_size bytes, whatever the input says.
+    """
+
+    name: ClassVar[str] = ""
+
+    def compress(self, data: bytes, info: StreamInfo = StreamInfo()) -> bytes:
+        raise NotImplementedError
+
+    def decompress(self, data: bytes, raw_size: int, info: StreamInfo = StreamInfo()) -> bytes:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """Parameters needed to describe this codec in a manifest (JSON-able)."""
+        return dict(vars(self))
+
+
+REGISTRY: dict[str, str] = {
+    "raw": "entropy_codecs.raw:Raw",
+    "zlib": "entropy_codecs.zlib_codec:Zlib",
+    "lzma": "entropy_codecs.lzma_codec:Lzma",
+    "zstd": "entropy_codecs.zstd_codec:Zstd",
+    "brotli": "entropy_codecs.brotli_codec:Brotli",
+}
+
+
+def get_codec(name: str, **params: Any) -> Codec:
+    """Instantiate a registered codec by name (lazy import)."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown codec {name!r}; known codecs: {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name].split(":")
+    klass = getattr(importlib.import_module(module), cls)
+    try:
+        return klass(**params)
+    except TypeError as exc:
+        raise ConfigError(f"codec {name}: {exc}") from None

@@ -1,0 +1,114 @@
+"""The format protocol: tensors -> streams + meta -> tensors. Formats never see bytes or codecs."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harness.errors import ConfigError
+
+ROLES = ("codes", "codebook", "scales", "zeros", "mask", "outliers", "basis", "fp")
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Stream:
+    """One array to be stored; symbol streams carry their alphabet size (symbols are 0..alphabet-1)."""
+
+    data: np.ndarray
+    role: str
+    alphabet: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown stream role {self.role!r}; roles are {ROLES}")
+        if self.alphabet is not None and self.data.dtype.kind not in "ui":
+            raise ValueError(f"symbol stream must hold integers, got {self.data.dtype}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and original dtype of a tensor a unit reconstructs."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "float32" | "float16" | "bfloat16"
+
+    @classmethod
+    def of(cls, name: str, t: Tensor) -> TensorSpec:
+        return cls(name, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+
+@dataclass
+class Encoded:
+    """A format's output for one unit (one tensor, or a family sharing structure).
+
+    `recon` is the quantizer's own reconstruction, kept in memory only, against which the
+    decoded artifact is checked bit for bit.
+    """
+
+    format: str
+    tensors: list[TensorSpec]
+    streams: dict[str, Stream]
+    meta: dict[str, Any] = field(default_factory=dict)
+    recon: dict[str, Tensor] | None = None
+    nominal_bits: float = 0.0  # analytic bits for the whole unit (AQLM-style formulas)
+
+
+@dataclass
+class EncodeContext:
+    """What a format may use besides the weights: calibration Gram matrices and a device.
+
+    hessians[name] is the sum of x xᵀ over calibration inputs of that tensor's matmul
+    (shape in_features²), with hessian_counts[name] rows; H = 2·XXᵀ/n in GPTQ terms.
+    """
+
+    hessians: dict[str, Tensor] = field(default_factory=dict)
+    hessian_counts: dict[str, int] = field(default_factory=dict)
+    device: str = "cpu"
+    seed: int = 0
+
+
+class Format:
+    """Base class for formats. Subclasses set `name` and `rate_knob` and implement encode/decode."""
+
+    name: ClassVar[str] = ""
+    rate_knob: ClassVar[str | None] = None  # one scalar the budget search may move
+
+    def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
+        raise NotImplementedError
+
+    def decode(self, enc: Encoded) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """Settings that produced this format (JSON-able)."""
+        return dict(vars(self))
+
+
+REGISTRY: dict[str, str] = {
+    "passthrough": "formats.passthrough:Passthrough",
+    "scalar": "formats.scalar:Scalar",
+}
+
+
+def get_format(name: str, **params: Any) -> Format:
+    """Instantiate a registered format by name (lazy import)."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown format {name!r}; known formats: {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name].split(":")
+    klass = getattr(importlib.import_module(module), cls)
+    try:
+        return klass(**params)
+    except TypeError as exc:
+        raise ConfigError(f"format {name}: {exc}") from None

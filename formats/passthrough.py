@@ -1,0 +1,87 @@
+"""Passthrough: store a tensor as floats of a chosen dtype (or raw, for non-float tensors).
+
+Parameter Golf's rule for small tensors: float tensors are stored fp16 (control tensors fp32)
+and cast back to their original dtype on load; non-float tensors pass through exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
+from harness.errors import ConfigError
+
+STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+_NAMES = {v: k for k, v in STORAGE.items()}
+
+
+def single_tensor(fmt: str, tensors: dict[str, Tensor]) -> tuple[str, Tensor]:
+    """The one (name, tensor) of a unit; formats that take one tensor per call raise otherwise."""
+    if len(tensors) != 1:
+        raise ConfigError(f"format {fmt} encodes exactly one tensor per unit, got {len(tensors)}: {sorted(tensors)}")
+    ((name, t),) = tensors.items()
+    return name, t
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    """A CPU tensor as a numpy array; bf16 becomes its uint16 bit patterns."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16).copy()
+    return t.numpy().copy()
+
+
+def from_numpy(a: np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
+    """Inverse of to_numpy: `dtype` is the tensor dtype the array was made from (needed for bf16 only)."""
+    a = np.ascontiguousarray(a)
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """torch dtype from its TensorSpec name ("float32", "bfloat16", "int64", ...)."""
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ConfigError(f"unknown tensor dtype {name!r}")
+    return dt
+
+
+class Passthrough(Format):
+    """Store the tensor in `dtype` (fp32, fp16, bf16, or "keep" = its own dtype); decode casts back."""
+
+    name = "passthrough"
+    rate_knob = None
+
+    def __init__(self, dtype: str = "fp16") -> None:
+        if dtype not in ("fp32", "fp16", "bf16", "keep"):
+            raise ConfigError(f"passthrough dtype must be one of fp32, fp16, bf16, keep; got {dtype!r}")
+        self.dtype = dtype
+
+    def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
+        name, t = single_tensor(self.name, tensors)
+        t = t.detach().cpu()
+        if not t.is_floating_point():
+            storage, stored = "raw", t
+        else:
+            target = t.dtype if self.dtype == "keep" else STORAGE[self.dtype]
+            if target not in _NAMES:
+                raise ConfigError(f"passthrough: tensor {name} has unsupported dtype {t.dtype}")
+            storage, stored = _NAMES[target], t.to(target)
+        data = to_numpy(stored)
+        return Encoded(
+            format=self.name,
+            tensors=[TensorSpec.of(name, t)],
+            streams={"fp": Stream(data, "fp")},
+            meta={"storage": storage},
+            recon={name: stored.to(t.dtype)},
+            nominal_bits=float(t.numel() * stored.element_size() * 8),
+        )
+
+    def decode(self, enc: Encoded) -> dict[str, Tensor]:
+        (spec,) = enc.tensors
+        storage = enc.meta["storage"]
+        t = from_numpy(enc.streams["fp"].data, STORAGE.get(storage))
+        return {spec.name: t.reshape(spec.shape).to(torch_dtype(spec.dtype))}

@@ -1,0 +1,244 @@
+"""Scalar quantization: b-bit integer codes with one scale (and, asymmetric, one zero point) per
+row or per group of a row; round-to-nearest or GPTQ.
+
+Symmetric: qmax = 2^(b-1)-1, scale = max(clip/qmax, scale_floor) computed in fp32,
+q = clamp(round(clamp(w, ±clip)/scale), ±qmax), stored as q + qmax; decoded as
+q·float(scale stored in scale_dtype). With bits=8, clip="percentile", clip_q=0.9999984 and
+scale_floor=1/127 this is Parameter Golf's int8 rule, bit for bit. Asymmetric: range
+[max(min w, -clip), min(max w, clip)] widened to hold 0, scale = range/(2^b-1), zero =
+clamp(round(-lo/scale), 0, 2^b-1), q = clamp(round(w/scale)+zero, 0, 2^b-1), decoded
+(q-zero)·scale. Tensors that are not 2-D get one fp32 scale for the whole tensor (no floor;
+scale 1 when the clip is 0), as in Parameter Golf's vector path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
+from formats.gptq import gptq_quantize
+from formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
+from harness.errors import ConfigError
+
+SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+CLIPS = ("max", "percentile", "sdclip")
+QUANTILE_LIMIT = 16_000_000  # torch.quantile refuses longer slices
+
+
+def quantile(x: Tensor, q: float, force_sort: bool = False) -> Tensor:
+    """torch.quantile (linear interpolation) over the last dim; slices too long for it are sorted by hand."""
+    if x.shape[-1] <= QUANTILE_LIMIT and not force_sort:
+        return torch.quantile(x, q, dim=-1)
+    srt = torch.sort(x, dim=-1).values
+    rank = torch.tensor(q, dtype=x.dtype, device=x.device) * (x.shape[-1] - 1)
+    below, above = int(rank), int(torch.ceil(rank))
+    return torch.lerp(srt[..., below], srt[..., above], rank - below)
+
+
+def dequantize(q: Tensor, scale: Tensor, zero: Tensor | None) -> Tensor:
+    """fp32 values of integer codes q (..., n) under per-slice scale (...) and zero point (...) or None."""
+    if zero is not None:
+        q = q - zero[..., None]
+    return q.float() * scale[..., None]
+
+
+@dataclass
+class Grid:
+    """Quantization grid per (row, group): fp32 rounding scale, stored scale read as fp32, zero point."""
+
+    bits: int
+    clip: Tensor  # symmetric: |w| clip; asymmetric: unused
+    scale: Tensor  # fp32, used for rounding
+    deq_scale: Tensor  # the stored scale as fp32, used for reconstruction
+    zero: Tensor | None  # int32 zero point (asymmetric) or None
+
+    def quantize(self, x: Tensor) -> Tensor:
+        """Signed (symmetric) or unsigned (asymmetric) int32 codes of x (..., n) for a grid of shape (...)."""
+        if self.zero is None:
+            qmax = 2 ** (self.bits - 1) - 1
+            c = self.clip[..., None]
+            clipped = torch.maximum(torch.minimum(x, c), -c)
+            return torch.clamp(torch.round(clipped / self.scale[..., None]), -qmax, qmax).to(torch.int32)
+        q = torch.round(x / self.scale[..., None]) + self.zero[..., None]
+        return torch.clamp(q, 0, 2**self.bits - 1).to(torch.int32)
+
+    def select(self, idx: Tensor | int) -> Grid:
+        """The grid at groups idx of the last grid dim (an int drops that dim)."""
+        z = None if self.zero is None else self.zero[..., idx]
+        return Grid(self.bits, self.clip[..., idx], self.scale[..., idx], self.deq_scale[..., idx], z)
+
+    def to(self, device: str | torch.device) -> Grid:
+        z = None if self.zero is None else self.zero.to(device)
+        return Grid(self.bits, self.clip.to(device), self.scale.to(device), self.deq_scale.to(device), z)
+
+
+class Scalar(Format):
+    """b-bit scalar quantization per row or group, symmetric or asymmetric, RTN or GPTQ."""
+
+    name = "scalar"
+    rate_knob = "clip_k"  # per instance: "clip_k" with sdclip, else "bits"
+
+    def __init__(
+        self,
+        bits: int = 6,
+        group_size: int = 0,
+        symmetric: bool = True,
+        clip: str = "sdclip",
+        clip_q: float = 0.9999984,
+        clip_k: float = 12.85,
+        scale_dtype: str = "fp16",
+        scale_floor: float = 0.0,
+        gptq: bool = False,
+        damp: float = 0.01,
+        act_order: bool = False,
+        block_size: int = 128,
+        device: str = "cpu",
+    ) -> None:
+        if not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ConfigError(f"scalar: bits must be an integer in 2..8, got {bits!r}")
+        if not isinstance(group_size, int) or group_size < 0:
+            raise ConfigError(f"scalar: group_size must be 0 (per row) or a positive integer, got {group_size!r}")
+        if clip not in CLIPS:
+            raise ConfigError(f"scalar: clip must be one of {', '.join(CLIPS)}, got {clip!r}")
+        if not 0.0 < clip_q <= 1.0:
+            raise ConfigError(f"scalar: clip_q must be in (0, 1], got {clip_q!r}")
+        if not clip_k > 0:
+            raise ConfigError(f"scalar: clip_k must be positive, got {clip_k!r}")
+        if scale_dtype not in SCALE_DTYPES:
+            raise ConfigError(f"scalar: scale_dtype must be one of {', '.join(SCALE_DTYPES)}, got {scale_dtype!r}")
+        if not scale_floor >= 0:
+            raise ConfigError(f"scalar: scale_floor must be >= 0, got {scale_floor!r}")
+        if not damp >= 0 or not isinstance(block_size, int) or block_size < 1:
+            raise ConfigError(f"scalar: need damp >= 0 and block_size >= 1, got {damp!r}, {block_size!r}")
+        self.bits, self.group_size, self.symmetric = bits, group_size, bool(symmetric)
+        self.clip, self.clip_q, self.clip_k = clip, float(clip_q), float(clip_k)
+        self.scale_dtype, self.scale_floor = scale_dtype, float(scale_floor)
+        self.gptq, self.damp, self.act_order, self.block_size = bool(gptq), float(damp), bool(act_order), block_size
+        self.device = device
+        self.rate_knob = "clip_k" if clip == "sdclip" else "bits"
+
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "rate_knob"}
+
+    def _clip(self, x: Tensor) -> Tensor:
+        """Clip magnitude per slice of x (..., n) by the configured rule."""
+        if x.shape[-1] == 0:
+            return x.new_zeros(x.shape[:-1])
+        a = x.abs()
+        if self.clip == "max":
+            return a.amax(-1)
+        if self.clip == "percentile":
+            return quantile(a.reshape(-1, x.shape[-1]), self.clip_q).reshape(x.shape[:-1])
+        if x.shape[-1] == 1:  # no spread to measure: keep the value
+            return a.amax(-1)
+        return self.clip_k * x.std(-1)
+
+    def _grid(self, x: Tensor, per_tensor: bool) -> tuple[Grid, Tensor]:
+        """Grid for slices x (..., n) and the scales as stored; per_tensor: fp32 scale, no floor, 1 where 0."""
+        clip = self._clip(x)
+        levels = 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+        zero = None
+        if self.symmetric:
+            span = clip
+        else:
+            lo = torch.maximum(x.amin(-1), -clip).clamp_max(0.0) if x.shape[-1] else clip
+            hi = torch.minimum(x.amax(-1), clip).clamp_min(0.0) if x.shape[-1] else clip
+            span = hi - lo
+        if per_tensor:
+            scale = torch.where(span > 0, (span.double() / levels).float(), torch.ones_like(span))
+            stored = scale
+        else:
+            scale = (span / levels).clamp_min(self.scale_floor)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            stored = scale.to(SCALE_DTYPES[self.scale_dtype])
+        if not self.symmetric:
+            zero = torch.clamp(torch.round(-lo / scale), 0, levels).to(torch.int32)
+        return Grid(self.bits, clip, scale, stored.float(), zero), stored
+
+    def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
+        name, t = single_tensor(self.name, tensors)
+        if not t.is_floating_point():
+            raise ConfigError(f"scalar: tensor {name} has non-float dtype {t.dtype}")
+        w = t.detach().to(self.device, torch.float32)
+        if not bool(torch.isfinite(w).all()):
+            raise ConfigError(f"scalar: tensor {name} holds NaN or inf")
+        matrix = t.ndim == 2 and t.numel() > 0
+        if matrix:
+            rows, cols = t.shape
+            g = self.group_size or cols
+            if cols % g:
+                raise ConfigError(
+                    f"scalar: tensor {name} has rows of length {cols}, not divisible by group_size {self.group_size}"
+                )
+            x = w.reshape(rows, cols // g, g)
+        else:
+            x = w.reshape(1, 1, -1)
+        grid, stored = self._grid(x, per_tensor=not matrix)
+        if not bool(torch.isfinite(stored).all()):
+            raise ConfigError(f"scalar: tensor {name} has scales beyond scale_dtype {self.scale_dtype}; use fp32")
+        if matrix and self.gptq:
+            if name not in ctx.hessians:
+                raise ConfigError(f"scalar: gptq needs a Hessian for tensor {name}, none was collected")
+            flat = grid.select(torch.arange(cols, device=w.device) // g)  # one grid entry per column
+
+            def quantize_column(col: Tensor, j: int) -> tuple[Tensor, Tensor]:
+                sub = flat.select(j)
+                q = sub.quantize(col[:, None])
+                return q[:, 0], dequantize(q, sub.deq_scale, sub.zero)[:, 0]
+
+            hessian = ctx.hessians[name].to(self.device)
+            q = gptq_quantize(
+                w,
+                hessian,
+                quantize_column,
+                name=name,
+                block_size=self.block_size,
+                damp=self.damp,
+                act_order=self.act_order,
+            ).reshape(x.shape)
+        else:
+            q = grid.quantize(x)
+        q, grid, stored = q.cpu(), grid.to("cpu"), stored.cpu()
+
+        offset = 2 ** (self.bits - 1) - 1 if self.symmetric else 0
+        alphabet = 2**self.bits - 1 if self.symmetric else 2**self.bits
+        sym_dtype = np.uint8 if alphabet <= 256 else np.uint16
+        grid_shape = x.shape[:-1] if matrix else (1,)  # (rows, groups) or one scale
+        streams = {
+            "codes": Stream(
+                (q + offset).numpy().astype(sym_dtype).reshape(t.shape if matrix else -1), "codes", alphabet
+            ),
+            "scales": Stream(to_numpy(stored.reshape(grid_shape)), "scales"),
+        }
+        if grid.zero is not None:
+            streams["zeros"] = Stream(grid.zero.numpy().astype(sym_dtype).reshape(grid_shape), "zeros", 2**self.bits)
+        meta = {
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "group_size": int(x.shape[-1]),
+            "scale_dtype": self.scale_dtype if matrix else "fp32",
+        }
+        recon = dequantize(q, grid.deq_scale, grid.zero).reshape(t.shape).to(t.dtype)
+        n_scales = stored.numel()
+        nominal = t.numel() * self.bits + n_scales * (8 * stored.element_size() + (0 if self.symmetric else self.bits))
+        return Encoded(self.name, [TensorSpec.of(name, t)], streams, meta, {name: recon}, float(nominal))
+
+    def decode(self, enc: Encoded) -> dict[str, Tensor]:
+        (spec,) = enc.tensors
+        meta = enc.meta
+        bits, n = int(meta["bits"]), int(meta["group_size"])
+        scale = from_numpy(enc.streams["scales"].data, SCALE_DTYPES[meta["scale_dtype"]]).float()
+        codes = torch.from_numpy(np.ascontiguousarray(enc.streams["codes"].data).astype(np.int32))
+        zero = None
+        if meta["symmetric"]:
+            codes = codes - (2 ** (bits - 1) - 1)
+        else:
+            zero = torch.from_numpy(np.ascontiguousarray(enc.streams["zeros"].data).astype(np.int32))
+            zero = zero.reshape(scale.shape)
+        q = codes.reshape(*scale.shape, n)
+        return {spec.name: dequantize(q, scale, zero).reshape(spec.shape).to(torch_dtype(spec.dtype))}

@@ -1,0 +1,99 @@
+"""Whole-model artifacts: encode a state dict by its plan into a container file, and decode it back."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from formats import EncodeContext, Encoded, Format, get_format
+from harness import container, layout
+from harness.errors import ArtifactError, BytegolfError, ConfigError
+from harness.plan import Assignment
+
+ARTIFACT_NAME = "model.bgz"
+
+
+@dataclass
+class Written:
+    """What writing an artifact produced: units (with reconstructions), blob sizes, file size."""
+
+    units: list[Encoded]
+    final_bytes: int
+    blob_stored: list[int] = field(default_factory=list)
+    blob_raw: list[int] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def encode_state(state: dict[str, Tensor], plan: list[Assignment], ctx: EncodeContext, progress: bool = True) -> list[Encoded]:
+    """Encode each tensor with its assigned format (one unit per tensor)."""
+    cache: dict[str, Format] = {}
+    units = []
+    for a in tqdm(plan, desc="encode", unit="tensor", disable=not progress, leave=False):
+        key = a.format + json.dumps(a.params, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = get_format(a.format, **a.params)
+        try:
+            enc = cache[key].encode({a.name: state[a.name]}, ctx)
+        except BytegolfError:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"{a.format} could not encode {a.name}: {exc}") from None
+        enc.meta = {**enc.meta, "params": cache[key].config()}
+        units.append(enc)
+    return units
+
+
+def write(path: Path, units: list[Encoded], codec: str, codec_params: dict[str, Any], lay: layout.LayoutConfig, extra: dict[str, Any] | None = None) -> Written:
+    """Serialize the units through the layout and codec into one container file."""
+    t0 = time.perf_counter()
+    entries, blobs = layout.pack(units, codec, codec_params, lay)
+    manifest = {"units": entries, "layout": {"grouping": lay.grouping}, **(extra or {})}
+    size = container.write_artifact(path, manifest, blobs)
+    stored = container.stored_sizes(path)
+    return Written(units, size, stored, [len(b.raw) for b in blobs], manifest, {"write": time.perf_counter() - t0})
+
+
+def read(path: Path) -> tuple[dict[str, Tensor], list[Encoded]]:
+    """Decode every tensor from an artifact file alone; any inconsistency raises ArtifactError."""
+    manifest, blobs = container.read_artifact(path)
+    units = layout.unpack(manifest.get("units"), blobs)
+    out: dict[str, Tensor] = {}
+    for ui, unit in enumerate(units):
+        names = [t.name for t in unit.tensors]
+        try:
+            params = unit.meta.get("params", {})
+            if not isinstance(params, dict):
+                raise ArtifactError("format params must be an object")
+            fmt = get_format(unit.format, **params)
+            tensors = fmt.decode(unit)
+        except BytegolfError as exc:
+            raise ArtifactError(f"{path}: unit {ui} ({', '.join(names)}): {exc}") from None
+        except Exception as exc:  # a format's decoder meeting inconsistent streams
+            raise ArtifactError(f"{path}: unit {ui} ({', '.join(names)}) does not decode: {type(exc).__name__}: {exc}") from None
+        for spec in unit.tensors:
+            t = tensors.get(spec.name)
+            if t is None or tuple(t.shape) != spec.shape:
+                raise ArtifactError(f"{path}: unit {ui} decoded {spec.name} with the wrong shape")
+            out[spec.name] = t
+    return out, units
+
+
+def verify_bit_exact(decoded: dict[str, Tensor], units: list[Encoded]) -> None:
+    """Fail loudly unless every decoded tensor equals its quantizer's reconstruction bit for bit."""
+    for unit in units:
+        for spec in unit.tensors:
+            rec = (unit.recon or {}).get(spec.name)
+            got = decoded.get(spec.name)
+            if rec is None or got is None or rec.dtype != got.dtype or not torch.equal(rec, got):
+                raise ArtifactError(
+                    f"decode(encode(W)) differs from the {unit.format} reconstruction for {spec.name}: "
+                    "the format's decoder does not match its encoder"
+                )

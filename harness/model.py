@@ -1,0 +1,192 @@
+"""Parameter Golf's baseline GPT (same architecture and state-dict names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CONTROL_PATTERNS = (
+    "attn_scale",
+    "attn_scales",
+    "mlp_scale",
+    "mlp_scales",
+    "resid_mix",
+    "resid_mixes",
+    "q_gain",
+    "skip_weight",
+    "skip_weights",
+)
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the baseline model; the defaults are Parameter Golf's."""
+
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: int = 2
+    rope_base: float = 10000.0
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 1.5
+    tied_embed_init_std: float = 0.005
+
+
+def _rms(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class CastedLinear(nn.Linear):
+    """Bias-free linear whose weight is cast to the activation dtype at matmul time."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class Rotary(nn.Module):
+    """Rotary tables for one head dimension, cached per sequence length."""
+
+    def __init__(self, dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
+
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+            t = torch.arange(seq_len, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+        return self._cache[2].to(dtype), self._cache[3].to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.model_dim
+        if dim % cfg.num_heads or cfg.num_heads % cfg.num_kv_heads:
+            raise ValueError("model_dim must divide by num_heads and num_heads by num_kv_heads")
+        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
+        self.head_dim = dim // cfg.num_heads
+        kv_dim = cfg.num_kv_heads * self.head_dim
+        self.c_q = CastedLinear(dim, dim, bias=False)
+        self.c_k = CastedLinear(dim, kv_dim, bias=False)
+        self.c_v = CastedLinear(dim, kv_dim, bias=False)
+        self.proj = CastedLinear(dim, dim, bias=False)
+        self.proj._zero_init = True
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
+        self.rotary = Rotary(self.head_dim, cfg.rope_base)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, dim = x.shape
+        q = self.c_q(x).reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = _rms(q), _rms(k)
+        cos, sin = self.rotary(t, x.device, q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        return self.proj(y.transpose(1, 2).contiguous().reshape(b, t, dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = cfg.mlp_mult * cfg.model_dim
+        self.fc = CastedLinear(cfg.model_dim, hidden, bias=False)
+        self.proj = CastedLinear(hidden, cfg.model_dim, bias=False)
+        self.proj._zero_init = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(torch.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.model_dim
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp = MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0][None, None] * x + mix[1][None, None] * x0
+        x = x + self.attn_scale.to(x.dtype)[None, None] * self.attn(_rms(x))
+        return x + self.mlp_scale.to(x.dtype)[None, None] * self.mlp(_rms(x))
+
+
+class GPT(nn.Module):
+    """Baseline GPT: U-Net skips, tied embeddings, softcapped logits."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.num_encoder_layers = cfg.num_layers // 2
+        self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
+        n_skip = min(self.num_encoder_layers, self.num_decoder_layers)
+        self.skip_weights = nn.Parameter(torch.ones(n_skip, cfg.model_dim, dtype=torch.float32))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.tied_embed_init_std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and getattr(m, "_zero_init", False):
+                nn.init.zeros_(m.weight)
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        """Final normed hidden states, shape (batch, seq, dim)."""
+        x = _rms(self.tok_emb(ids))
+        x0 = x
+        skips: list[Tensor] = []
+        for i in range(self.num_encoder_layers):
+            x = self.blocks[i](x, x0)
+            skips.append(x)
+        for i in range(self.num_decoder_layers):
+            if skips:
+                x = x + self.skip_weights[i].to(x.dtype)[None, None] * skips.pop()
+            x = self.blocks[self.num_encoder_layers + i](x, x0)
+        return _rms(x)
+
+    def logits(self, ids: Tensor) -> Tensor:
+        """Softcapped logits, shape (batch, seq, vocab)."""
+        h = self.hidden(ids)
+        proj = F.linear(h, self.tok_emb.weight.to(h.dtype))
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(proj / cap)
+
+    def token_nll(self, ids: Tensor, targets: Tensor) -> Tensor:
+        """Per-token negative log-likelihood in nats (fp32), shape (batch, seq)."""
+        logits = self.logits(ids).float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        return nll.view_as(targets)
+
+    def forward(self, ids: Tensor, targets: Tensor) -> Tensor:
+        return self.token_nll(ids, targets).mean()
+
+
+def param_groups(model: GPT) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """(embedding, block matrices, control vectors) as Parameter Golf optimizes them."""
+    matrices, controls = [], []
+    for name, p in model.blocks.named_parameters():
+        if p.ndim == 2 and not any(c in name for c in CONTROL_PATTERNS):
+            matrices.append(p)
+        else:
+            controls.append(p)
+    controls.append(model.skip_weights)
+    return [model.tok_emb.weight], matrices, controls

@@ -1,0 +1,251 @@
+"""One run point: quantize, write the artifact, decode it from disk, evaluate, record the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from formats import EncodeContext
+from harness import artifact, checkpoint, data, layout, metrics, shards, tokenizer
+from harness.calibration import gram_matrices
+from harness.errors import ConfigError
+from harness.evaluate import EvalResult, evaluate
+from harness.model import ModelConfig
+from harness.plan import PlanConfig, Rule, make_plan
+
+log = logging.getLogger("bytegolf")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BYTEGOLF_CACHE", REPO / ".cache" / "bytegolf"))
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float))
+    os.replace(tmp, path)
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class Stages:
+    """Wall-clock seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):  # noqa: ANN204
+        t0 = time.perf_counter()
+        log.info("%s ...", name)
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def _params(node: DictConfig) -> tuple[str, dict[str, Any]]:
+    d = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(d, dict)
+    return str(d.pop("name")), d
+
+
+def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) -> EvalResult:  # noqa: ANN001
+    path = cache_dir() / "ref" / f"{_key(fp, OmegaConf.to_container(cfg.eval), cfg.device)}.json"
+    if path.is_file():
+        return EvalResult(**json.loads(path.read_text()))
+    r = evaluate(model, windows, tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, r.__dict__)
+    return r
+
+
+def _grams(model, files: data.DataFiles, cfg: DictConfig, fp: dict[str, str]) -> tuple[dict[str, torch.Tensor], int]:  # noqa: ANN001
+    if cfg.calib.windows <= 0:
+        return {}, 0
+    if not files.train:
+        raise ConfigError(f"calibration needs train shards but none match {cfg.data.train}")
+    path = cache_dir() / "calib" / f"{_key(fp['checkpoint'], fp['train'], OmegaConf.to_container(cfg.calib))}.safetensors"
+    if path.is_file():
+        from safetensors.torch import load_file
+
+        g = load_file(str(path))
+        return g, int(g.pop("__rows__").item())
+    win = data.windows(shards.read_shards(files.train), cfg.calib.seq_len, cfg.calib.windows)
+    grams, rows = gram_matrices(model, win, cfg.device, cfg.calib.batch_size)
+    checkpoint.save_state_dict({**grams, "__rows__": torch.tensor([rows])}, path)
+    return grams, rows
+
+
+def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run one point of the grid and write result.json (plus the artifact) into out_dir."""
+    t_start = time.perf_counter()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    st = Stages()
+    fmt_name, fmt_params = _params(cfg.format)
+    codec_name, codec_params = _params(cfg.codec)
+
+    with st("load"):
+        state = checkpoint.load_state_dict(cfg.model.checkpoint)
+        base = ModelConfig(rope_base=cfg.model.rope_base, logit_softcap=cfg.model.logit_softcap, qk_gain_init=cfg.model.qk_gain_init)
+        ref_model = checkpoint.build_model(state, base)
+        files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
+        sp = tokenizer.load_tokenizer(files.tokenizer)
+        tables = tokenizer.byte_tables(sp, ref_model.cfg.vocab_size)
+        val = data.windows(shards.read_shards(files.val), cfg.eval.seq_len, cfg.eval.windows or None)
+        fp = {
+            "checkpoint": checkpoint.file_fingerprint(cfg.model.checkpoint),
+            "tokenizer": checkpoint.file_fingerprint(files.tokenizer),
+            "val": data.fingerprint(files.val),
+            "train": data.fingerprint(files.train) if files.train else "none",
+        }
+    with st("eval_reference"):
+        ref = _reference_eval(ref_model, val, tables, cfg, fp)
+    with st("calibrate"):
+        grams, rows = _grams(ref_model, files, cfg, fp)
+    with st("plan"):
+        plan_cfg = OmegaConf.to_object(cfg.plan)
+        assert isinstance(plan_cfg, PlanConfig)
+        plan_cfg.rules = [r if isinstance(r, Rule) else Rule(**r) for r in plan_cfg.rules]
+        plan = make_plan(state, plan_cfg, fmt_name, fmt_params)
+    with st("encode"):
+        ctx = EncodeContext(hessians=grams, hessian_counts=dict.fromkeys(grams, rows), device=cfg.device, seed=cfg.seed)
+        units = artifact.encode_state(state, plan, ctx)
+    path = out_dir / artifact.ARTIFACT_NAME
+    with st("write"):
+        written = artifact.write(path, units, codec_name, codec_params, layout.LayoutConfig(**cfg.layout))
+    with st("decode"):
+        decoded, _ = artifact.read(path)
+        artifact.verify_bit_exact(decoded, units)
+    with st("metrics"):
+        tensor_rows, roles = _tensor_metrics(state, decoded, units, grams, written)
+    with st("eval"):
+        model = checkpoint.build_model(decoded, base)
+        res = evaluate(model, val, tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size)
+
+    params = sum(t.numel() for t in state.values())
+    quantized = [r for r in tensor_rows if r["format"] != "passthrough"]
+    weights = [r["params"] for r in quantized]
+    nominal = sum(u.nominal_bits for u in units)
+    result = {
+        "format": fmt_name,
+        "codec": codec_name,
+        "format_params": fmt_params,
+        "codec_params": codec_params,
+        "layout": OmegaConf.to_container(cfg.layout),
+        "params": params,
+        "final_bytes": written.final_bytes,
+        "bits_per_weight": written.final_bytes * 8 / params,
+        "nominal_bits_per_weight": nominal / params,
+        "fits_cap": written.final_bytes <= cfg.budget.cap_bytes,
+        "cap_bytes": cfg.budget.cap_bytes,
+        "rel_mse": metrics.weighted_mean([r["rel_mse"] for r in quantized], weights),
+        "sqnr_db": metrics.weighted_mean([r["sqnr_db"] for r in quantized], weights),
+        "output_error": metrics.weighted_mean([r["output_error"] for r in quantized], weights),
+        "val_loss": res.loss,
+        "ppl": res.ppl,
+        "bpb": res.bpb,
+        "ref_val_loss": ref.loss,
+        "ref_bpb": ref.bpb,
+        "delta_bpb": res.bpb - ref.bpb,
+        "eval_tokens": res.tokens,
+        "eval_bytes": res.bytes,
+        "eval_precision": cfg.eval.precision,
+        "window_nll": res.window_nll,
+        "window_bytes": res.window_bytes,
+        "ref_window_nll": ref.window_nll,
+        "bytes_by_role": roles,
+        "entropy_bound_bytes": sum(r["bound"] for r in roles.values()),
+        "tensors": tensor_rows,
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "stage_seconds": st.seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": cfg.device,
+        "git_revision": git_revision(),
+        "fingerprints": fp,
+        "calibration_rows": rows,
+        "artifact": str(path),
+    }
+    write_json_atomic(out_dir / "result.json", result)
+    return result
+
+
+def _tensor_metrics(state, decoded, units, grams, written: artifact.Written) -> tuple[list[dict], dict[str, dict]]:  # noqa: ANN001
+    """Per-tensor error measures, and stored bytes plus entropy bounds per stream role."""
+    rows = []
+    for unit in units:
+        for spec in unit.tensors:
+            w, w_hat = state[spec.name], decoded[spec.name]
+            rel = metrics.rel_mse(w.float(), w_hat.float()) if w.is_floating_point() else 0.0
+            g = grams.get(spec.name)
+            out_err = metrics.output_error(w.float(), w_hat.float(), g) if g is not None and w.ndim == 2 else math.nan
+            rows.append(
+                {
+                    "name": spec.name,
+                    "format": unit.format,
+                    "params": w.numel(),
+                    "rel_mse": rel,
+                    "sqnr_db": metrics.sqnr_db(rel),
+                    "output_error": out_err,
+                    "nominal_bits": unit.nominal_bits,
+                }
+            )
+    roles: dict[str, dict] = {}
+    entries = written.manifest["units"]
+    blob_roles: dict[int, dict[str, int]] = {}
+    for unit, entry in zip(units, entries):
+        for st in entry["streams"]:
+            s = unit.streams[st["name"]]
+            raw_len = s.data.size * layout.storage_itemsize(st["dtype"])
+            blob_roles.setdefault(st["blob"], {}).setdefault(st["role"], 0)
+            blob_roles[st["blob"]][st["role"]] += raw_len
+            r = roles.setdefault(st["role"], {"bytes": 0.0, "raw": 0, "bound": 0.0})
+            r["raw"] += raw_len
+            if s.alphabet is not None:
+                r["bound"] += metrics.entropy_bound_bytes(s.data, s.alphabet)
+            else:
+                r["bound"] += metrics.byte_entropy_bound(s.data.tobytes())
+    for bi, by_role in blob_roles.items():
+        total = sum(by_role.values()) or 1
+        for role, raw_len in by_role.items():
+            roles[role]["bytes"] += written.blob_stored[bi] * raw_len / total
+    roles["header"] = {"bytes": float(written.final_bytes - sum(written.blob_stored)), "raw": 0, "bound": 0.0}
+    for r in roles.values():
+        r["bytes"] = round(r["bytes"], 1)
+        r["share"] = r["bytes"] / written.final_bytes
+    return rows, roles
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    """The one-line summary a run prints."""
+    return (
+        f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B ({r['bits_per_weight']:.3f} bits/weight, "
+        f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} output_err {r['output_error']:.3e} "
+        f"bpb {r['bpb']:.4f} (Δ {r['delta_bpb']:+.4f} vs {r['ref_bpb']:.4f})"
+        f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s"
+    )

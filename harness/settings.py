@@ -1,0 +1,93 @@
+"""Configuration schemas (dataclasses registered with Hydra's ConfigStore)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from dataclasses import MISSING, dataclass, field, make_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from entropy_codecs import REGISTRY as CODECS
+from formats import REGISTRY as FORMATS
+from harness.calibration import CalibConfig
+from harness.layout import LayoutConfig
+from harness.plan import PlanConfig
+from harness.train import TrainConfig
+
+
+@dataclass
+class ModelSettings:
+    """A checkpoint (safetensors or torch state dict) and the settings its tensors do not carry."""
+
+    checkpoint: str = MISSING
+    rope_base: float = 10000.0
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 1.5
+
+
+@dataclass
+class DataSettings:
+    """Tokenizer and shard globs. With `build`, `train` first makes them from `corpus` (a glob; null: stdlib sources)."""
+
+    tokenizer: str = MISSING
+    train: str = MISSING
+    val: str = MISSING
+    corpus: str | None = None
+    build: bool = False
+    vocab_size: int = 1024
+    val_fraction: float = 0.04
+
+
+@dataclass
+class EvalSettings:
+    """Fixed non-overlapping windows from the start of the validation shards (windows=0: all)."""
+
+    windows: int = 64
+    seq_len: int = 1024
+    batch_size: int = 8
+    precision: str = "fp32"
+
+
+@dataclass
+class BudgetSettings:
+    """The byte cap; `count_code` adds the decoder's code bytes to the artifact's."""
+
+    cap_bytes: int = 16_000_000
+    count_code: bool = False
+
+
+def _schema(kind: str, name: str, target: str) -> type:
+    """A dataclass with a `name` field plus the constructor parameters of a registered class."""
+    module, cls = target.split(":")
+    klass = getattr(importlib.import_module(module), cls)
+    hints = typing.get_type_hints(klass.__init__)
+    fields: list[Any] = [("name", str, field(default=name))]
+    for p in inspect.signature(klass.__init__).parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        default = p.default if p.default is not inspect.Parameter.empty else MISSING
+        if isinstance(default, (list, dict)):
+            fields.append((p.name, hints.get(p.name, Any), field(default_factory=lambda d=default: d)))
+        else:
+            fields.append((p.name, hints.get(p.name, Any), field(default=default)))
+    return make_dataclass(f"{kind.title()}_{name}", fields)
+
+
+def register() -> None:
+    """Put every schema into Hydra's ConfigStore (formats and codecs straight from their registries)."""
+    cs = ConfigStore.instance()
+    cs.store(group="model", name="base_model", node=ModelSettings)
+    cs.store(group="data", name="base_data", node=DataSettings)
+    cs.store(group="eval", name="base_eval", node=EvalSettings)
+    cs.store(group="calib", name="base_calib", node=CalibConfig)
+    cs.store(group="layout", name="base_layout", node=LayoutConfig)
+    cs.store(group="plan", name="base_plan", node=PlanConfig)
+    cs.store(group="budget", name="base_budget", node=BudgetSettings)
+    cs.store(group="train", name="base_train", node=TrainConfig)
+    for name, target in FORMATS.items():
+        cs.store(group="format", name=f"base_{name}", node=_schema("format", name, target))
+    for name, target in CODECS.items():
+        cs.store(group="codec", name=f"base_{name}", node=_schema("codec", name, target))

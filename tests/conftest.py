@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny bundle (tokenizer, shards, checkpoint) made from real stdlib sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import checkpoint, corpus, shards, tokenizer
+from harness.model import GPT, ModelConfig
+
+TINY = ModelConfig(vocab_size=512, num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> list[str]:
+    _, files = corpus.stdlib_files()
+    picked = [p for p in files if p.name in ("textwrap.py", "bisect.py", "heapq.py", "keyword.py", "fnmatch.py", "shlex.py")]
+    return [p.read_text(encoding="utf-8") for p in picked]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_texts: list[str]) -> Path:
+    """A bundle directory in the layout `bytegolf run bundle=DIR` expects, with a random tiny model."""
+    d = tmp_path_factory.mktemp("bundle")
+    tokenizer.train_tokenizer(tiny_texts[1:], d / "tokenizer.model", vocab_size=TINY.vocab_size)
+    sp = tokenizer.load_tokenizer(d / "tokenizer.model")
+    shards.write_shard(d / "train_000000.bin", tokenizer.encode_documents(sp, tiny_texts[1:]))
+    shards.write_shard(d / "val_000000.bin", tokenizer.encode_documents(sp, tiny_texts[:1]))
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    with torch.no_grad():  # give the zero-initialised projections some weight
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "tok_emb" not in name:
+                p.normal_(0, 0.05)
+    checkpoint.save_state_dict(model.state_dict(), d / "model.safetensors")
+    return d

@@ -1,0 +1,43 @@
+"""The tensor plan: Parameter Golf's passthrough rule and name-pattern rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.model import GPT, ModelConfig
+from harness.plan import PlanConfig, Rule, make_plan
+
+
+def _plan(cfg: PlanConfig) -> dict:
+    sd = GPT(ModelConfig()).state_dict()
+    return {a.name: a for a in make_plan(sd, cfg, "scalar", {"bits": 6})}
+
+
+def test_default_plan_follows_parameter_golf() -> None:
+    plan = _plan(PlanConfig())
+    assert plan["blocks.0.attn.c_q.weight"].format == "scalar" and plan["blocks.0.attn.c_q.weight"].params == {"bits": 6}
+    assert plan["tok_emb.weight"].format == "scalar"
+    assert plan["blocks.0.attn_scale"].params == {"dtype": "fp32"}  # control tensors stay fp32
+    assert plan["skip_weights"].params == {"dtype": "fp32"}
+    assert sum(a.format == "scalar" for a in plan.values()) == 9 * 6 + 1
+
+
+def test_rules_override_and_first_match_wins() -> None:
+    cfg = PlanConfig(
+        rules=[
+            Rule("tok_emb.weight", params={"bits": 8}),
+            Rule("blocks.0.mlp.fc.weight", params={"bits": 2}),
+            Rule("blocks.*.mlp.*", "passthrough", {"dtype": "bf16"}),
+        ]
+    )
+    plan = _plan(cfg)
+    assert plan["tok_emb.weight"].params == {"bits": 8}
+    assert plan["blocks.0.mlp.fc.weight"].params == {"bits": 2}
+    assert plan["blocks.0.mlp.proj.weight"].format == "passthrough"
+    assert plan["blocks.4.attn.c_v.weight"].params == {"bits": 6}
+
+
+def test_rule_that_matches_nothing_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="match no tensor"):
+        _plan(PlanConfig(rules=[Rule("blocks.*.nonexistent")]))
