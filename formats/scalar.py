@@ -97,7 +97,6 @@ class Scalar(Format):
         damp: float = 0.01,
         act_order: bool = False,
         block_size: int = 128,
-        device: str = "cpu",
     ) -> None:
         if not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ConfigError(f"scalar: bits must be an integer in 2..8, got {bits!r}")
@@ -119,7 +118,6 @@ class Scalar(Format):
         self.clip, self.clip_q, self.clip_k = clip, float(clip_q), float(clip_k)
         self.scale_dtype, self.scale_floor = scale_dtype, float(scale_floor)
         self.gptq, self.damp, self.act_order, self.block_size = bool(gptq), float(damp), bool(act_order), block_size
-        self.device = device
         self.rate_knob = "clip_k" if clip == "sdclip" else "bits"
 
     def config(self) -> dict[str, Any]:
@@ -164,7 +162,7 @@ class Scalar(Format):
         name, t = single_tensor(self.name, tensors)
         if not t.is_floating_point():
             raise ConfigError(f"scalar: tensor {name} has non-float dtype {t.dtype}")
-        w = t.detach().to(self.device, torch.float32)
+        w = t.detach().to(ctx.device, torch.float32)
         if not bool(torch.isfinite(w).all()):
             raise ConfigError(f"scalar: tensor {name} holds NaN or inf")
         matrix = t.ndim == 2 and t.numel() > 0
@@ -191,7 +189,7 @@ class Scalar(Format):
                 q = sub.quantize(col[:, None])
                 return q[:, 0], dequantize(q, sub.deq_scale, sub.zero)[:, 0]
 
-            hessian = ctx.hessians[name].to(self.device)
+            hessian = ctx.hessians[name].to(ctx.device)
             q = gptq_quantize(
                 w,
                 hessian,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,26 +33,56 @@ class Written:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def encode_state(state: dict[str, Tensor], plan: list[Assignment], ctx: EncodeContext, progress: bool = True) -> list[Encoded]:
-    """Encode each tensor with its assigned format (one unit per tensor)."""
+def family_key(name: str) -> str:
+    """A tensor's family: its name with layer indices wildcarded (blocks.3.mlp.fc.weight -> blocks.*.mlp.fc.weight)."""
+    return re.sub(r"\.\d+\.", ".*.", name)
+
+
+def group_units(plan: list[Assignment]) -> list[list[Assignment]]:
+    """Tensors encoded together: alone, or by family / globally when the format's `scope` param says so."""
+    groups: dict[str, list[Assignment]] = {}
+    for a in plan:
+        scope = a.params.get("scope", "tensor")
+        if scope not in ("tensor", "family", "global"):
+            raise ConfigError(f"{a.name}: scope must be tensor, family or global, got {scope!r}")
+        params = json.dumps(a.params, sort_keys=True, default=str)
+        key = (
+            a.name if scope == "tensor" else f"{a.format}|{params}|" + (family_key(a.name) if scope == "family" else "")
+        )
+        groups.setdefault(key, []).append(a)
+    return list(groups.values())
+
+
+def encode_state(
+    state: dict[str, Tensor], plan: list[Assignment], ctx: EncodeContext, progress: bool = True
+) -> list[Encoded]:
+    """Encode the state dict unit by unit (a unit is one tensor or a family sharing structure)."""
     cache: dict[str, Format] = {}
     units = []
-    for a in tqdm(plan, desc="encode", unit="tensor", disable=not progress, leave=False):
+    for group in tqdm(group_units(plan), desc="encode", unit="unit", disable=not progress, leave=False):
+        a = group[0]
         key = a.format + json.dumps(a.params, sort_keys=True, default=str)
         if key not in cache:
             cache[key] = get_format(a.format, **a.params)
         try:
-            enc = cache[key].encode({a.name: state[a.name]}, ctx)
+            enc = cache[key].encode({g.name: state[g.name] for g in group}, ctx)
         except BytegolfError:
             raise
         except (ValueError, RuntimeError) as exc:
-            raise ConfigError(f"{a.format} could not encode {a.name}: {exc}") from None
+            raise ConfigError(f"{a.format} could not encode {', '.join(g.name for g in group)}: {exc}") from None
         enc.meta = {**enc.meta, "params": cache[key].config()}
         units.append(enc)
     return units
 
 
-def write(path: Path, units: list[Encoded], codec: str, codec_params: dict[str, Any], lay: layout.LayoutConfig, extra: dict[str, Any] | None = None) -> Written:
+def write(
+    path: Path,
+    units: list[Encoded],
+    codec: str,
+    codec_params: dict[str, Any],
+    lay: layout.LayoutConfig,
+    extra: dict[str, Any] | None = None,
+) -> Written:
     """Serialize the units through the layout and codec into one container file."""
     t0 = time.perf_counter()
     entries, blobs = layout.pack(units, codec, codec_params, lay)
@@ -77,7 +108,9 @@ def read(path: Path) -> tuple[dict[str, Tensor], list[Encoded]]:
         except BytegolfError as exc:
             raise ArtifactError(f"{path}: unit {ui} ({', '.join(names)}): {exc}") from None
         except Exception as exc:  # a format's decoder meeting inconsistent streams
-            raise ArtifactError(f"{path}: unit {ui} ({', '.join(names)}) does not decode: {type(exc).__name__}: {exc}") from None
+            raise ArtifactError(
+                f"{path}: unit {ui} ({', '.join(names)}) does not decode: {type(exc).__name__}: {exc}"
+            ) from None
         for spec in unit.tensors:
             t = tensors.get(spec.name)
             if t is None or tuple(t.shape) != spec.shape:

@@ -22,7 +22,9 @@ class CalibConfig:
 
 
 @torch.inference_mode()
-def gram_matrices(model: GPT, windows: np.ndarray, device: str = "cpu", batch_size: int = 4, progress: bool = True) -> tuple[dict[str, Tensor], int]:
+def gram_matrices(
+    model: GPT, windows: np.ndarray, device: str = "cpu", batch_size: int = 4, progress: bool = True
+) -> tuple[dict[str, Tensor], int]:
     """Σ x xᵀ (fp32, on CPU) for each linear's input and for the tied head's input; plus the row count."""
     dev = torch.device(device)
     model.eval().to(dev)
@@ -30,7 +32,7 @@ def gram_matrices(model: GPT, windows: np.ndarray, device: str = "cpu", batch_si
     hooks = []
 
     def hook(name: str):
-        def fn(_mod, args):  # noqa: ANN001, ANN202
+        def fn(_mod, args):
             x = args[0].reshape(-1, args[0].shape[-1]).float()
             sums[name] = sums.get(name, 0) + x.T @ x
 

@@ -82,13 +82,21 @@ def train_task(cfg: DictConfig) -> None:
         files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
         tcfg = OmegaConf.to_object(cfg.train)
         assert isinstance(tcfg, TrainConfig)
-        mcfg = ModelConfig(vocab_size=cfg.data.vocab_size, rope_base=cfg.model.rope_base, logit_softcap=cfg.model.logit_softcap, qk_gain_init=cfg.model.qk_gain_init)
+        mcfg = ModelConfig(
+            vocab_size=cfg.data.vocab_size,
+            rope_base=cfg.model.rope_base,
+            logit_softcap=cfg.model.logit_softcap,
+            qk_gain_init=cfg.model.qk_gain_init,
+        )
         out = Path(cfg.out) if cfg.out else _output_dir() / "bundle"
         stats = train(tcfg, files, out, mcfg, cfg.device)
     except BytegolfError as exc:
         log.error("error: %s", exc)
         raise SystemExit(2) from None
-    print(f"bundle {out}: val_loss {stats['val_loss']:.4f} val_bpb {stats['val_bpb']:.4f} ({stats['steps']} steps, {stats['tokens_seen']:,} tokens, {stats['train_seconds'] / 60:.1f} min)")
+    print(
+        f"bundle {out}: val_loss {stats['val_loss']:.4f} val_bpb {stats['val_bpb']:.4f} "
+        f"({stats['steps']} steps, {stats['tokens_seen']:,} tokens, {stats['train_seconds'] / 60:.1f} min)"
+    )
 
 
 TASKS = {"run": ("run", run_task), "train": ("train", train_task)}

@@ -14,10 +14,9 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from entropy_codecs.base import Codec, StreamInfo, get_codec
-
 from harness.errors import ArtifactError, ConfigError
 
 MAGIC = b"BYTEGOLF"
@@ -115,47 +114,59 @@ def _blob_entries(name: str, manifest: Any) -> list[dict[str, Any]]:
     return blobs
 
 
+def _read_manifest(f: BinaryIO, name: str) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """Header, manifest and blob table of an open artifact, all checked: (manifest, blobs, payload size)."""
+    size = os.fstat(f.fileno()).st_size
+    header = f.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise ArtifactError(f"{name}: {len(header)} bytes is shorter than the {_HEADER.size}-byte header")
+    magic, version, flags, meta_len, meta_crc = _HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ArtifactError(f"{name}: not a bytegolf artifact (magic {magic!r})")
+    if version != VERSION or flags:
+        raise ArtifactError(f"{name}: unsupported format version {version} flags {flags:#x} (reads {VERSION})")
+    if _HEADER.size + meta_len > size:
+        raise ArtifactError(f"{name}: manifest length {meta_len} runs past the end of the {size}-byte file")
+    meta = f.read(meta_len)
+    if len(meta) != meta_len or zlib.crc32(meta) != meta_crc:
+        raise ArtifactError(
+            f"{name}: manifest CRC mismatch (stored {meta_crc:#010x}, computed {zlib.crc32(meta):#010x})"
+        )
+    try:
+        manifest = json.loads(meta.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{name}: manifest is not valid JSON ({exc})") from None
+    blobs = _blob_entries(name, manifest)
+    offset = 0
+    for i, entry in enumerate(blobs):
+        if entry["offset"] != offset:
+            raise ArtifactError(f"{name}: blob {i} starts at payload offset {entry['offset']}, expected {offset}")
+        offset += entry["stored"]
+    payload_size = size - _HEADER.size - meta_len
+    if offset != payload_size:
+        raise ArtifactError(f"{name}: blobs cover {offset} payload bytes but the file holds {payload_size}")
+    return manifest, blobs, payload_size
+
+
+def stored_sizes(path: str | os.PathLike[str]) -> list[int]:
+    """Compressed size of each blob, from a checked header and manifest (nothing is decompressed)."""
+    try:
+        with open(path, "rb") as f:
+            return [entry["stored"] for entry in _read_manifest(f, os.fspath(path))[1]]
+    except OSError as exc:
+        raise ArtifactError(f"{os.fspath(path)}: cannot read artifact ({exc.strerror or exc})") from None
+
+
 def read_artifact(path: str | os.PathLike[str], max_total_raw: int = 1 << 34) -> tuple[dict[str, Any], list[bytes]]:
     """Validate and decode an artifact: returns the caller's manifest and the decompressed blobs.
 
-    Any problem with the file (missing, foreign, truncated, corrupt, oversized) raises ArtifactError
-    before anything is decompressed, except what only decoding can reveal.
+    Any problem with the file (missing, foreign, truncated, corrupt, oversized) raises ArtifactError,
+    found before anything is decompressed except what only decoding can reveal.
     """
     name = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            header = f.read(_HEADER.size)
-            if len(header) < _HEADER.size:
-                raise ArtifactError(f"{name}: {len(header)} bytes is shorter than the {_HEADER.size}-byte header")
-            magic, version, flags, meta_len, meta_crc = _HEADER.unpack(header)
-            if magic != MAGIC:
-                raise ArtifactError(f"{name}: not a bytegolf artifact (magic {magic!r})")
-            if version != VERSION or flags:
-                raise ArtifactError(f"{name}: unsupported format version {version} flags {flags:#x} (reads {VERSION})")
-            if _HEADER.size + meta_len > size:
-                raise ArtifactError(f"{name}: manifest length {meta_len} runs past the end of the {size}-byte file")
-            meta = f.read(meta_len)
-            if len(meta) != meta_len or zlib.crc32(meta) != meta_crc:
-                raise ArtifactError(
-                    f"{name}: manifest CRC mismatch (stored {meta_crc:#010x}, computed {zlib.crc32(meta):#010x})"
-                )
-            try:
-                manifest = json.loads(meta.decode("utf-8"), parse_constant=_reject_constant)
-            except (ValueError, RecursionError) as exc:
-                raise ArtifactError(f"{name}: manifest is not valid JSON ({exc})") from None
-            blobs = _blob_entries(name, manifest)
-            offset = 0
-            for i, entry in enumerate(blobs):
-                if entry["offset"] != offset:
-                    raise ArtifactError(
-                        f"{name}: blob {i} starts at payload offset {entry['offset']}, expected "
-                        f"{offset} (blobs must be back to back)"
-                    )
-                offset += entry["stored"]
-            payload_size = size - _HEADER.size - meta_len
-            if offset != payload_size:
-                raise ArtifactError(f"{name}: blobs cover {offset} payload bytes but the file holds {payload_size}")
+            manifest, blobs, payload_size = _read_manifest(f, name)
             total_raw = sum(entry["raw"] for entry in blobs)
             if total_raw > max_total_raw:
                 raise ArtifactError(f"{name}: declared raw size {total_raw} bytes is too large (limit {max_total_raw})")

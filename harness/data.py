@@ -45,7 +45,9 @@ def fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def build_corpus_data(out_dir: str | Path, pattern: str | None = None, vocab_size: int = 1024, val_fraction: float = 0.04) -> DataFiles:
+def build_corpus_data(
+    out_dir: str | Path, pattern: str | None = None, vocab_size: int = 1024, val_fraction: float = 0.04
+) -> DataFiles:
     """Split a corpus, train the tokenizer on the train side, and write both sides as shards."""
     out = Path(out_dir)
     docs = corpus.load_documents(pattern)
@@ -60,7 +62,9 @@ def build_corpus_data(out_dir: str | Path, pattern: str | None = None, vocab_siz
         shards.write_shard(out / f"{side}_000000.bin", tokens)
         n_bytes = sum(len(d.text.encode("utf-8")) for d in side_docs)
         stats[side] = {"documents": len(side_docs), "tokens": int(tokens.size), "utf8_bytes": n_bytes}
-        log.info("%s: %d tokens, %d bytes (%.3f bytes/token)", side, tokens.size, n_bytes, n_bytes / max(tokens.size, 1))
+        log.info(
+            "%s: %d tokens, %d bytes (%.3f bytes/token)", side, tokens.size, n_bytes, n_bytes / max(tokens.size, 1)
+        )
     stats["val_documents_fingerprint"] = hashlib.sha256("\n".join(d.key for d in val_docs).encode()).hexdigest()[:16]
     (out / "data.json").write_text(json.dumps(stats, indent=2))
     return DataFiles(tok_path, [out / "train_000000.bin"], [out / "val_000000.bin"])

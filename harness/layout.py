@@ -54,7 +54,9 @@ def storage_itemsize(dtype: str) -> int:
     return _np_dtype(dtype).itemsize
 
 
-def pack(units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig) -> tuple[list[dict], list[Blob]]:
+def pack(
+    units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig
+) -> tuple[list[dict], list[Blob]]:
     """Manifest entries for the units and the blobs holding their streams, in a stable order."""
     groups: dict[Any, list[tuple[int, str, bytes, int, int | None]]] = defaultdict(list)
     order: list[Any] = []
@@ -112,9 +114,22 @@ def unpack(entries: Any, blobs: list[bytes]) -> list[Encoded]:
     units = []
     for ui, e in enumerate(entries):
         try:
-            tensors = [TensorSpec(str(t["name"]), tuple(_int(d, "tensor dim") for d in t["shape"]), str(t["dtype"])) for t in e["tensors"]]
+            tensors = [
+                TensorSpec(str(t["name"]), tuple(_int(d, "tensor dim") for d in t["shape"]), str(t["dtype"]))
+                for t in e["tensors"]
+            ]
             for t in tensors:
-                if t.dtype not in ("float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"):
+                if t.dtype not in (
+                    "float32",
+                    "float16",
+                    "bfloat16",
+                    "int64",
+                    "int32",
+                    "int16",
+                    "int8",
+                    "uint8",
+                    "bool",
+                ):
                     raise ArtifactError(f"tensor {t.name}: unknown dtype {t.dtype!r}")
             streams = {}
             for st in e["streams"]:
@@ -132,7 +147,9 @@ def unpack(entries: Any, blobs: list[bytes]) -> list[Encoded]:
                     alphabet = _int(alphabet, "alphabet")
                     if data.size and int(data.max()) >= alphabet:
                         raise ArtifactError(f"stream {st['name']} holds a symbol outside its alphabet of {alphabet}")
-                streams[str(st["name"])] = Stream(data.astype(dt.newbyteorder("="), copy=False), str(st["role"]), alphabet)
+                streams[str(st["name"])] = Stream(
+                    data.astype(dt.newbyteorder("="), copy=False), str(st["role"]), alphabet
+                )
             meta = e["meta"]
             if not isinstance(meta, dict):
                 raise ArtifactError("unit meta must be an object")

@@ -51,8 +51,6 @@ def byte_entropy_bound(raw: bytes) -> float:
 
 def weighted_mean(values: list[float], weights: list[int]) -> float:
     """Parameter-weighted mean, ignoring NaN entries."""
-    pairs = [(v, w) for v, w in zip(values, weights) if not math.isnan(v)]
+    pairs = [(v, w) for v, w in zip(values, weights, strict=True) if not math.isnan(v)]
     tot = sum(w for _, w in pairs)
     return sum(v * w for v, w in pairs) / tot if tot else math.nan
-
-

@@ -41,7 +41,9 @@ class Assignment:
     params: dict[str, Any]
 
 
-def make_plan(state: dict[str, Tensor], cfg: PlanConfig, format_name: str, format_params: dict[str, Any]) -> list[Assignment]:
+def make_plan(
+    state: dict[str, Tensor], cfg: PlanConfig, format_name: str, format_params: dict[str, Any]
+) -> list[Assignment]:
     """Assign every tensor of the state dict, in state-dict order."""
     rules = [r if isinstance(r, Rule) else Rule(**r) for r in cfg.rules]
     used = [False] * len(rules)
@@ -62,7 +64,7 @@ def make_plan(state: dict[str, Tensor], cfg: PlanConfig, format_name: str, forma
             plan.append(Assignment(name, "passthrough", {"dtype": "fp32" if control else cfg.passthrough_dtype}))
         else:
             plan.append(Assignment(name, format_name, dict(format_params)))
-    unused = [r.match for r, u in zip(rules, used) if not u]
+    unused = [r.match for r, u in zip(rules, used, strict=True) if not u]
     if unused:
         raise ConfigError(f"plan rules match no tensor: {unused}")
     return plan

@@ -35,8 +35,12 @@ def cache_dir() -> Path:
 
 def git_revision() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -60,7 +64,7 @@ class Stages:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str):  # noqa: ANN204
+    def __call__(self, name: str):
         t0 = time.perf_counter()
         log.info("%s ...", name)
         yield
@@ -73,7 +77,7 @@ def _params(node: DictConfig) -> tuple[str, dict[str, Any]]:
     return str(d.pop("name")), d
 
 
-def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) -> EvalResult:  # noqa: ANN001
+def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) -> EvalResult:
     path = cache_dir() / "ref" / f"{_key(fp, OmegaConf.to_container(cfg.eval), cfg.device)}.json"
     if path.is_file():
         return EvalResult(**json.loads(path.read_text()))
@@ -83,12 +87,14 @@ def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str])
     return r
 
 
-def _grams(model, files: data.DataFiles, cfg: DictConfig, fp: dict[str, str]) -> tuple[dict[str, torch.Tensor], int]:  # noqa: ANN001
+def _grams(model, files: data.DataFiles, cfg: DictConfig, fp: dict[str, str]) -> tuple[dict[str, torch.Tensor], int]:
     if cfg.calib.windows <= 0:
         return {}, 0
     if not files.train:
         raise ConfigError(f"calibration needs train shards but none match {cfg.data.train}")
-    path = cache_dir() / "calib" / f"{_key(fp['checkpoint'], fp['train'], OmegaConf.to_container(cfg.calib))}.safetensors"
+    path = (
+        cache_dir() / "calib" / f"{_key(fp['checkpoint'], fp['train'], OmegaConf.to_container(cfg.calib))}.safetensors"
+    )
     if path.is_file():
         from safetensors.torch import load_file
 
@@ -112,7 +118,9 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     with st("load"):
         state = checkpoint.load_state_dict(cfg.model.checkpoint)
-        base = ModelConfig(rope_base=cfg.model.rope_base, logit_softcap=cfg.model.logit_softcap, qk_gain_init=cfg.model.qk_gain_init)
+        base = ModelConfig(
+            rope_base=cfg.model.rope_base, logit_softcap=cfg.model.logit_softcap, qk_gain_init=cfg.model.qk_gain_init
+        )
         ref_model = checkpoint.build_model(state, base)
         files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
         sp = tokenizer.load_tokenizer(files.tokenizer)
@@ -195,7 +203,7 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return result
 
 
-def _tensor_metrics(state, decoded, units, grams, written: artifact.Written) -> tuple[list[dict], dict[str, dict]]:  # noqa: ANN001
+def _tensor_metrics(state, decoded, units, grams, written: artifact.Written) -> tuple[list[dict], dict[str, dict]]:
     """Per-tensor error measures, and stored bytes plus entropy bounds per stream role."""
     rows = []
     for unit in units:
@@ -218,7 +226,7 @@ def _tensor_metrics(state, decoded, units, grams, written: artifact.Written) -> 
     roles: dict[str, dict] = {}
     entries = written.manifest["units"]
     blob_roles: dict[int, dict[str, int]] = {}
-    for unit, entry in zip(units, entries):
+    for unit, entry in zip(units, entries, strict=True):
         for st in entry["streams"]:
             s = unit.streams[st["name"]]
             raw_len = s.data.size * layout.storage_itemsize(st["dtype"])

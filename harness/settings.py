@@ -30,7 +30,7 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    """Tokenizer and shard globs. With `build`, `train` first makes them from `corpus` (a glob; null: stdlib sources)."""
+    """Tokenizer and shard globs; with `build`, `train` first makes them from `corpus` (glob; null: stdlib)."""
 
     tokenizer: str = MISSING
     train: str = MISSING

@@ -29,7 +29,9 @@ def _chunks(texts: Iterable[str], limit: int) -> Iterator[str]:
             yield buf
 
 
-def train_tokenizer(texts: Iterable[str], path: str | Path, vocab_size: int = 1024, seed_sentences: int = 200_000) -> None:
+def train_tokenizer(
+    texts: Iterable[str], path: str | Path, vocab_size: int = 1024, seed_sentences: int = 200_000
+) -> None:
     """Train a byte-fallback BPE model that keeps whitespace runs and newlines (lossless on code)."""
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -101,16 +100,37 @@ def train(cfg: TrainConfig, files: data.DataFiles, out_dir: Path, model_cfg: Mod
         seen += x.numel()
         if step % cfg.log_every == 0 or step == 1:
             el = time.perf_counter() - t0
-            log.info("step %d loss %.4f lr_scale %.3f tokens %d (%.0f tok/s) %.1f min", step, loss.item(), scale, seen, seen / el, el / 60)
+            log.info(
+                "step %d loss %.4f lr_scale %.3f tokens %d (%.0f tok/s) %.1f min",
+                step,
+                loss.item(),
+                scale,
+                seen,
+                seen / el,
+                el / 60,
+            )
         if cfg.eval_every > 0 and step % cfg.eval_every == 0:
             r = evaluate(model, val_windows, tables, dev, cfg.precision, progress=False)
             history.append({"step": step, "val_loss": r.loss, "val_bpb": r.bpb})
             log.info("step %d val_loss %.4f val_bpb %.4f", step, r.loss, r.bpb)
     seconds = time.perf_counter() - t0
-    return _write_bundle(model, cfg, files, out_dir, steps=step, tokens=seen, seconds=seconds, history=history, device=dev)
+    return _write_bundle(
+        model, cfg, files, out_dir, steps=step, tokens=seen, seconds=seconds, history=history, device=dev
+    )
 
 
-def _write_bundle(model: GPT, cfg: TrainConfig, files: data.DataFiles, out: Path, *, steps: int, tokens: int, seconds: float, history: list, device: torch.device) -> dict:
+def _write_bundle(
+    model: GPT,
+    cfg: TrainConfig,
+    files: data.DataFiles,
+    out: Path,
+    *,
+    steps: int,
+    tokens: int,
+    seconds: float,
+    history: list,
+    device: torch.device,
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     store = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.store_dtype]
     sd = {}
@@ -140,7 +160,15 @@ def _write_bundle(model: GPT, cfg: TrainConfig, files: data.DataFiles, out: Path
         "history": history,
     }
     (out / "model.json").write_text(json.dumps(stats, indent=2))
-    log.info("bundle written to %s: val_loss %.4f val_bpb %.4f (%d steps, %d tokens, %.1f min)", out, r.loss, r.bpb, steps, tokens, seconds / 60)
+    log.info(
+        "bundle written to %s: val_loss %.4f val_bpb %.4f (%d steps, %d tokens, %.1f min)",
+        out,
+        r.loss,
+        r.bpb,
+        steps,
+        tokens,
+        seconds / 60,
+    )
     return stats
 
 
@@ -151,6 +179,3 @@ def unigram_bpb(train_tokens: np.ndarray, val_windows: np.ndarray, tables: token
     tgt = val_windows[:, 1:]
     bits = -logp[tgt].sum()
     return float(bits / tables.count(val_windows[:, :-1], tgt).sum())
-
-
-

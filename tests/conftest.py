@@ -16,7 +16,9 @@ TINY = ModelConfig(vocab_size=512, num_layers=2, model_dim=64, num_heads=4, num_
 @pytest.fixture(scope="session")
 def tiny_texts() -> list[str]:
     _, files = corpus.stdlib_files()
-    picked = [p for p in files if p.name in ("textwrap.py", "bisect.py", "heapq.py", "keyword.py", "fnmatch.py", "shlex.py")]
+    picked = [
+        p for p in files if p.name in ("textwrap.py", "bisect.py", "heapq.py", "keyword.py", "fnmatch.py", "shlex.py")
+    ]
     return [p.read_text(encoding="utf-8") for p in picked]
 
 

@@ -20,7 +20,13 @@ def test_baseline_shape_matches_parameter_golf() -> None:
     assert tuple(sd["skip_weights"].shape) == (4, 512)
     assert tuple(sd["blocks.3.attn.c_k.weight"].shape) == (256, 512)
     assert tuple(sd["blocks.8.mlp.fc.weight"].shape) == (1024, 512)
-    assert {"tok_emb.weight", "blocks.0.attn_scale", "blocks.0.mlp_scale", "blocks.0.resid_mix", "blocks.0.attn.q_gain"} <= set(sd)
+    assert {
+        "tok_emb.weight",
+        "blocks.0.attn_scale",
+        "blocks.0.mlp_scale",
+        "blocks.0.resid_mix",
+        "blocks.0.attn.q_gain",
+    } <= set(sd)
     assert float(sd["blocks.0.attn.proj.weight"].abs().sum()) == 0.0  # zero-initialised output projections
 
 

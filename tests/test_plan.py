@@ -16,7 +16,9 @@ def _plan(cfg: PlanConfig) -> dict:
 
 def test_default_plan_follows_parameter_golf() -> None:
     plan = _plan(PlanConfig())
-    assert plan["blocks.0.attn.c_q.weight"].format == "scalar" and plan["blocks.0.attn.c_q.weight"].params == {"bits": 6}
+    assert plan["blocks.0.attn.c_q.weight"].format == "scalar" and plan["blocks.0.attn.c_q.weight"].params == {
+        "bits": 6
+    }
     assert plan["tok_emb.weight"].format == "scalar"
     assert plan["blocks.0.attn_scale"].params == {"dtype": "fp32"}  # control tensors stay fp32
     assert plan["skip_weights"].params == {"dtype": "fp32"}

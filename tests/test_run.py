@@ -1,0 +1,100 @@
+"""The real `bytegolf run` command on a tiny bundle, and its one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import artifact
+
+TINY_ARGS = [
+    "eval.windows=4",
+    "eval.seq_len=64",
+    "calib.windows=4",
+    "calib.seq_len=64",
+    "plan.passthrough_max_numel=1024",
+]
+
+
+def bytegolf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("run")
+    args = [
+        "run",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        "format.bits=4",
+        "format.clip_k=4",
+        "format.gptq=true",
+        "codec=zstd",
+        f"hydra.run.dir={out}",
+    ]
+    return out, bytegolf(*args, cwd=out)
+
+
+def test_run_writes_artifact_config_log_and_result(tiny_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr
+    assert "scalar+zstd:" in proc.stdout and "bits/weight" in proc.stdout and "bpb" in proc.stdout
+    r = json.loads((out / "result.json").read_text())
+    for key in (
+        "format",
+        "codec",
+        "params",
+        "final_bytes",
+        "bits_per_weight",
+        "nominal_bits_per_weight",
+        "rel_mse",
+        "output_error",
+        "val_loss",
+        "bpb",
+        "ref_bpb",
+        "seconds",
+        "git_revision",
+        "fingerprints",
+    ):
+        assert key in r, key
+    assert r["final_bytes"] == (out / artifact.ARTIFACT_NAME).stat().st_size
+    assert r["bits_per_weight"] == pytest.approx(r["final_bytes"] * 8 / r["params"])
+    assert 0 < r["rel_mse"] < 0.1 and 0 < r["output_error"] < 0.1
+    assert set(r["fingerprints"]) == {"checkpoint", "tokenizer", "val", "train"}
+    assert abs(sum(v["share"] for v in r["bytes_by_role"].values()) - 1) < 1e-9
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "run.log").is_file()
+
+
+def test_artifact_decodes_alone(tiny_run: tuple[Path, subprocess.CompletedProcess], tiny_bundle: Path) -> None:
+    from harness import checkpoint
+
+    out, _ = tiny_run
+    decoded, _ = artifact.read(out / artifact.ARTIFACT_NAME)
+    original = checkpoint.load_state_dict(tiny_bundle / "model.safetensors")
+    assert set(decoded) == set(original)
+    assert all(decoded[k].shape == original[k].shape and decoded[k].dtype == original[k].dtype for k in original)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("format=nope", "unknown format 'nope'"),
+        ("codec=nope", "unknown codec 'nope'"),
+        ("format.bits=0", "bits must be an integer in 2..8"),
+        ("format.group_size=48", "not divisible by group_size 48"),
+        ("model.checkpoint=/nonexistent/model.safetensors", "checkpoint not found"),
+        ("format.bits=abc", "format.bits"),
+    ],
+)
+def test_bad_overrides_end_in_a_clear_error(tiny_bundle: Path, tmp_path: Path, override: str, message: str) -> None:
+    proc = bytegolf("run", f"bundle={tiny_bundle}", *TINY_ARGS, override, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
