@@ -99,6 +99,8 @@ class Format:
 REGISTRY: dict[str, str] = {
     "passthrough": "formats.passthrough:Passthrough",
     "scalar": "formats.scalar:Scalar",
+    "clustered": "formats.clustered:Clustered",
+    "additive": "formats.additive:Additive",
 }
 
 

@@ -82,11 +82,17 @@ def train_task(cfg: DictConfig) -> None:
         files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
         tcfg = OmegaConf.to_object(cfg.train)
         assert isinstance(tcfg, TrainConfig)
+        m = cfg.model
         mcfg = ModelConfig(
             vocab_size=cfg.data.vocab_size,
-            rope_base=cfg.model.rope_base,
-            logit_softcap=cfg.model.logit_softcap,
-            qk_gain_init=cfg.model.qk_gain_init,
+            num_layers=m.num_layers,
+            model_dim=m.model_dim,
+            num_heads=m.num_heads,
+            num_kv_heads=m.num_kv_heads,
+            mlp_mult=m.mlp_mult,
+            rope_base=m.rope_base,
+            logit_softcap=m.logit_softcap,
+            qk_gain_init=m.qk_gain_init,
         )
         out = Path(cfg.out) if cfg.out else _output_dir() / "bundle"
         stats = train(tcfg, files, out, mcfg, cfg.device)

@@ -20,9 +20,16 @@ from harness.train import TrainConfig
 
 @dataclass
 class ModelSettings:
-    """A checkpoint (safetensors or torch state dict) and the settings its tensors do not carry."""
+    """A checkpoint (safetensors or torch state dict) and the settings its tensors do not carry.
+
+    The shape fields are used by `train`; `run` reads the shape off the checkpoint."""
 
     checkpoint: str = MISSING
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: int = 2
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
     qk_gain_init: float = 1.5

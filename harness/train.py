@@ -145,7 +145,9 @@ def _write_bundle(
     stored = checkpoint.build_model(sd, model.cfg)
     sp = tokenizer.load_tokenizer(out / "tokenizer.model")
     val = data.windows(shards.read_shards([out / "val_000000.bin"]), cfg.seq_len)
-    r = evaluate(stored, val, tokenizer.byte_tables(sp, model.cfg.vocab_size), device, "fp32")
+    tables = tokenizer.byte_tables(sp, model.cfg.vocab_size)
+    r = evaluate(stored, val, tables, device, "fp32")
+    unigram = unigram_bpb(shards.read_shards(files.train), val, tables, model.cfg.vocab_size)
     stats = {
         "train": asdict(cfg),
         "model": asdict(model.cfg),
@@ -157,6 +159,7 @@ def _write_bundle(
         "val_windows": int(val.shape[0]),
         "val_loss": r.loss,
         "val_bpb": r.bpb,
+        "unigram_bpb": unigram,
         "history": history,
     }
     (out / "model.json").write_text(json.dumps(stats, indent=2))

@@ -98,3 +98,40 @@ def test_bad_overrides_end_in_a_clear_error(tiny_bundle: Path, tmp_path: Path, o
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_train_builds_a_bundle_that_run_accepts(tmp_path: Path) -> None:
+    from harness import corpus
+
+    root, files = corpus.stdlib_files()
+    pattern = str(root / "json" / "*.py")
+    data_dir = tmp_path / "data"
+    proc = bytegolf(
+        "train",
+        f"data.corpus={pattern}",
+        "data.build=true",
+        "data.vocab_size=512",
+        "data.val_fraction=0.3",
+        f"data.tokenizer={data_dir}/tokenizer.model",
+        f"data.train={data_dir}/train_*.bin",
+        f"data.val={data_dir}/val_*.bin",
+        "model.num_layers=2",
+        "model.model_dim=64",
+        "model.num_heads=4",
+        "model.num_kv_heads=2",
+        "train.steps=3",
+        "train.seq_len=64",
+        "train.batch_seqs=2",
+        "train.eval_every=0",
+        "train.precision=fp32",
+        f"out={tmp_path / 'bundle'}",
+        f"hydra.run.dir={tmp_path / 'train'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    assert stats["steps"] == 3 and stats["tokens_seen"] == 3 * 2 * 64
+    assert stats["val_bpb"] > 0 and stats["unigram_bpb"] > 0
+    proc = bytegolf("run", f"bundle={tmp_path / 'bundle'}", *TINY_ARGS, "calib.windows=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["params"] > 0

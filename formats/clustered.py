@@ -1,0 +1,233 @@
+"""Clustered (ClusComp-style) vector quantization: k-means over sub-vectors of d output channels.
+
+A matrix W (d_out, d_in) is cut into sub-vectors W[r:r+d, c] (d consecutive output channels of
+one input feature; d must divide d_out). All sub-vectors of the unit (one tensor, or a
+family / the whole model under scope "family" / "global") are clustered together into one
+codebook of K centroids, stored once in `codebook_dtype`; each sub-vector stores its index.
+d = 1 is non-uniform scalar quantization (SqueezeLLM-like).
+
+Options: `normalize` divides every row by its RMS first (one fp16 scale per row, multiplied
+back on decode); `weighted` weights each sub-vector in k-means by diag(H)[c] of the tensor's
+calibration Gram matrix (times the mean squared row scale of its d rows when normalized);
+`lam` > 0 turns k-means into ECVQ, minimising distortion + lam_eff·(−log2 p_k) with
+lam_eff = lam · (mean weighted sub-vector energy), so lam reads as "fraction of the mean
+energy one bit is worth" and does not depend on the tensor's scale.
+
+Codes are re-assigned against the codebook as stored (after rounding to its dtype), so every
+code is the best one for the codebook the decoder sees. Reconstruction: codebook rows read as
+fp32, gathered by the codes, times the fp16 row scale read as fp32, cast to the tensor's dtype.
+Bits: Σ (numel/d)·ceil(log2 K) + K·d·(codebook bits) (+ 16 per row when normalized), i.e.
+ClusComp's ceil(log2 n)/d + 16·n·d/(d_in·d_out) per weight for one tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
+from formats.kmeans import assign, kmeans
+from formats.passthrough import from_numpy, to_numpy, torch_dtype
+from harness.errors import ConfigError
+
+CODEBOOK_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DIMS = (1, 2, 4, 8)
+SCOPES = ("tensor", "family", "global")
+
+
+def index_bits(k: int) -> int:
+    """ceil(log2 k) for k >= 2, exactly."""
+    return (k - 1).bit_length()
+
+
+def cluscomp_bits(
+    shapes: list[tuple[int, int]], k: int, d: int, codebook_bits: int = 16, normalize: bool = False
+) -> int:
+    """Analytic bits of a unit: one ceil(log2 K)-bit index per sub-vector, the codebook once, fp16 row scales."""
+    per = sum(r // d * c * index_bits(k) + (16 * r if normalize else 0) for r, c in shapes)
+    return per + k * d * codebook_bits
+
+
+def symbol_dtype(alphabet: int) -> type:
+    return np.uint8 if alphabet <= 256 else np.uint16 if alphabet <= 65536 else np.uint32
+
+
+def subvectors(w: Tensor, d: int) -> Tensor:
+    """(R, C) -> (R/d · C, d): row block b, column c is sub-vector b·C + c = W[b·d:(b+1)·d, c]."""
+    rows, cols = w.shape
+    return w.reshape(rows // d, d, cols).permute(0, 2, 1).reshape(-1, d)
+
+
+def reconstruct(codebook: Tensor, codes: Tensor, d: int, scales: Tensor | None) -> Tensor:
+    """fp32 (R, C) from an fp32 codebook (K, d), int64 codes (R/d, C) and fp32 row scales (R,) or None."""
+    blocks, cols = codes.shape
+    w = codebook[codes].permute(0, 2, 1).reshape(blocks * d, cols)
+    return w * scales[:, None] if scales is not None else w
+
+
+def row_scales(w: Tensor, name: str, fmt: str) -> Tensor:
+    """fp16 per-row RMS (1 for rows whose RMS is 0 or underflows); ConfigError when it overflows fp16."""
+    rms = w.pow(2).mean(1).sqrt().to(torch.float16)
+    if not bool(torch.isfinite(rms).all()):
+        raise ConfigError(f"{fmt}: tensor {name} has a row whose scale overflows fp16")
+    return torch.where(rms > 0, rms, torch.ones_like(rms))
+
+
+def check_matrix(fmt: str, name: str, t: Tensor) -> None:
+    """2-D float tensor without NaN / inf, or ConfigError naming it."""
+    if not t.is_floating_point():
+        raise ConfigError(f"{fmt}: tensor {name} has non-float dtype {t.dtype}")
+    if t.ndim != 2 or t.numel() == 0:
+        raise ConfigError(f"{fmt}: tensor {name} must be a non-empty 2-D matrix, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ConfigError(f"{fmt}: tensor {name} holds NaN or inf")
+
+
+class Clustered(Format):
+    """One shared codebook of K d-dim centroids per unit; one index per d×1 sub-vector."""
+
+    name = "clustered"
+    rate_knob = "codebook_size"  # per instance: "lam" when ECVQ is in use
+
+    def __init__(
+        self,
+        codebook_size: int = 256,
+        dim: int = 4,
+        codebook_dtype: str = "fp16",
+        normalize: bool = False,
+        weighted: bool = False,
+        lam: float = 0.0,
+        iters: int = 20,
+        scope: str = "tensor",
+    ) -> None:
+        if not isinstance(codebook_size, int) or not 2 <= codebook_size <= 65536:
+            raise ConfigError(f"clustered: codebook_size must be an integer in 2..65536, got {codebook_size!r}")
+        if dim not in DIMS:
+            raise ConfigError(f"clustered: dim must be one of {DIMS}, got {dim!r}")
+        if codebook_dtype not in CODEBOOK_DTYPES:
+            raise ConfigError(
+                f"clustered: codebook_dtype must be one of {', '.join(CODEBOOK_DTYPES)}, got {codebook_dtype!r}"
+            )
+        if not isinstance(lam, (int, float)) or not lam >= 0:
+            raise ConfigError(f"clustered: lam must be >= 0, got {lam!r}")
+        if not isinstance(iters, int) or iters < 0:
+            raise ConfigError(f"clustered: iters must be a non-negative integer, got {iters!r}")
+        if scope not in SCOPES:
+            raise ConfigError(f"clustered: scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        self.codebook_size, self.dim, self.codebook_dtype = codebook_size, dim, codebook_dtype
+        self.normalize, self.weighted, self.lam, self.iters = bool(normalize), bool(weighted), float(lam), iters
+        self.scope = scope
+        self.rate_knob = "lam" if self.lam > 0 else "codebook_size"
+
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "rate_knob"}
+
+    def _weights(self, name: str, shape: tuple[int, int], scales: Tensor | None, ctx: EncodeContext) -> Tensor:
+        """Importance of each sub-vector: diag(H)[c] (times the mean squared scale of its d rows)."""
+        if name not in ctx.hessians:
+            raise ConfigError(f"clustered: weighted=True needs a Hessian for tensor {name}, none was collected")
+        rows, cols = shape
+        h = ctx.hessians[name]
+        if tuple(h.shape) != (cols, cols):
+            raise ConfigError(
+                f"clustered: Hessian of tensor {name} has shape {tuple(h.shape)}, expected {(cols, cols)}"
+            )
+        diag = h.diagonal().to(ctx.device, torch.float32).clamp_min(0.0)
+        if not bool(torch.isfinite(diag).all()):
+            raise ConfigError(f"clustered: Hessian of tensor {name} holds NaN or inf")
+        mean = float(diag.mean())
+        diag = diag.clamp_min(mean * 1e-6) if mean > 0 else torch.ones_like(diag)
+        if scales is None:
+            blk = torch.ones(rows // self.dim, device=diag.device)
+        else:
+            blk = scales.float().pow(2).reshape(-1, self.dim).mean(1)  # (R/d,)
+        return (blk[:, None] * diag[None, :]).reshape(-1)  # sub-vector b·C + c
+
+    def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
+        if not tensors:
+            raise ConfigError("clustered: a unit needs at least one tensor")
+        d, k = self.dim, self.codebook_size
+        widths = {}
+        for name, t in tensors.items():
+            check_matrix(self.name, name, t)
+            if t.shape[0] % d:
+                raise ConfigError(f"clustered: tensor {name} has {t.shape[0]} rows, not divisible by dim {d}")
+            widths[name] = int(t.shape[1])
+        if len(set(widths.values())) > 1:
+            listing = ", ".join(f"{n}: {c}" for n, c in widths.items())
+            raise ConfigError(
+                f"clustered: the tensors of a {self.scope} unit must share one width (columns); "
+                f"got widths {sorted(set(widths.values()))} ({listing})"
+            )
+        xs, ws, scales = [], [], []
+        for name, t in tensors.items():
+            w = t.detach().to(ctx.device, torch.float32)
+            s = row_scales(w, name, self.name) if self.normalize else None
+            if s is not None:
+                w = w / s.float()[:, None]
+            scales.append(s)
+            xs.append(subvectors(w, d))
+            if self.weighted:
+                ws.append(self._weights(name, tuple(w.shape), s, ctx))
+        x = torch.cat(xs) if len(xs) > 1 else xs[0]
+        n = x.shape[0]
+        if k > n:
+            raise ConfigError(
+                f"clustered: codebook_size {k} is larger than the {n} sub-vectors of "
+                f"{', '.join(tensors)} (dim {d}); lower codebook_size"
+            )
+        weights = torch.cat(ws) if self.weighted else None
+        energy = float(((weights if weights is not None else 1.0) * x.pow(2).sum(1)).sum()) / n
+        lam_eff = self.lam * energy
+        res = kmeans(x, k, weights=weights, iters=self.iters, seed=ctx.seed, lam=lam_eff)
+        stored = res.centroids.to(CODEBOOK_DTYPES[self.codebook_dtype])
+        if not bool(torch.isfinite(stored).all()):
+            raise ConfigError(
+                f"clustered: centroids of {', '.join(tensors)} overflow {self.codebook_dtype}; use fp32 or normalize"
+            )
+        codes = assign(x, stored.float(), lam_eff, res.rate_bits, weights).cpu()
+        codebook32 = stored.cpu().float()
+
+        streams = {"codebook": Stream(to_numpy(stored), "codebook")}
+        specs, recon, start = [], {}, 0
+        for i, (name, t) in enumerate(tensors.items()):
+            rows, cols = t.shape
+            c = codes[start : start + rows // d * cols].reshape(rows // d, cols)
+            start += c.numel()
+            streams[f"{i}.codes"] = Stream(c.numpy().astype(symbol_dtype(k)), "codes", k)
+            s = scales[i]
+            if s is not None:
+                s = s.cpu()
+                streams[f"{i}.scales"] = Stream(to_numpy(s), "scales")
+            recon[name] = reconstruct(codebook32, c, d, None if s is None else s.float()).to(t.dtype)
+            specs.append(TensorSpec.of(name, t))
+        meta = {
+            "codebook_size": k,
+            "dim": d,
+            "codebook_dtype": self.codebook_dtype,
+            "normalize": self.normalize,
+            "lam_eff": lam_eff,
+            "kmeans_iters": res.iters,
+        }
+        shapes = [(int(t.shape[0]), int(t.shape[1])) for t in tensors.values()]
+        nominal = cluscomp_bits(shapes, k, d, 8 * stored.element_size(), self.normalize)
+        return Encoded(self.name, specs, streams, meta, recon, float(nominal))
+
+    def decode(self, enc: Encoded) -> dict[str, Tensor]:
+        meta = enc.meta
+        d = int(meta["dim"])
+        codebook = from_numpy(enc.streams["codebook"].data, CODEBOOK_DTYPES[meta["codebook_dtype"]]).float()
+        codebook = codebook.reshape(-1, d)
+        out = {}
+        for i, spec in enumerate(enc.tensors):
+            rows, cols = spec.shape
+            codes = torch.from_numpy(np.ascontiguousarray(enc.streams[f"{i}.codes"].data).astype(np.int64))
+            scales = None
+            if meta["normalize"]:
+                scales = from_numpy(enc.streams[f"{i}.scales"].data, torch.float16).float()
+            w = reconstruct(codebook, codes.reshape(rows // d, cols), d, scales)
+            out[spec.name] = w.to(torch_dtype(spec.dtype))
+        return out

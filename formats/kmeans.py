@@ -1,0 +1,223 @@
+"""k-means and entropy-constrained VQ over the rows of X (n, d), in torch on any device.
+
+Init is k-means++ (D² sampling, seeded), run on a uniform subsample of at most 64 points per
+centre (as faiss subsamples its training set). Up to 256 centres it is exact k-means++;
+beyond that it draws ceil(K/256) centres per D² round (a batched k-means++: 256 sequential
+rounds whose total distance work equals one Lloyd iteration), which keeps K = 65536 feasible.
+Lloyd iterations alternate assignment and (importance-weighted) centroid update, stop early
+when no code changes, and re-seed empty clusters with the points farthest from their centroid.
+
+ECVQ (Chou, Lookabaugh & Gray 1989): with lam > 0 a point goes to
+argmin_k w_i·‖x_i − c_k‖² + lam·(−log2 p_k), p_k the share of points in cluster k, updated
+every iteration (p starts uniform, so the first assignment is plain k-means). With lam = 0
+the same code path runs without the rate term, so it gives exactly plain k-means. Under
+lam > 0 clusters that empty stay dead (that is how ECVQ lowers the rate): they keep their
+centroid, get probability 0.5/n (rate log2(2n) bits), and are not re-seeded.
+
+Nearest-neighbour search (the assignment step, and the beam search of `additive`) is exact
+either way: faiss' flat L2 index on CPU, chunked torch matmul + topk elsewhere (CUDA), with
+no chunk × K distance matrix above CHUNK_ELEMS floats. Measured on 262144×4, K = 256, 20
+Lloyd iterations, one thread on a busy 2-core machine: this module with faiss search 0.68 s,
+the same with the torch search 4.7 s, faiss.Kmeans itself 0.39 s (random init, no weights,
+no ECVQ); one assignment search is 8× (131072×4 against 256) to 32× (65536×8 against 65536)
+faster in faiss than in torch on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+try:  # exact flat search on CPU; torch elsewhere
+    import faiss
+except ImportError:  # pragma: no cover
+    faiss = None
+
+CHUNK_ELEMS = 1 << 24  # 64 MiB of fp32 distances per chunk
+PP_ROUNDS = 256  # k-means++ D² rounds at most; more centres are drawn per round beyond this
+PP_SAMPLE = 64  # k-means++ runs on at most this many points per centre
+
+
+@dataclass
+class KMeansResult:
+    centroids: Tensor  # (K, d) fp32
+    codes: Tensor  # (n,) int64: assignment under `centroids` (and `rate_bits` when lam > 0)
+    rate_bits: Tensor | None  # (K,) −log2 p_k used by the last assignment, None for plain k-means
+    iters: int  # Lloyd updates run
+    history: list[float]  # objective (weighted SSE + lam·bits) after each assignment
+
+
+def chunk_rows(k: int, elems: int = CHUNK_ELEMS) -> int:
+    """Rows per chunk so that a rows × k matrix holds at most `elems` entries."""
+    return max(1, elems // max(1, k))
+
+
+def sq_dist(x: Tensor, c: Tensor) -> Tensor:
+    """Exact ‖x_i − c_i‖² row by row (x, c: (n, d))."""
+    return ((x - c) ** 2).sum(1)
+
+
+def use_faiss(x: Tensor) -> bool:
+    return faiss is not None and x.device.type == "cpu"
+
+
+def nearest(q: Tensor, c: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
+    """Squared distances (n, k) fp32 and indices (n, k) int64 of the k nearest rows of c (K, d), nearest first.
+
+    faiss (exact flat L2 search) on CPU, chunked torch matmul + topk elsewhere. k <= K.
+    """
+    q, c = q.float().contiguous(), c.float().contiguous()
+    n, kk = q.shape[0], c.shape[0]
+    if not 1 <= k <= kk:
+        raise ValueError(f"nearest: {k} neighbours among {kk} rows")
+    if use_faiss(q):
+        index = faiss.IndexFlatL2(c.shape[1])
+        index.add(c.numpy())
+        dist, idx = index.search(q.numpy(), k)
+        return torch.from_numpy(dist), torch.from_numpy(idx)
+    cn = (c * c).sum(1)
+    qn = (q * q).sum(1)
+    ct = c.t().contiguous()
+    dist = torch.empty(n, k, device=q.device)
+    idx = torch.empty(n, k, dtype=torch.int64, device=q.device)
+    step = chunk_rows(kk)
+    for s in range(0, n, step):
+        d = torch.addmm(cn[None, :], q[s : s + step], ct, alpha=-2.0)
+        v, i = torch.topk(d, k, dim=1, largest=False) if k > 1 else d.min(1, keepdim=True)
+        dist[s : s + step] = (v + qn[s : s + step, None]).clamp_min_(0.0)
+        idx[s : s + step] = i
+    return dist, idx
+
+
+def assign(
+    x: Tensor,
+    c: Tensor,
+    lam: float = 0.0,
+    rate_bits: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Codes (n,) int64: argmin_k w_i‖x_i − c_k‖² + lam·rate_bits_k (plain nearest centroid when lam = 0).
+
+    With lam > 0 and no weights the rate term is folded into one extra coordinate
+    (‖[x, 0] − [c_k, √(lam·bits_k)]‖²) so the same nearest-neighbour search serves.
+    """
+    if lam <= 0 or rate_bits is None:
+        return nearest(x, c, 1)[1][:, 0]
+    if weights is None:
+        zero = torch.zeros(x.shape[0], 1, device=x.device)
+        extra = torch.sqrt(lam * rate_bits.clamp_min(0.0))[:, None]
+        return nearest(torch.cat([x, zero], 1), torch.cat([c, extra], 1), 1)[1][:, 0]
+    n, k = x.shape[0], c.shape[0]
+    cn = (c * c).sum(1)
+    ct = c.t().contiguous()
+    out = torch.empty(n, dtype=torch.int64, device=x.device)
+    step = chunk_rows(k)
+    for s in range(0, n, step):
+        d = torch.addmm(cn[None, :], x[s : s + step], ct, alpha=-2.0)
+        d.addcmul_((lam / weights[s : s + step])[:, None], rate_bits[None, :])
+        out[s : s + step] = d.argmin(1)
+    return out
+
+
+def sample(p: Tensor, b: int, gen: torch.Generator) -> Tensor:
+    """Up to b distinct indices drawn with probability ∝ p (p >= 0, some p > 0): inverse-CDF draws, repeats dropped."""
+    cum = torch.cumsum(p.double(), 0)
+    u = torch.rand(b, generator=gen, device=p.device, dtype=torch.float64) * cum[-1]
+    idx = torch.searchsorted(cum, u, right=True).clamp_max_(p.shape[0] - 1)
+    idx = torch.unique(idx)
+    return idx[p[idx] > 0]
+
+
+def kmeans_pp(x: Tensor, k: int, weights: Tensor | None, gen: torch.Generator) -> Tensor:
+    """Indices (k,) of the initial centres by (batched) k-means++ D² sampling."""
+    n = x.shape[0]
+    w = torch.ones(n, device=x.device) if weights is None else weights
+    chosen = torch.zeros(n, dtype=torch.bool, device=x.device)
+    picked = [sample(w, 1, gen)]
+    chosen[picked[0]] = True
+    d2 = sq_dist(x, x[picked[0]].expand_as(x))
+    per_round = math.ceil((k - 1) / PP_ROUNDS) if k > 1 else 1
+    have = 1
+    while have < k:
+        b = min(per_round, k - have)
+        p = (w * d2).masked_fill_(chosen, 0.0)
+        idx = sample(p, b, gen) if bool((p > 0).any()) else p.new_zeros(0, dtype=torch.int64)
+        if idx.numel() == 0:  # every unchosen point sits on a centre: take the rest uniformly
+            free = (~chosen).nonzero().flatten()
+            idx = free[torch.randperm(free.numel(), generator=gen, device=x.device)[:b]]
+        picked.append(idx)
+        chosen[idx] = True
+        have += idx.numel()
+        if have < k:
+            new = x[idx]
+            nd = sq_dist(x, new.expand_as(x)) if idx.numel() == 1 else nearest(x, new, 1)[0][:, 0]
+            d2 = torch.minimum(d2, nd)
+    return torch.cat(picked)
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    *,
+    weights: Tensor | None = None,
+    iters: int = 20,
+    seed: int = 0,
+    lam: float = 0.0,
+) -> KMeansResult:
+    """Cluster the rows of x (n, d) into k centroids on x's device; see the module docstring."""
+    if x.ndim != 2:
+        raise ValueError(f"kmeans needs a 2-D (n, d) array, got shape {tuple(x.shape)}")
+    x = x.float()
+    n, dim = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"kmeans: {k} clusters for {n} points")
+    if weights is not None:
+        weights = weights.to(x.device, torch.float32).flatten()
+        if weights.shape[0] != n or not bool(torch.isfinite(weights).all()) or not bool((weights > 0).all()):
+            raise ValueError("kmeans: weights must be one positive finite value per point")
+    if lam < 0:
+        raise ValueError(f"kmeans: lam must be >= 0, got {lam}")
+    gen = torch.Generator(device=x.device).manual_seed(int(seed))
+    if n > PP_SAMPLE * k:  # k-means++ on a uniform subsample (like faiss' training subsample)
+        sub = torch.randperm(n, generator=gen, device=x.device)[: PP_SAMPLE * k]
+        init = sub[kmeans_pp(x[sub], k, None if weights is None else weights[sub], gen)]
+    else:
+        init = kmeans_pp(x, k, weights, gen)
+    c = x[init].clone()
+    w = weights if weights is not None else torch.ones(n, device=x.device)
+    ecvq = lam > 0
+    rate = torch.full((k,), math.log2(k), device=x.device) if ecvq else None
+
+    def objective(codes: Tensor) -> float:
+        val = (w * sq_dist(x, c[codes])).sum()
+        if ecvq:
+            val = val + lam * rate[codes].sum()
+        return float(val)
+
+    codes = assign(x, c, lam, rate, weights)
+    history = [objective(codes)]
+    done = 0
+    for _ in range(iters):
+        counts = torch.bincount(codes, minlength=k)
+        wsum = torch.zeros(k, device=x.device).index_add_(0, codes, w)
+        sums = torch.zeros(k, dim, device=x.device).index_add_(0, codes, x * w[:, None])
+        live = wsum > 0
+        c = torch.where(live[:, None], sums / wsum.clamp_min(1e-30)[:, None], c)
+        empty = counts == 0
+        if ecvq:
+            rate = -torch.log2(torch.where(empty, torch.full_like(wsum, 0.5), counts.float()) / n)
+        elif bool(empty.any()):
+            far = w * sq_dist(x, c[codes])
+            idx = torch.topk(far, int(empty.sum())).indices
+            c[empty.nonzero().flatten()] = x[idx]
+        new = assign(x, c, lam, rate, weights)
+        done += 1
+        changed = bool((new != codes).any())
+        codes = new
+        history.append(objective(codes))
+        if not changed:
+            break
+    return KMeansResult(c, codes, rate, done, history)

@@ -1,0 +1,260 @@
+"""k-means / ECVQ and the clustered (ClusComp) format: planted centroids, exact roundtrips, rate knobs, errors."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from formats import kmeans as km
+from formats.base import EncodeContext, get_format
+from formats.clustered import Clustered, cluscomp_bits, subvectors
+from formats.scalar import Scalar
+from harness.errors import ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is faster and immune to a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rel_mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    return float(((w.float() - w_hat.float()) ** 2).sum() / (w.float() ** 2).sum())
+
+
+def entropy(codes: np.ndarray) -> float:
+    p = np.bincount(codes.ravel().astype(np.int64)) / codes.size
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def roundtrip(fmt: Clustered, tensors: dict[str, torch.Tensor], ctx: EncodeContext | None = None):
+    enc = fmt.encode(tensors, ctx or EncodeContext())
+    out = fmt.decode(enc)
+    assert list(out) == list(tensors)
+    for name, w in tensors.items():
+        assert out[name].dtype == w.dtype and out[name].shape == w.shape
+        assert torch.equal(out[name], enc.recon[name])
+    for s in enc.streams.values():
+        if s.alphabet is not None:
+            assert s.data.min() >= 0 and s.data.max() < s.alphabet
+    json.dumps(enc.meta)  # meta must be JSON-able for the container
+    return enc, out
+
+
+def planted(seed: int = 0, k: int = 8, per: int = 300, noise: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    g = gen(seed)
+    centres = torch.randn(k, 4, generator=g) * 3
+    x = centres.repeat_interleave(per, 0) + noise * torch.randn(k * per, 4, generator=g)
+    return x[torch.randperm(k * per, generator=g)], centres
+
+
+def max_matched_error(found: torch.Tensor, true: torch.Tensor) -> float:
+    cost = torch.cdist(true, found).numpy()
+    r, c = linear_sum_assignment(cost)
+    return float(cost[r, c].max())
+
+
+# ---------------------------------------------------------------- k-means
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeans_recovers_planted_centroids(weighted):
+    x, centres = planted()
+    w = torch.rand(x.shape[0], generator=gen(5)) + 0.5 if weighted else None
+    res = km.kmeans(x, 8, weights=w, iters=20, seed=3)
+    assert max_matched_error(res.centroids, centres) < 0.05
+    assert torch.bincount(res.codes, minlength=8).min() == 300
+    assert all(b <= a + 1e-3 for a, b in pairwise(res.history))  # Lloyd never raises the objective
+
+
+def test_kmeans_is_seeded_and_reseeds_empty_clusters():
+    x, _ = planted(1, k=4, per=50)
+    a, b = km.kmeans(x, 6, seed=7), km.kmeans(x, 6, seed=7)
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.centroids, b.centroids)
+    x = torch.cat([torch.zeros(90, 2), torch.ones(10, 2)])  # 2 distinct points, 3 clusters
+    res = km.kmeans(x, 3, iters=5)
+    assert torch.bincount(res.codes, minlength=3).gt(0).sum() == 2  # duplicates cannot fill the third
+    assert res.history[-1] == 0.0
+
+
+def test_torch_path_matches_faiss_path(monkeypatch):
+    """The torch search (used on CUDA) picks the same neighbours as faiss, with tiny chunks."""
+    g = gen(2)
+    q, c = torch.randn(3000, 8, generator=g), torch.randn(300, 8, generator=g)
+    d_f, i_f = km.nearest(q, c, 5)
+    monkeypatch.setattr(km, "faiss", None)
+    monkeypatch.setattr(km, "CHUNK_ELEMS", 300 * 7)  # 7 rows per chunk
+    d_t, i_t = km.nearest(q, c, 5)
+    assert float((i_f == i_t).float().mean()) > 0.999
+    assert torch.allclose(d_f, d_t, rtol=1e-4, atol=1e-4)
+    x, centres = planted(4)
+    res = km.kmeans(x, 8, seed=1)
+    assert max_matched_error(res.centroids, centres) < 0.05
+
+
+def test_kmeans_plus_plus_batched_for_large_k():
+    x = torch.randn(6000, 2, generator=gen(3))
+    res = km.kmeans(x, 1000, iters=3)  # 1000 > PP_ROUNDS: several centres per D² round
+    assert torch.unique(res.centroids, dim=0).shape[0] == 1000
+    assert res.history[-1] < 0.01 * float(((x - x.mean(0)) ** 2).sum())
+
+
+def test_ecvq_lam0_equals_plain_and_entropy_falls():
+    w = torch.randn(64, 256, generator=gen(1))
+    plain = Clustered(codebook_size=64, dim=2).encode({"w": w}, EncodeContext())
+    zero = Clustered(codebook_size=64, dim=2, lam=0.0).encode({"w": w}, EncodeContext())
+    assert np.array_equal(plain.streams["0.codes"].data, zero.streams["0.codes"].data)
+    x = torch.randn(4000, 2, generator=gen(6))
+    assert torch.equal(km.kmeans(x, 32, seed=2).codes, km.kmeans(x, 32, seed=2, lam=0.0).codes)
+    ents, errs = [entropy(plain.streams["0.codes"].data)], [rel_mse(w, plain.recon["w"])]
+    for lam in (0.03, 0.1, 0.3):
+        enc, _ = roundtrip(Clustered(codebook_size=64, dim=2, lam=lam), {"w": w})
+        assert enc.meta["lam_eff"] > 0 and Clustered(lam=lam).rate_knob == "lam"
+        ents.append(entropy(enc.streams["0.codes"].data))
+        errs.append(rel_mse(w, enc.recon["w"]))
+    assert all(b < a for a, b in pairwise(ents)), ents
+    assert all(b > a for a, b in pairwise(errs)), errs
+
+
+# ---------------------------------------------------------------- format
+
+
+SETTINGS = [
+    {"codebook_size": 256, "dim": 4},
+    {"codebook_size": 16, "dim": 1, "codebook_dtype": "bf16"},
+    {"codebook_size": 64, "dim": 2, "normalize": True, "codebook_dtype": "fp32"},
+    {"codebook_size": 300, "dim": 8, "normalize": True},  # 300: 9-bit indices in uint16
+    {"codebook_size": 32, "dim": 4, "weighted": True, "lam": 0.02},
+    {"codebook_size": 32, "dim": 2, "weighted": True, "normalize": True, "iters": 0},
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kw", SETTINGS, ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+def test_roundtrip_exact(kw, dtype):
+    g = gen(1)
+    w = (torch.randn(64, 256, generator=g) * 0.05).to(dtype)
+    x = torch.randn(512, 256, generator=g)
+    enc, out = roundtrip(Clustered(**kw), {"w": w}, EncodeContext(hessians={"w": x.T @ x}))
+    k, d = kw["codebook_size"], kw["dim"]
+    assert enc.streams["codebook"].data.shape == (k, d)
+    assert enc.streams["0.codes"].data.shape == (64 // d, 256)
+    assert enc.streams["0.codes"].data.dtype == (np.uint8 if k <= 256 else np.uint16)
+    assert ("0.scales" in enc.streams) == kw.get("normalize", False)
+    assert enc.nominal_bits == cluscomp_bits(
+        [(64, 256)],
+        k,
+        d,
+        {"fp16": 16, "bf16": 16, "fp32": 32}[kw.get("codebook_dtype", "fp16")],
+        kw.get("normalize", False),
+    )
+    assert rel_mse(w, out["w"]) < 0.5
+
+
+def test_codes_are_nearest_in_the_stored_codebook():
+    w = torch.randn(32, 128, generator=gen(2))
+    enc = Clustered(codebook_size=64, dim=4).encode({"w": w}, EncodeContext())
+    cb = torch.from_numpy(enc.streams["codebook"].data.astype(np.float32))
+    x = subvectors(w, 4)
+    best = torch.cdist(x, cb).argmin(1)
+    codes = torch.from_numpy(enc.streams["0.codes"].data.astype(np.int64)).reshape(-1)
+    gap = ((x - cb[codes]) ** 2).sum(1) - ((x - cb[best]) ** 2).sum(1)
+    assert float(gap.max()) <= 1e-5
+
+
+def test_subvectors_run_down_output_channels():
+    w = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3)
+    sv = subvectors(w, 4)
+    assert torch.equal(sv[0], w[0:4, 0]) and torch.equal(sv[1], w[0:4, 1]) and torch.equal(sv[3], w[4:8, 0])
+
+
+@pytest.mark.parametrize("b", [3, 4])
+def test_d1_beats_uniform_scalar(b):
+    w = torch.randn(64, 256, generator=gen(1))
+    clus, _ = roundtrip(Clustered(codebook_size=2**b, dim=1), {"w": w})
+    scal = Scalar(bits=b, clip="max", symmetric=True, group_size=0).encode({"w": w}, EncodeContext())
+    assert rel_mse(w, clus.recon["w"]) < 0.8 * rel_mse(w, scal.recon["w"])
+
+
+def test_error_falls_as_codebook_grows():
+    w = torch.randn(64, 256, generator=gen(3))
+    errs = [rel_mse(w, roundtrip(Clustered(codebook_size=k, dim=4), {"w": w})[1]["w"]) for k in (4, 16, 64, 256)]
+    assert all(b < 0.9 * a for a, b in pairwise(errs)), errs
+
+
+@pytest.mark.parametrize("scope", ["family", "global"])
+def test_shared_scope_stores_one_codebook(scope):
+    g = gen(4)
+    ts = {f"blocks.{i}.mlp.fc.weight": torch.randn(64, 256, generator=g) for i in range(3)}
+    fmt = get_format("clustered", codebook_size=256, dim=4, normalize=True, scope=scope)
+    assert fmt.config()["scope"] == scope
+    shared, _ = roundtrip(fmt, ts)
+    assert [n for n, s in shared.streams.items() if s.role == "codebook"] == ["codebook"]
+    assert sorted(shared.streams) == sorted(["codebook"] + [f"{i}.{r}" for i in range(3) for r in ("codes", "scales")])
+    single = [
+        Clustered(codebook_size=256, dim=4, normalize=True).encode({n: t}, EncodeContext()) for n, t in ts.items()
+    ]
+    nbytes = sum(s.data.nbytes for s in shared.streams.values())
+    separate = sum(s.data.nbytes for e in single for s in e.streams.values())
+    cb_bytes = shared.streams["codebook"].data.nbytes
+    assert separate - nbytes == 2 * cb_bytes
+    assert single[0].nominal_bits * 3 - shared.nominal_bits == 2 * 256 * 4 * 16
+
+
+def test_cluscomp_bits_formula():
+    """ClusComp: ceil(log2 n)/d + 16·n·d/(d_in·d_out) bits per weight; n = 65500, d = 4 on 4096×4096."""
+    n, d, side = 65500, 4, 4096
+    expected = 16 / 4 + 16 * 65500 * 4 / side**2
+    assert cluscomp_bits([(side, side)], n, d) / side**2 == pytest.approx(expected, rel=1e-15)
+    assert cluscomp_bits([(side, side)], n, d) == side * side // 4 * 16 + 65500 * 4 * 16
+    enc, _ = roundtrip(Clustered(codebook_size=200, dim=4), {"w": torch.randn(64, 256, generator=gen(0))})
+    assert enc.nominal_bits == 64 * 256 / 4 * 8 + 200 * 4 * 16  # 200 centroids: 8-bit indices
+
+
+def test_weighted_follows_the_hessian():
+    """With one input channel dominating the Hessian, weighted k-means fits that column better."""
+    w = torch.randn(64, 64, generator=gen(8))
+    h = torch.eye(64)
+    h[:4, :4] *= 1000.0
+    ctx = EncodeContext(hessians={"w": h})
+    plain = Clustered(codebook_size=16, dim=4).encode({"w": w}, ctx).recon["w"]
+    weighted = Clustered(codebook_size=16, dim=4, weighted=True).encode({"w": w}, ctx).recon["w"]
+    err = lambda r: float(torch.trace((w - r) @ h @ (w - r).T))  # noqa: E731
+    assert err(weighted) < 0.7 * err(plain)
+
+
+def test_bad_input_raises_config_error():
+    w = torch.randn(64, 256, generator=gen(0))
+    with pytest.raises(ConfigError, match=r"codebook_size 8192 is larger than the 4096 sub-vectors of w"):
+        Clustered(codebook_size=8192, dim=4).encode({"w": w}, EncodeContext())
+    with pytest.raises(ConfigError, match=r"tensor w has 66 rows, not divisible by dim 4"):
+        Clustered(dim=4).encode({"w": torch.randn(66, 256)}, EncodeContext())
+    fam = {"blocks.0.attn.proj.weight": torch.randn(64, 256), "blocks.1.attn.proj.weight": torch.randn(64, 128)}
+    with pytest.raises(ConfigError, match=r"widths \[128, 256\].*blocks.1.attn.proj.weight: 128"):
+        Clustered(scope="family").encode(fam, EncodeContext())
+    bad = w.clone()
+    bad[3, 5] = float("nan")
+    with pytest.raises(ConfigError, match=r"tensor w holds NaN"):
+        Clustered().encode({"w": bad}, EncodeContext())
+    with pytest.raises(ConfigError, match=r"Hessian for tensor w"):
+        Clustered(weighted=True).encode({"w": w}, EncodeContext())
+    with pytest.raises(ConfigError, match=r"2-D"):
+        Clustered().encode({"v": torch.randn(64)}, EncodeContext())
+    for kw in ({"dim": 3}, {"codebook_size": 1}, {"codebook_size": 70000}, {"lam": -1.0}, {"scope": "layer"}):
+        with pytest.raises(ConfigError):
+            Clustered(**kw)
+    with pytest.raises(ConfigError, match="codebook_dtype"):
+        get_format("clustered", codebook_dtype="int8")
