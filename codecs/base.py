@@ -47,6 +47,8 @@ REGISTRY: dict[str, str] = {
     "lzma": "entropy_codecs.lzma_codec:Lzma",
     "zstd": "entropy_codecs.zstd_codec:Zstd",
     "brotli": "entropy_codecs.brotli_codec:Brotli",
+    "ans": "entropy_codecs.ans:Ans",
+    "best": "entropy_codecs.best:Best",
 }
 
 

@@ -58,20 +58,29 @@ def main() -> None:
     ctx = EncodeContext(hessians=grams, hessian_counts=dict.fromkeys(grams, n), device=args.device)
 
     for label, fmt, codec, cparams in [
-        ("RTN int8 (pg_baseline) + zlib-9", {"bits": 8, "clip": "percentile", "scale_floor": 1 / 127}, "zlib", {"level": 9}),
+        (
+            "RTN int8 (pg_baseline) + zlib-9",
+            {"bits": 8, "clip": "percentile", "scale_floor": 1 / 127},
+            "zlib",
+            {"level": 9},
+        ),
         ("RTN int6 sdclip + zstd-3", {"bits": 6}, "zstd", {"level": 3}),
         ("GPTQ int6 sdclip + zstd-3", {"bits": 6, "gptq": True}, "zstd", {"level": 3}),
         ("GPTQ int6 act-order + brotli-11", {"bits": 6, "gptq": True, "act_order": True}, "brotli", {"quality": 11}),
     ]:
         plan = make_plan(state, PlanConfig(), "scalar", fmt)
         enc, wr, dec, size = _roundtrip(state, plan, ctx, codec, cparams)
-        rows.append((label, f"{size:,} B", enc + wr + dec, f"encode {enc:.2f} s, write {wr:.2f} s, read+verify {dec:.2f} s"))
+        rows.append(
+            (label, f"{size:,} B", enc + wr + dec, f"encode {enc:.2f} s, write {wr:.2f} s, read+verify {dec:.2f} s")
+        )
 
     for precision in ("fp32", "bf16"):
         t0 = time.perf_counter()
         r = evaluate(model, val, tables, args.device, precision, progress=False)
         dt = time.perf_counter() - t0
-        rows.append((f"evaluation {precision}", f"{r.tokens / dt:,.0f} tokens/s", dt, f"loss {r.loss:.5f} bpb {r.bpb:.5f}"))
+        rows.append(
+            (f"evaluation {precision}", f"{r.tokens / dt:,.0f} tokens/s", dt, f"loss {r.loss:.5f} bpb {r.bpb:.5f}")
+        )
 
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, bundle {b}")
     print("| step | size / rate | seconds | detail |\n|---|---:|---:|---|")

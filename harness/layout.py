@@ -1,4 +1,31 @@
-"""Layout: how format streams become codec inputs (packing, grouping, order) and back."""
+"""Layout: how format streams become codec inputs (packing, shuffle, grouping, order) and back.
+
+Order (stable, documented): streams are visited unit by unit in plan order and, within a unit,
+by stream name. `grouping` makes one blob per stream ("tensor"), per (role, storage dtype)
+("role"), or one blob for everything ("all"); blobs follow the first appearance of their key.
+Inside a blob, streams are laid out in sections of one (role, storage dtype), sections in order of
+first appearance, streams in visiting order within a section.
+
+Packing of each stream, recorded in its manifest entry so `unpack` can undo it:
+- "byte" (no key in the manifest): symbols one per item in the narrowest unsigned type (uint8,
+  uint16 little-endian, uint32), other streams as their storage dtype (little-endian).
+- "bits" (`"pack": "bits", "width": w`): symbol streams bit-packed at w bits per symbol,
+  least-significant bit first, each stream padded to a whole byte; w = ceil(log2 alphabet), or
+  `LayoutConfig.width` when set (an alphabet that does not fit is a ConfigError). A width equal to
+  the byte type's is stored as "byte"; alphabet 1 takes 0 bytes.
+- "planes" (`"pack": "planes", "stride": s`): with `shuffle`, every non-symbol stream of a
+  multi-byte dtype (fp16, bf16, fp32, int16…) is byte-shuffled: a section's items are split into
+  byte planes (byte 0 of every item of the section, then byte 1, …). A stream's plane p starts at
+  `offset + p·stride`, where stride is the section's item count.
+
+Codecs that code symbols themselves (class attribute `wants_symbols`, e.g. ans) always get symbol
+streams one per item ("byte"), whatever `packing` says, with the blob's StreamInfo carrying the
+itemsize and the largest alphabet; float streams still follow `shuffle`.
+
+Codec "best" (entropy_codecs.best) is resolved here, per blob: every candidate compresses the blob
+in its preferred packing, the smallest output wins (ties: the earlier candidate), and the blob is
+handed to the container under the winner's own name and parameters.
+"""
 
 from __future__ import annotations
 
@@ -9,41 +36,49 @@ from typing import Any
 
 import numpy as np
 
-from entropy_codecs import StreamInfo
+from entropy_codecs import StreamInfo, get_codec
 from formats.base import Encoded, Stream, TensorSpec
 from harness.container import Blob
 from harness.errors import ArtifactError, ConfigError
 
 GROUPINGS = ("tensor", "role", "all")
+PACKINGS = ("byte", "bits")
 FLOAT_DTYPES = {"float16": "<f2", "float32": "<f4"}
 SYMBOL_DTYPES = {"uint8": "u1", "uint16": "<u2", "uint32": "<u4"}
+INT_DTYPES = {"int8": "i1", "int16": "<i2", "int32": "<i4", "int64": "<i8"}
+TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
+_CHUNK = 1 << 20  # symbols per bit-packing step (a multiple of 8, so every chunk ends on a byte)
 
 
 @dataclass
 class LayoutConfig:
-    """grouping: one codec call per stream ("tensor"), per role and dtype ("role"), or one for everything ("all")."""
+    """grouping: a blob per stream ("tensor"), per role and dtype ("role"), or one ("all");
+    packing: symbols one per byte/uint16 ("byte") or bit-packed to their width ("bits");
+    shuffle: split multi-byte non-symbol streams (floats) into byte planes;
+    width: bit width for packing="bits" (0: each stream's ceil(log2 alphabet))."""
 
     grouping: str = "tensor"
+    packing: str = "byte"
+    shuffle: bool = False
+    width: int = 0
 
     def __post_init__(self) -> None:
         if self.grouping not in GROUPINGS:
             raise ConfigError(f"unknown layout grouping {self.grouping!r}; choose one of {GROUPINGS}")
+        if self.packing not in PACKINGS:
+            raise ConfigError(f"unknown layout packing {self.packing!r}; choose one of {PACKINGS}")
+        if not isinstance(self.shuffle, bool):
+            raise ConfigError(f"layout shuffle must be true or false, got {self.shuffle!r}")
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or not 0 <= self.width <= 32:
+            raise ConfigError(f"layout width must be an int in 0..32 (0: automatic), got {self.width!r}")
 
-
-def _serial_dtype(s: Stream) -> str:
-    """Storage dtype: symbols in the narrowest unsigned type, floats as they are."""
-    if s.alphabet is not None:
-        if s.data.size and (int(s.data.min()) < 0 or int(s.data.max()) >= s.alphabet):
-            raise ConfigError(f"{s.role} stream holds symbols outside its alphabet of {s.alphabet}")
-        return "uint8" if s.alphabet <= 256 else "uint16" if s.alphabet <= 65536 else "uint32"
-    name = s.data.dtype.name
-    if name in FLOAT_DTYPES or name in SYMBOL_DTYPES or name in ("int8", "int16", "int32", "int64"):
-        return name
-    raise ConfigError(f"{s.role} stream has unsupported dtype {name}")
+    def describe(self) -> dict[str, Any]:
+        """The settings as recorded in the artifact manifest."""
+        return {"grouping": self.grouping, "packing": self.packing, "shuffle": self.shuffle, "width": self.width}
 
 
 def _np_dtype(name: str) -> np.dtype:
-    table = {**FLOAT_DTYPES, **SYMBOL_DTYPES, "int8": "i1", "int16": "<i2", "int32": "<i4", "int64": "<i8"}
+    table = {**FLOAT_DTYPES, **SYMBOL_DTYPES, **INT_DTYPES}
     if name not in table:
         raise ArtifactError(f"stream dtype {name!r} is not a storage dtype")
     return np.dtype(table[name])
@@ -54,22 +89,100 @@ def storage_itemsize(dtype: str) -> int:
     return _np_dtype(dtype).itemsize
 
 
-def pack(
-    units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig
-) -> tuple[list[dict], list[Blob]]:
-    """Manifest entries for the units and the blobs holding their streams, in a stable order."""
-    groups: dict[Any, list[tuple[int, str, bytes, int, int | None]]] = defaultdict(list)
-    order: list[Any] = []
-    entries = []
+def symbol_width(alphabet: int) -> int:
+    """Bits needed for symbols 0..alphabet-1 (0 for a one-symbol alphabet)."""
+    return max(alphabet - 1, 0).bit_length()
+
+
+def _serial_dtype(s: Stream, label: str) -> str:
+    """Storage dtype: symbols in the narrowest unsigned type, other streams as they are."""
+    if s.alphabet is not None:
+        if type(s.alphabet) is not int or s.alphabet < 1 or s.alphabet > 1 << 32:
+            raise ConfigError(f"{label}: alphabet must be an int in 1..2^32, got {s.alphabet!r}")
+        if s.data.size:
+            lo, hi = int(s.data.min()), int(s.data.max())
+            if lo < 0 or hi >= s.alphabet:
+                bad = hi if hi >= s.alphabet else lo
+                raise ConfigError(f"{label}: holds symbol {bad}, outside its declared alphabet of {s.alphabet}")
+        return "uint8" if s.alphabet <= 256 else "uint16" if s.alphabet <= 65536 else "uint32"
+    name = s.data.dtype.name
+    if name in FLOAT_DTYPES or name in SYMBOL_DTYPES or name in INT_DTYPES:
+        return name
+    raise ConfigError(f"{label}: unsupported dtype {name}")
+
+
+# ---- bit packing -------------------------------------------------------------------------------
+
+
+def pack_bits(symbols: np.ndarray, width: int) -> bytes:
+    """Unsigned symbols at `width` bits each, least-significant bit first, padded to a whole byte."""
+    x = np.ascontiguousarray(symbols.reshape(-1))
+    if width == 0 or x.size == 0:
+        return b""
+    dt = _bits_dtype(width)
+    x = x.astype(dt, copy=False)
+    nbits = dt.itemsize * 8
+    if width == nbits:
+        return x.tobytes()
+    parts = []
+    for s in range(0, x.size, _CHUNK):
+        bits = np.unpackbits(x[s : s + _CHUNK].view(np.uint8), bitorder="little").reshape(-1, nbits)
+        parts.append(np.packbits(bits[:, :width], bitorder="little").tobytes())
+    return b"".join(parts)
+
+
+def _bits_dtype(width: int) -> np.dtype:
+    return np.dtype("<u4") if width > 16 else np.dtype("<u2") if width > 8 else np.dtype("u1")
+
+
+def unpack_bits(raw: bytes | memoryview, n: int, width: int) -> np.ndarray:
+    """Inverse of pack_bits: n symbols of `width` bits from raw, in the narrowest unsigned type for width."""
+    dt = _bits_dtype(width)
+    if width == 0 or n == 0:
+        return np.zeros(n, dtype=dt.newbyteorder("="))
+    nbits = dt.itemsize * 8
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    if width == nbits:
+        return np.frombuffer(buf[: n * dt.itemsize].tobytes(), dtype=dt).astype(dt.newbyteorder("="))
+    out = np.empty(n, dtype=dt)
+    for s in range(0, n, _CHUNK):
+        m = min(_CHUNK, n - s)
+        chunk = buf[s * width // 8 : (s * width + m * width + 7) // 8]
+        bits = np.unpackbits(chunk, bitorder="little")[: m * width].reshape(m, width)
+        full = np.zeros((m, nbits), dtype=np.uint8)
+        full[:, :width] = bits
+        out[s : s + m] = np.packbits(full, axis=1, bitorder="little").reshape(-1).view(dt)
+    return out.astype(dt.newbyteorder("="), copy=False)
+
+
+# ---- pack --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    """One stream on its way to a blob."""
+
+    ui: int
+    name: str
+    label: str
+    role: str
+    dtype: str
+    data: np.ndarray  # contiguous, in the storage dtype (little-endian)
+    alphabet: int | None
+
+
+def _items(units: list[Encoded]) -> tuple[list[_Item], list[dict[str, Any]]]:
+    """Every stream in the stable order, checked, with the units' manifest entries (placement added later)."""
+    items, entries = [], []
     for ui, unit in enumerate(units):
+        tensor_names = ", ".join(t.name for t in unit.tensors) or "no tensors"
         streams = []
-        for sname, s in unit.streams.items():
-            dt = _serial_dtype(s)
-            raw = np.ascontiguousarray(s.data.astype(_np_dtype(dt), copy=False)).tobytes()
-            key = (ui, sname) if cfg.grouping == "tensor" else (s.role, dt) if cfg.grouping == "role" else "all"
-            if key not in groups:
-                order.append(key)
-            groups[key].append((ui, sname, raw, _np_dtype(dt).itemsize, s.alphabet))
+        for sname in sorted(unit.streams):
+            s = unit.streams[sname]
+            label = f"unit {ui} ({tensor_names}) stream {sname!r}"
+            dt = _serial_dtype(s, label)
+            data = np.ascontiguousarray(s.data.astype(_np_dtype(dt), copy=False)).reshape(-1)
+            items.append(_Item(ui, sname, label, s.role, dt, data, s.alphabet))
             streams.append(
                 {"name": sname, "role": s.role, "dtype": dt, "shape": list(s.data.shape), "alphabet": s.alphabet}
             )
@@ -81,30 +194,163 @@ def pack(
                 "streams": streams,
             }
         )
-    blobs = []
-    where: dict[tuple[int, str], tuple[int, int]] = {}
-    for bi, key in enumerate(order):
-        offset, parts = 0, []
-        itemsizes, alphabets = set(), []
-        for ui, sname, raw, itemsize, alphabet in groups[key]:
-            where[(ui, sname)] = (bi, offset)
+    return items, entries
+
+
+def _sections(items: list[_Item]) -> list[list[_Item]]:
+    by: dict[tuple[str, str], list[_Item]] = {}
+    for it in items:
+        by.setdefault((it.role, it.dtype), []).append(it)
+    return list(by.values())
+
+
+def _serialize(
+    sections: list[list[_Item]], packing: str, shuffle: bool, width: int
+) -> tuple[bytes, dict[int, dict[str, Any]], StreamInfo]:
+    """A blob's bytes, each item's placement (keyed by id(item)), and the StreamInfo for its codec."""
+    parts: list[bytes] = []
+    where: dict[int, dict[str, Any]] = {}
+    offset = 0
+    kinds: set[tuple[str, int]] = set()
+    alphabets: list[int] = []
+    for sec in sections:
+        first = sec[0]
+        itemsize = first.data.dtype.itemsize
+        if first.alphabet is None and shuffle and itemsize > 1:
+            total = sum(it.data.size for it in sec)
+            planes = np.concatenate([it.data.view(np.uint8).reshape(-1, itemsize) for it in sec]) if total else None
+            pos = 0
+            for it in sec:
+                where[id(it)] = {"offset": offset + pos, "pack": "planes", "stride": total}
+                pos += it.data.size
+            if planes is not None:
+                parts.append(np.ascontiguousarray(planes.T).tobytes())
+            offset += total * itemsize
+            kinds.add(("bytes", 1))
+            continue
+        for it in sec:
+            if it.alphabet is not None and packing == "bits":
+                w = width or symbol_width(it.alphabet)
+                if it.alphabet > 1 << w:
+                    raise ConfigError(f"{it.label}: alphabet of {it.alphabet} symbols does not fit in {w} bits")
+                if w != itemsize * 8:
+                    raw = pack_bits(it.data, w)
+                    where[id(it)] = {"offset": offset, "pack": "bits", "width": w}
+                    parts.append(raw)
+                    offset += len(raw)
+                    kinds.add(("bytes", 1))
+                    continue
+            raw = it.data.tobytes()
+            where[id(it)] = {"offset": offset}
             parts.append(raw)
             offset += len(raw)
-            itemsizes.add(itemsize)
-            alphabets.append(alphabet)
-        itemsize = itemsizes.pop() if len(itemsizes) == 1 else 1
-        alphabet = max(alphabets) if all(a is not None for a in alphabets) and itemsize <= 2 else None
-        blobs.append(Blob(codec, dict(codec_params), b"".join(parts), StreamInfo(itemsize, alphabet)))
+            kinds.add(("symbols" if it.alphabet is not None else "items", itemsize))
+            if it.alphabet is not None:
+                alphabets.append(it.alphabet)
+    if len(kinds) == 1 and next(iter(kinds))[0] == "symbols" and next(iter(kinds))[1] <= 2:
+        info = StreamInfo(next(iter(kinds))[1], max(alphabets))
+    else:
+        sizes = {size for _, size in kinds}
+        info = StreamInfo(sizes.pop() if len(sizes) == 1 else 1, None)
+    return b"".join(parts), where, info
+
+
+def _candidates(codec: str, codec_params: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+    """(name, params, wants_symbols) for the codec, or for each of best's candidates."""
+    c = get_codec(codec, **codec_params)
+    inner = c.codecs() if codec == "best" else [c]  # type: ignore[attr-defined]
+    return [(x.name, x.config(), bool(getattr(x, "wants_symbols", False))) for x in inner]
+
+
+def pack(
+    units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig
+) -> tuple[list[dict], list[Blob]]:
+    """Manifest entries for the units and the blobs holding their streams, in the stable order above."""
+    items, entries = _items(units)
+    candidates = _candidates(codec, codec_params)
+    groups: dict[Any, list[_Item]] = defaultdict(list)
+    for it in items:
+        key = (it.ui, it.name) if cfg.grouping == "tensor" else (it.role, it.dtype) if cfg.grouping == "role" else "all"
+        groups[key].append(it)
+    blobs: list[Blob] = []
+    placed: dict[tuple[int, str], dict[str, Any]] = {}
+    for bi, members in enumerate(groups.values()):
+        sections = _sections(members)
+        layouts: dict[str, tuple[bytes, dict[int, dict[str, Any]], StreamInfo]] = {}
+        choice = None
+        for name, params, wants_symbols in candidates:
+            packing = "byte" if wants_symbols else cfg.packing
+            if packing not in layouts:
+                layouts[packing] = _serialize(sections, packing, cfg.shuffle, cfg.width)
+            if len(candidates) == 1:
+                choice = (name, params, packing)
+                break
+            raw, _, info = layouts[packing]
+            size = len(get_codec(name, **params).compress(raw, info))
+            if choice is None or size < choice[0]:
+                choice = (size, name, params, packing)
+        assert choice is not None
+        name, params, packing = choice[-3:]
+        raw, where, info = layouts[packing]
+        blobs.append(Blob(name, dict(params), raw, info))
+        for it in members:
+            placed[(it.ui, it.name)] = {"blob": bi, **where[id(it)]}
     for ui, entry in enumerate(entries):
         for st in entry["streams"]:
-            st["blob"], st["offset"] = where[(ui, st["name"])]
+            st.update(placed[(ui, st["name"])])
     return entries, blobs
+
+
+# ---- unpack ------------------------------------------------------------------------------------
 
 
 def _int(v: Any, what: str) -> int:
     if type(v) is not int or v < 0:
         raise ArtifactError(f"{what} must be a non-negative integer, got {v!r}")
     return v
+
+
+def _read_stream(st: dict[str, Any], blobs: list[bytes]) -> np.ndarray:
+    """One stream's array from its manifest entry, every field checked against the blob."""
+    name = st["name"]
+    dt = _np_dtype(st["dtype"])
+    shape = tuple(_int(d, "stream dim") for d in st["shape"])
+    n = math.prod(shape)
+    bi, off = _int(st["blob"], "blob index"), _int(st["offset"], "stream offset")
+    if bi >= len(blobs):
+        raise ArtifactError(f"stream {name} points to blob {bi} of {len(blobs)}")
+    blob = blobs[bi]
+    pack = st.get("pack", "byte")
+    alphabet = st["alphabet"]
+    if pack == "byte":
+        if off + n * dt.itemsize > len(blob):
+            raise ArtifactError(f"stream {name} runs past the end of blob {bi}")
+        data = np.frombuffer(blob, dtype=dt, count=n, offset=off)
+    elif pack == "bits":
+        width = st.get("width")
+        if type(width) is not int or not 0 <= width <= 32:
+            raise ArtifactError(f"stream {name}: bit width {width!r} is not an int in 0..32")
+        if type(alphabet) is not int or not 1 <= alphabet <= 1 << width or alphabet > 1 << (8 * dt.itemsize):
+            raise ArtifactError(f"stream {name}: bit-packed at {width} bits but its alphabet is {alphabet!r}")
+        nbytes = (n * width + 7) // 8
+        if off + nbytes > len(blob):
+            raise ArtifactError(f"stream {name} runs past the end of blob {bi}")
+        data = unpack_bits(memoryview(blob)[off : off + nbytes], n, width)
+        if data.size and int(data.max()) >= alphabet:
+            raise ArtifactError(f"stream {name} holds a symbol outside its alphabet of {alphabet}")
+        data = data.astype(dt, copy=False)
+    elif pack == "planes":
+        stride = st.get("stride")
+        if type(stride) is not int or stride < n or dt.itemsize < 2 or alphabet is not None:
+            raise ArtifactError(f"stream {name}: byte planes with stride {stride!r} do not fit {n} {st['dtype']} items")
+        if off + (dt.itemsize - 1) * stride + n > len(blob):
+            raise ArtifactError(f"stream {name} runs past the end of blob {bi}")
+        buf = np.frombuffer(blob, dtype=np.uint8)
+        planes = np.stack([buf[off + p * stride : off + p * stride + n] for p in range(dt.itemsize)], axis=1)
+        data = np.ascontiguousarray(planes).view(dt).reshape(-1)
+    else:
+        raise ArtifactError(f"stream {name}: unknown packing {pack!r} (expected byte, bits or planes)")
+    return data.reshape(shape)
 
 
 def unpack(entries: Any, blobs: list[bytes]) -> list[Encoded]:
@@ -119,34 +365,17 @@ def unpack(entries: Any, blobs: list[bytes]) -> list[Encoded]:
                 for t in e["tensors"]
             ]
             for t in tensors:
-                if t.dtype not in (
-                    "float32",
-                    "float16",
-                    "bfloat16",
-                    "int64",
-                    "int32",
-                    "int16",
-                    "int8",
-                    "uint8",
-                    "bool",
-                ):
+                if t.dtype not in TENSOR_DTYPES:
                     raise ArtifactError(f"tensor {t.name}: unknown dtype {t.dtype!r}")
             streams = {}
             for st in e["streams"]:
-                dt = _np_dtype(st["dtype"])
-                shape = tuple(_int(d, "stream dim") for d in st["shape"])
-                bi, off = _int(st["blob"], "blob index"), _int(st["offset"], "stream offset")
-                if bi >= len(blobs):
-                    raise ArtifactError(f"stream {st['name']} points to blob {bi} of {len(blobs)}")
-                nbytes = math.prod(shape) * dt.itemsize
-                if off + nbytes > len(blobs[bi]):
-                    raise ArtifactError(f"stream {st['name']} runs past the end of blob {bi}")
-                data = np.frombuffer(blobs[bi], dtype=dt, count=math.prod(shape), offset=off).reshape(shape)
+                data = _read_stream(st, blobs)
                 alphabet = st["alphabet"]
                 if alphabet is not None:
                     alphabet = _int(alphabet, "alphabet")
                     if data.size and int(data.max()) >= alphabet:
                         raise ArtifactError(f"stream {st['name']} holds a symbol outside its alphabet of {alphabet}")
+                dt = data.dtype
                 streams[str(st["name"])] = Stream(
                     data.astype(dt.newbyteorder("="), copy=False), str(st["role"]), alphabet
                 )
@@ -156,6 +385,76 @@ def unpack(entries: Any, blobs: list[bytes]) -> list[Encoded]:
             units.append(Encoded(str(e["format"]), tensors, streams, meta))
         except ArtifactError as exc:
             raise ArtifactError(f"unit {ui}: {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"unit {ui}: malformed manifest entry ({type(exc).__name__}: {exc})") from None
     return units
+
+
+# ---- bytes by role -----------------------------------------------------------------------------
+
+
+def stream_nbytes(st: dict[str, Any]) -> int:
+    """Bytes a stream occupies in its (decompressed) blob, from its manifest entry."""
+    n = math.prod(st["shape"])
+    if st.get("pack") == "bits":
+        return (n * st["width"] + 7) // 8
+    return n * storage_itemsize(st["dtype"])
+
+
+def role_report(
+    units: list[Encoded], entries: list[dict[str, Any]], blob_stored: list[int], final_bytes: int
+) -> dict[str, dict[str, Any]]:
+    """Per stream role: stored bytes, raw bytes, order-0 bounds, bytes/bound and share of the file.
+
+    A blob's stored bytes are split among its streams in proportion to the bytes they occupy in
+    the blob (after packing). "bound": n·H₀/8 of the symbols for symbol streams, the order-0 byte
+    entropy of the stored bytes for the others; "plane_bound": the same per byte plane (≤ bound);
+    "packed": bytes in the blob before the codec. The "header" role is the container header plus
+    the manifest (final_bytes − Σ blob_stored).
+    """
+    from entropy_codecs import bounds
+
+    roles: dict[str, dict[str, Any]] = {}
+    blob_roles: dict[int, dict[str, int]] = {}
+    for unit, entry in zip(units, entries, strict=True):
+        for st in entry["streams"]:
+            s = unit.streams[st["name"]]
+            raw = s.data.size * storage_itemsize(st["dtype"])
+            packed = stream_nbytes(st)
+            blob_roles.setdefault(st["blob"], {}).setdefault(st["role"], 0)
+            blob_roles[st["blob"]][st["role"]] += packed
+            r = roles.setdefault(st["role"], {"bytes": 0.0, "raw": 0, "packed": 0, "bound": 0.0, "plane_bound": 0.0})
+            r["raw"] += raw
+            r["packed"] += packed
+            b = bounds.stream_bound(s.data, s.alphabet)
+            r["bound"] += b["bound"]
+            r["plane_bound"] += b["plane_bound"]
+    for bi, by_role in blob_roles.items():
+        total = sum(by_role.values())
+        for role, packed in by_role.items():
+            roles[role]["bytes"] += blob_stored[bi] * packed / total if total else 0.0
+    header = final_bytes - sum(blob_stored)
+    roles["header"] = {"bytes": float(header), "raw": header, "packed": header, "bound": 0.0, "plane_bound": 0.0}
+    for r in roles.values():
+        r["bytes"] = round(r["bytes"], 1)
+        r["bound"] = round(r["bound"], 1)
+        r["plane_bound"] = round(r["plane_bound"], 1)
+        r["ratio"] = r["bytes"] / r["bound"] if r["bound"] > 0 else None
+        r["share"] = r["bytes"] / final_bytes if final_bytes else 0.0
+    return roles
+
+
+def storage_summary(
+    units: list[Encoded], entries: list[dict[str, Any]], blob_stored: list[int], final_bytes: int
+) -> dict[str, Any]:
+    """role_report plus whole-artifact totals: bound, final bytes / bound, payload bytes / bound."""
+    roles = role_report(units, entries, blob_stored, final_bytes)
+    bound = sum(r["bound"] for r in roles.values())
+    payload = sum(blob_stored)
+    return {
+        "bytes_by_role": roles,
+        "entropy_bound_bytes": bound,
+        "bytes_over_bound": final_bytes / bound if bound > 0 else None,
+        "payload_over_bound": payload / bound if bound > 0 else None,
+        "header_bytes": final_bytes - payload,
+    }

@@ -1,11 +1,22 @@
-"""Pre-artifact error measures and entropy bounds."""
+"""Pre-artifact error measures; the entropy bounds live in entropy_codecs.bounds (re-exported here)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 from torch import Tensor
+
+from entropy_codecs.bounds import byte_entropy_bound, entropy_bits, entropy_bound_bytes
+
+__all__ = [
+    "byte_entropy_bound",
+    "entropy_bits",
+    "entropy_bound_bytes",
+    "output_error",
+    "rel_mse",
+    "sqnr_db",
+    "weighted_mean",
+]
 
 
 def rel_mse(w: Tensor, w_hat: Tensor) -> float:
@@ -28,25 +39,6 @@ def output_error(w: Tensor, w_hat: Tensor, gram: Tensor) -> float:
     d = w64 - w_hat.double().reshape(w.shape[0], -1)
     den = float(((w64 @ g) * w64).sum())
     return float(((d @ g) * d).sum()) / den if den > 0 else math.nan
-
-
-def entropy_bits(symbols: np.ndarray, alphabet: int | None = None) -> float:
-    """Order-0 empirical entropy of a symbol array, in bits per symbol."""
-    if symbols.size == 0:
-        return 0.0
-    counts = np.bincount(symbols.reshape(-1).astype(np.int64), minlength=alphabet or 0)
-    p = counts[counts > 0] / symbols.size
-    return float(-(p * np.log2(p)).sum())
-
-
-def entropy_bound_bytes(symbols: np.ndarray, alphabet: int | None = None) -> float:
-    """n·H₀/8: the order-0 bound on the bytes any per-symbol coder needs (side information excluded)."""
-    return symbols.size * entropy_bits(symbols, alphabet) / 8
-
-
-def byte_entropy_bound(raw: bytes) -> float:
-    """Order-0 bound of a byte string taken as bytes (used for float streams)."""
-    return entropy_bound_bytes(np.frombuffer(raw, dtype=np.uint8), 256)
 
 
 def weighted_mean(values: list[float], weights: list[int]) -> float:

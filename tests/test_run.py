@@ -103,7 +103,7 @@ def test_bad_overrides_end_in_a_clear_error(tiny_bundle: Path, tmp_path: Path, o
 def test_train_builds_a_bundle_that_run_accepts(tmp_path: Path) -> None:
     from harness import corpus
 
-    root, files = corpus.stdlib_files()
+    root, _ = corpus.stdlib_files()
     pattern = str(root / "json" / "*.py")
     data_dir = tmp_path / "data"
     proc = bytegolf(
@@ -132,6 +132,13 @@ def test_train_builds_a_bundle_that_run_accepts(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "bundle" / "model.json").read_text())
     assert stats["steps"] == 3 and stats["tokens_seen"] == 3 * 2 * 64
     assert stats["val_bpb"] > 0 and stats["unigram_bpb"] > 0
-    proc = bytegolf("run", f"bundle={tmp_path / 'bundle'}", *TINY_ARGS, "calib.windows=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = bytegolf(
+        "run",
+        f"bundle={tmp_path / 'bundle'}",
+        *TINY_ARGS,
+        "calib.windows=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "result.json").read_text())["params"] > 0
