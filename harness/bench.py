@@ -23,7 +23,7 @@ from harness.plan import PlanConfig, make_plan
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _roundtrip(state, plan, ctx, codec: str, params: dict) -> tuple[float, float, float, int]:  # noqa: ANN001
+def _roundtrip(state, plan, ctx, codec: str, params: dict) -> tuple[float, float, float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         units = artifact.encode_state(state, plan, ctx, progress=False)
