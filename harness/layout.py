@@ -114,6 +114,16 @@ def _serial_dtype(s: Stream, label: str) -> str:
 # ---- bit packing -------------------------------------------------------------------------------
 
 
+def _bits_dtype(width: int) -> np.dtype:
+    return np.dtype("<u4") if width > 16 else np.dtype("<u2") if width > 8 else np.dtype("u1")
+
+
+def _group(width: int) -> int:
+    """Symbols per group whose bits fill whole bytes within 64 bits (0: none; widths 9, 11, 13, ...)."""
+    g = 8 // math.gcd(width, 8)
+    return g if g * width <= 64 else 0
+
+
 def pack_bits(symbols: np.ndarray, width: int) -> bytes:
     """Unsigned symbols at `width` bits each, least-significant bit first, padded to a whole byte."""
     x = np.ascontiguousarray(symbols.reshape(-1))
@@ -121,38 +131,58 @@ def pack_bits(symbols: np.ndarray, width: int) -> bytes:
         return b""
     dt = _bits_dtype(width)
     x = x.astype(dt, copy=False)
-    nbits = dt.itemsize * 8
-    if width == nbits:
+    if width == 8 * dt.itemsize:
         return x.tobytes()
-    parts = []
+    g, parts = _group(width), []
     for s in range(0, x.size, _CHUNK):
-        bits = np.unpackbits(x[s : s + _CHUNK].view(np.uint8), bitorder="little").reshape(-1, nbits)
-        parts.append(np.packbits(bits[:, :width], bitorder="little").tobytes())
-    return b"".join(parts)
-
-
-def _bits_dtype(width: int) -> np.dtype:
-    return np.dtype("<u4") if width > 16 else np.dtype("<u2") if width > 8 else np.dtype("u1")
+        c = x[s : s + _CHUNK]
+        if g:  # g symbols -> one uint64 -> g·width/8 bytes
+            v = np.zeros(-(-c.size // g) * g, dtype=np.uint64)
+            v[: c.size] = c
+            v = v.reshape(-1, g)
+            acc = v[:, 0].copy()
+            for j in range(1, g):
+                acc |= v[:, j] << np.uint64(j * width)
+            parts.append(acc.astype("<u8").view(np.uint8).reshape(-1, 8)[:, : g * width // 8].tobytes())
+        else:
+            bits = np.unpackbits(c.view(np.uint8), bitorder="little").reshape(-1, 8 * dt.itemsize)
+            parts.append(np.packbits(bits[:, :width], bitorder="little").tobytes())
+    return b"".join(parts)[: (x.size * width + 7) // 8]
 
 
 def unpack_bits(raw: bytes | memoryview, n: int, width: int) -> np.ndarray:
     """Inverse of pack_bits: n symbols of `width` bits from raw, in the narrowest unsigned type for width."""
     dt = _bits_dtype(width)
+    native = dt.newbyteorder("=")
     if width == 0 or n == 0:
-        return np.zeros(n, dtype=dt.newbyteorder("="))
-    nbits = dt.itemsize * 8
+        return np.zeros(n, dtype=native)
     buf = np.frombuffer(raw, dtype=np.uint8)
-    if width == nbits:
-        return np.frombuffer(buf[: n * dt.itemsize].tobytes(), dtype=dt).astype(dt.newbyteorder("="))
-    out = np.empty(n, dtype=dt)
+    if width == 8 * dt.itemsize:
+        return np.frombuffer(buf[: n * dt.itemsize].tobytes(), dtype=dt).astype(native)
+    g, out = _group(width), np.empty(n, dtype=native)
     for s in range(0, n, _CHUNK):
         m = min(_CHUNK, n - s)
-        chunk = buf[s * width // 8 : (s * width + m * width + 7) // 8]
-        bits = np.unpackbits(chunk, bitorder="little")[: m * width].reshape(m, width)
-        full = np.zeros((m, nbits), dtype=np.uint8)
-        full[:, :width] = bits
-        out[s : s + m] = np.packbits(full, axis=1, bitorder="little").reshape(-1).view(dt)
-    return out.astype(dt.newbyteorder("="), copy=False)
+        start = s * width // 8  # whole bytes: _CHUNK is a multiple of 8
+        if g:
+            ng, gb = -(-m // g), g * width // 8
+            chunk = buf[start : start + ng * gb]
+            flat = np.zeros(ng * gb, dtype=np.uint8)
+            flat[: chunk.size] = chunk
+            words = np.zeros((ng, 8), dtype=np.uint8)
+            words[:, :gb] = flat.reshape(ng, gb)
+            acc = words.view("<u8").reshape(-1)
+            vals = np.empty((ng, g), dtype=native)
+            mask = np.uint64((1 << width) - 1)
+            for j in range(g):
+                vals[:, j] = (acc >> np.uint64(j * width)) & mask
+            out[s : s + m] = vals.reshape(-1)[:m]
+        else:
+            chunk = buf[start : (s * width + m * width + 7) // 8]
+            bits = np.unpackbits(chunk, bitorder="little")[: m * width].reshape(m, width)
+            full = np.zeros((m, 8 * dt.itemsize), dtype=np.uint8)
+            full[:, :width] = bits
+            out[s : s + m] = np.packbits(full, axis=1, bitorder="little").reshape(-1).view(dt)
+    return out
 
 
 # ---- pack --------------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("zstd", {"level": 3, "long": True}),
     ("brotli", {}),
     ("brotli", {"quality": 5, "lgwin": 18}),
+    ("ans", {}),
+    ("ans", {"histogram": "rows", "rows": 2, "chunk": 1000}),
+    ("best", {}),
+    ("best", {"candidates": ["zlib", {"name": "zstd", "params": {"level": 3}}, "raw"]}),
 ]
 FAST = {
     "raw": {},
@@ -29,6 +33,8 @@ FAST = {
     "lzma": {"preset": 0, "extreme": False},
     "zstd": {"level": 1},
     "brotli": {"quality": 1},
+    "ans": {},
+    "best": {"candidates": [{"name": "zlib", "level": 1}, "ans"]},
 }
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items()) or 'default'}" for name, params in CASES]
 RNG = np.random.default_rng(1234)
@@ -164,6 +170,13 @@ def test_zstd_long_window_decodes() -> None:
         ("brotli", {"lgwin": 9}, "lgwin"),
         ("brotli", {"lgwin": 25}, "lgwin"),
         ("raw", {"level": 1}, "level"),
+        ("ans", {"histogram": "row"}, "histogram"),
+        ("ans", {"rows": 0}, "rows"),
+        ("ans", {"chunk": 1.5}, "chunk"),
+        ("best", {"candidates": ["nope"]}, "nope"),
+        ("best", {"candidates": ["best"]}, "best"),
+        ("best", {"candidates": []}, "candidates"),
+        ("best", {"candidates": [{"name": "zlib", "level": 10}]}, "level"),
     ],
 )
 def test_bad_params_raise_config_error(name: str, params: dict[str, Any], bad: str) -> None:
