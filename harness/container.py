@@ -1,7 +1,8 @@
 """The artifact file: a fixed header, a JSON manifest and codec-compressed blobs back to back.
 
 Layout: MAGIC(8) | version u16 | flags u16 | manifest_len u32 | manifest_crc32 u32 (little-endian)
-| manifest (canonical JSON, utf-8) | payload. The manifest's "blobs" list describes each blob
+| manifest (canonical JSON, utf-8, zlib level 9; the CRC covers the stored bytes) | payload.
+The manifest's "blobs" list describes each blob
 (codec, params, itemsize, alphabet, offset, stored, raw, crc32); all other keys belong to the caller.
 """
 
@@ -22,6 +23,7 @@ from harness.errors import ArtifactError, ConfigError
 MAGIC = b"BYTEGOLF"
 VERSION = 1
 _HEADER = struct.Struct("<8sHHII")
+MAX_MANIFEST = 64 << 20  # bytes of manifest JSON a reader accepts
 _BLOB_INTS = {"itemsize": 1, "offset": 0, "stored": 0, "raw": 0, "crc32": 0}  # key -> minimum
 _BLOB_KEYS = {"codec", "params", "alphabet", *_BLOB_INTS}
 
@@ -69,7 +71,7 @@ def write_artifact(path: str | os.PathLike[str], manifest: dict[str, Any], blobs
         stored_parts.append(stored)
         offset += len(stored)
     try:
-        meta = _dumps({**manifest, "blobs": entries})
+        meta = zlib.compress(_dumps({**manifest, "blobs": entries}), 9)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"artifact manifest is not JSON-serializable: {exc}") from None
     data = b"".join([_HEADER.pack(MAGIC, VERSION, 0, len(meta), zlib.crc32(meta)), meta, *stored_parts])
@@ -133,8 +135,12 @@ def _read_manifest(f: BinaryIO, name: str) -> tuple[dict[str, Any], list[dict[st
             f"{name}: manifest CRC mismatch (stored {meta_crc:#010x}, computed {zlib.crc32(meta):#010x})"
         )
     try:
-        manifest = json.loads(meta.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(meta, MAX_MANIFEST)
+        if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+            raise ValueError(f"compressed manifest is truncated, oversized or followed by junk (limit {MAX_MANIFEST})")
+        manifest = json.loads(text.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError, zlib.error) as exc:
         raise ArtifactError(f"{name}: manifest is not valid JSON ({exc})") from None
     blobs = _blob_entries(name, manifest)
     offset = 0
@@ -148,13 +154,18 @@ def _read_manifest(f: BinaryIO, name: str) -> tuple[dict[str, Any], list[dict[st
     return manifest, blobs, payload_size
 
 
-def stored_sizes(path: str | os.PathLike[str]) -> list[int]:
-    """Compressed size of each blob, from a checked header and manifest (nothing is decompressed)."""
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The whole checked manifest, blob table included (nothing is decompressed)."""
     try:
         with open(path, "rb") as f:
-            return [entry["stored"] for entry in _read_manifest(f, os.fspath(path))[1]]
+            return _read_manifest(f, os.fspath(path))[0]
     except OSError as exc:
         raise ArtifactError(f"{os.fspath(path)}: cannot read artifact ({exc.strerror or exc})") from None
+
+
+def stored_sizes(path: str | os.PathLike[str]) -> list[int]:
+    """Compressed size of each blob, from a checked header and manifest (nothing is decompressed)."""
+    return [entry["stored"] for entry in read_manifest(path)["blobs"]]
 
 
 def read_artifact(path: str | os.PathLike[str], max_total_raw: int = 1 << 34) -> tuple[dict[str, Any], list[bytes]]:

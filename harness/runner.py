@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from entropy_codecs import get_codec
 from formats import EncodeContext
-from harness import artifact, checkpoint, data, layout, metrics, shards, tokenizer
+from harness import artifact, checkpoint, codebytes, data, layout, metrics, shards, tokenizer
 from harness.calibration import gram_matrices
 from harness.errors import ConfigError
 from harness.evaluate import EvalResult, evaluate
@@ -115,6 +116,8 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     st = Stages()
     fmt_name, fmt_params = _params(cfg.format)
     codec_name, codec_params = _params(cfg.codec)
+    lay = layout.LayoutConfig(**cfg.layout)
+    get_codec(codec_name, **codec_params)  # bad codec settings fail before any work is done
 
     with st("load"):
         state = checkpoint.load_state_dict(cfg.model.checkpoint)
@@ -146,17 +149,21 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         units = artifact.encode_state(state, plan, ctx)
     path = out_dir / artifact.ARTIFACT_NAME
     with st("write"):
-        written = artifact.write(path, units, codec_name, codec_params, layout.LayoutConfig(**cfg.layout))
+        written = artifact.write(path, units, codec_name, codec_params, lay)
     with st("decode"):
         decoded, _ = artifact.read(path)
         artifact.verify_bit_exact(decoded, units)
     with st("metrics"):
-        tensor_rows, roles = _tensor_metrics(state, decoded, units, grams, written)
+        tensor_rows = _tensor_metrics(state, decoded, units, grams)
+        storage = layout.storage_summary(units, written.manifest["units"], written.blob_stored, written.final_bytes)
+        code = codebytes.artifact_code_bytes(path)
     with st("eval"):
         model = checkpoint.build_model(decoded, base)
         res = evaluate(model, val, tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size)
 
     params = sum(t.numel() for t in state.values())
+    total_bytes = written.final_bytes + code["code_bytes"]
+    counted = total_bytes if cfg.budget.count_code else written.final_bytes
     quantized = [r for r in tensor_rows if r["format"] != "passthrough"]
     weights = [r["params"] for r in quantized]
     nominal = sum(u.nominal_bits for u in units)
@@ -170,8 +177,12 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "final_bytes": written.final_bytes,
         "bits_per_weight": written.final_bytes * 8 / params,
         "nominal_bits_per_weight": nominal / params,
-        "fits_cap": written.final_bytes <= cfg.budget.cap_bytes,
+        "code_bytes": code["code_bytes"],
+        "total_bytes": total_bytes,
+        "codecs_used": code["codecs"],
+        "fits_cap": counted <= cfg.budget.cap_bytes,
         "cap_bytes": cfg.budget.cap_bytes,
+        "cap_counts_code": cfg.budget.count_code,
         "rel_mse": metrics.weighted_mean([r["rel_mse"] for r in quantized], weights),
         "sqnr_db": metrics.weighted_mean([r["sqnr_db"] for r in quantized], weights),
         "output_error": metrics.weighted_mean([r["output_error"] for r in quantized], weights),
@@ -187,8 +198,7 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "window_nll": res.window_nll,
         "window_bytes": res.window_bytes,
         "ref_window_nll": ref.window_nll,
-        "bytes_by_role": roles,
-        "entropy_bound_bytes": sum(r["bound"] for r in roles.values()),
+        **storage,
         "tensors": tensor_rows,
         "seconds": round(time.perf_counter() - t_start, 3),
         "stage_seconds": st.seconds,
@@ -203,10 +213,11 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return result
 
 
-def _tensor_metrics(state, decoded, units, grams, written: artifact.Written) -> tuple[list[dict], dict[str, dict]]:
-    """Per-tensor error measures, and stored bytes plus entropy bounds per stream role."""
+def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
+    """Per-tensor error measures of the decoded weights against the originals."""
     rows = []
     for unit in units:
+        unit_numel = sum(math.prod(t.shape) for t in unit.tensors) or 1
         for spec in unit.tensors:
             w, w_hat = state[spec.name], decoded[spec.name]
             rel = metrics.rel_mse(w.float(), w_hat.float()) if w.is_floating_point() else 0.0
@@ -220,39 +231,17 @@ def _tensor_metrics(state, decoded, units, grams, written: artifact.Written) -> 
                     "rel_mse": rel,
                     "sqnr_db": metrics.sqnr_db(rel),
                     "output_error": out_err,
-                    "nominal_bits": unit.nominal_bits,
+                    "nominal_bits": unit.nominal_bits * w.numel() / unit_numel,
                 }
             )
-    roles: dict[str, dict] = {}
-    entries = written.manifest["units"]
-    blob_roles: dict[int, dict[str, int]] = {}
-    for unit, entry in zip(units, entries, strict=True):
-        for st in entry["streams"]:
-            s = unit.streams[st["name"]]
-            raw_len = s.data.size * layout.storage_itemsize(st["dtype"])
-            blob_roles.setdefault(st["blob"], {}).setdefault(st["role"], 0)
-            blob_roles[st["blob"]][st["role"]] += raw_len
-            r = roles.setdefault(st["role"], {"bytes": 0.0, "raw": 0, "bound": 0.0})
-            r["raw"] += raw_len
-            if s.alphabet is not None:
-                r["bound"] += metrics.entropy_bound_bytes(s.data, s.alphabet)
-            else:
-                r["bound"] += metrics.byte_entropy_bound(s.data.tobytes())
-    for bi, by_role in blob_roles.items():
-        total = sum(by_role.values()) or 1
-        for role, raw_len in by_role.items():
-            roles[role]["bytes"] += written.blob_stored[bi] * raw_len / total
-    roles["header"] = {"bytes": float(written.final_bytes - sum(written.blob_stored)), "raw": 0, "bound": 0.0}
-    for r in roles.values():
-        r["bytes"] = round(r["bytes"], 1)
-        r["share"] = r["bytes"] / written.final_bytes
-    return rows, roles
+    return rows
 
 
 def summary_line(r: dict[str, Any]) -> str:
     """The one-line summary a run prints."""
     return (
-        f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B ({r['bits_per_weight']:.3f} bits/weight, "
+        f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B (+{r['code_bytes']:,} B code; "
+        f"{r['bits_per_weight']:.3f} bits/weight, "
         f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} output_err {r['output_error']:.3e} "
         f"bpb {r['bpb']:.4f} (Δ {r['delta_bpb']:+.4f} vs {r['ref_bpb']:.4f})"
         f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s"

@@ -52,12 +52,13 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 def split(data: bytes) -> tuple[dict[str, Any], bytes]:
     """The manifest (with 'blobs') and the payload of an artifact's bytes."""
     _, _, _, meta_len, _ = HEADER.unpack_from(data)
-    return json.loads(data[HEADER.size : HEADER.size + meta_len]), data[HEADER.size + meta_len :]
+    return json.loads(zlib.decompress(data[HEADER.size : HEADER.size + meta_len])), data[HEADER.size + meta_len :]
 
 
 def rebuild(manifest: Any, payload: bytes, *, raw_meta: bytes | None = None) -> bytes:
     """Artifact bytes with this manifest and a correct manifest CRC, so readers must look deeper."""
     meta = raw_meta if raw_meta is not None else json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    meta = zlib.compress(meta, 9)
     return HEADER.pack(MAGIC, VERSION, 0, len(meta), zlib.crc32(meta)) + meta + payload
 
 
@@ -77,8 +78,9 @@ def test_round_trip(artifact: tuple[Path, bytes]) -> None:
     assert (magic, version, flags) == (MAGIC, 1, 0)
     meta = data[HEADER.size : HEADER.size + meta_len]
     assert zlib.crc32(meta) == crc
-    full = json.loads(meta)
-    assert meta == json.dumps(full, sort_keys=True, separators=(",", ":")).encode()
+    text = zlib.decompress(meta)
+    full = json.loads(text)
+    assert text == json.dumps(full, sort_keys=True, separators=(",", ":")).encode()
     payload = data[HEADER.size + meta_len :]
     offset = 0
     for entry, blob in zip(full["blobs"], make_blobs(), strict=True):
@@ -113,7 +115,7 @@ def test_deterministic_and_atomic(tmp_path: Path, artifact: tuple[Path, bytes]) 
 
 def test_empty_artifact(tmp_path: Path) -> None:
     path = tmp_path / "empty.bgz"
-    assert write_artifact(path, {}, []) == HEADER.size + len(b'{"blobs":[]}')
+    assert write_artifact(path, {}, []) == HEADER.size + len(zlib.compress(b'{"blobs":[]}', 9))
     assert read_artifact(path) == ({}, [])
 
 

@@ -8,7 +8,6 @@ import copy
 import itertools
 import json
 import math
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +68,7 @@ def make_units(seed: int = 0) -> list[Encoded]:
 
 def container_blobs(path: Path) -> list[dict[str, Any]]:
     """The container's own blob table (codec, params, sizes) of an artifact file."""
-    data = path.read_bytes()
-    (meta_len,) = struct.unpack_from("<I", data, 12)
-    return json.loads(data[20 : 20 + meta_len])["blobs"]
+    return container.read_manifest(path)["blobs"]
 
 
 def read_back(path: Path) -> list[Encoded]:
