@@ -238,11 +238,16 @@ def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
 
 
 def summary_line(r: dict[str, Any]) -> str:
-    """The one-line summary a run prints."""
+    """The summary a run prints: one line of results, one of where the bytes went."""
+    roles = sorted(r["bytes_by_role"].items(), key=lambda kv: -kv[1]["bytes"])
+    shares = ", ".join(f"{name} {v['share']:.1%}" for name, v in roles)
+    over = r.get("bytes_over_bound")
+    bound = f"; {over:.3f}× the entropy bound" if over else ""
     return (
         f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B (+{r['code_bytes']:,} B code; "
         f"{r['bits_per_weight']:.3f} bits/weight, "
         f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} output_err {r['output_error']:.3e} "
         f"bpb {r['bpb']:.4f} (Δ {r['delta_bpb']:+.4f} vs {r['ref_bpb']:.4f})"
-        f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s"
+        f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s\n"
+        f"  bytes by role: {shares}{bound}"
     )

@@ -70,6 +70,17 @@ def test_run_writes_artifact_config_log_and_result(tiny_run: tuple[Path, subproc
     assert set(r["fingerprints"]) == {"checkpoint", "tokenizer", "val", "train"}
     assert abs(sum(v["share"] for v in r["bytes_by_role"].values()) - 1) < 1e-9
     assert (out / ".hydra" / "config.yaml").is_file() and (out / "run.log").is_file()
+    assert "bytes by role: codes" in proc.stdout
+
+
+def test_same_config_gives_a_byte_identical_artifact(
+    tiny_run: tuple[Path, subprocess.CompletedProcess], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    out, _ = tiny_run
+    args = ["run", f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=4", "format.clip_k=4", "format.gptq=true"]
+    proc = bytegolf(*args, "codec=zstd", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / artifact.ARTIFACT_NAME).read_bytes() == (out / artifact.ARTIFACT_NAME).read_bytes()
 
 
 def test_artifact_decodes_alone(tiny_run: tuple[Path, subprocess.CompletedProcess], tiny_bundle: Path) -> None:
@@ -91,6 +102,7 @@ def test_artifact_decodes_alone(tiny_run: tuple[Path, subprocess.CompletedProces
         ("format.group_size=48", "not divisible by group_size 48"),
         ("model.checkpoint=/nonexistent/model.safetensors", "checkpoint not found"),
         ("format.bits=abc", "format.bits"),
+        ("layout.packing=nibble", "unknown layout packing 'nibble'"),
     ],
 )
 def test_bad_overrides_end_in_a_clear_error(tiny_bundle: Path, tmp_path: Path, override: str, message: str) -> None:
