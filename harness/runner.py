@@ -153,6 +153,8 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     with st("decode"):
         decoded, _ = artifact.read(path)
         artifact.verify_bit_exact(decoded, units)
+    with st("extra_codecs"):
+        extra = _extra_codecs(out_dir, units, lay, cfg.get("extra_codecs") or [], decoded)
     with st("metrics"):
         tensor_rows = _tensor_metrics(state, decoded, units, grams)
         storage = layout.storage_summary(units, written.manifest["units"], written.blob_stored, written.final_bytes)
@@ -208,9 +210,29 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "fingerprints": fp,
         "calibration_rows": rows,
         "artifact": str(path),
+        "extra_codecs": extra,
     }
     write_json_atomic(out_dir / "result.json", result)
     return result
+
+
+def _extra_codecs(out_dir: Path, units, lay, names: list[str], decoded) -> dict[str, dict]:
+    """The same streams through other codecs (default settings): bytes only, each file decoded and checked."""
+    out = {}
+    for name in names:
+        path = out_dir / f"model.{name}.bgz"
+        written = artifact.write(path, units, name, get_codec(name).config(), lay)
+        again, _ = artifact.read(path)
+        if any(not torch.equal(again[k], v) for k, v in decoded.items()):
+            raise ConfigError(f"codec {name} did not round-trip the artifact")
+        params = sum(v.numel() for v in decoded.values())
+        code = codebytes.artifact_code_bytes(path)["code_bytes"]
+        out[name] = {
+            "final_bytes": written.final_bytes,
+            "bits_per_weight": written.final_bytes * 8 / params,
+            "code_bytes": code,
+        }
+    return out
 
 
 def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
