@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
+from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
 from formats.clustered import CODEBOOK_DTYPES, SCOPES, check_matrix, symbol_dtype
 from formats.kmeans import assign, kmeans, nearest
 from formats.passthrough import from_numpy, to_numpy, torch_dtype
@@ -513,3 +513,20 @@ class Additive(Format):
 
     def config(self) -> dict[str, Any]:
         return dict(vars(self))
+
+    def trainable(self, enc: Encoded, device: str | torch.device) -> Trainable:
+        """The M codebooks and the row scales over the frozen codes."""
+        meta = enc.meta
+        mm, g = int(meta["num_codebooks"]), int(meta["group_size"])
+        codes = [
+            torch.from_numpy(enc.streams[f"{i}.codes"].data.astype(np.int64)).reshape(s.shape[0], -1, mm).to(device)
+            for i, s in enumerate(enc.tensors)
+        ]
+        dtypes = {"codebooks": CODEBOOK_DTYPES[meta["codebook_dtype"]]}
+        dtypes.update((f"{i}.scales", torch.float16) for i in range(len(enc.tensors)))
+
+        def rebuild(v: dict[str, Tensor]) -> dict[str, Tensor]:
+            cb = v["codebooks"].reshape(mm, -1, g)
+            return {s.name: reconstruct(cb, codes[i], v[f"{i}.scales"]) for i, s in enumerate(enc.tensors)}
+
+        return Trainable(dtypes, rebuild)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -79,6 +80,18 @@ class EncodeContext:
     seed: int = 0
 
 
+@dataclass
+class Trainable:
+    """Float streams of a unit that calibration may train over its frozen codes.
+
+    dtypes: stream name -> stored dtype; rebuild: fp32 stream values (shaped as stored) -> the
+    unit's fp32 tensors, differentiably and by the same arithmetic as decode.
+    """
+
+    dtypes: dict[str, torch.dtype]
+    rebuild: Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
 class Format:
     """Base class for formats. Subclasses set `name` and `rate_knob` and implement encode/decode."""
 
@@ -94,6 +107,10 @@ class Format:
     def config(self) -> dict[str, Any]:
         """Settings that produced this format (JSON-able)."""
         return dict(vars(self))
+
+    def trainable(self, enc: Encoded, device: str | torch.device) -> Trainable | None:
+        """What block calibration may train in this unit (harness/finetune.py); None: nothing."""
+        return None
 
 
 REGISTRY: dict[str, str] = {

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
+from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
 from formats.kmeans import assign, kmeans
 from formats.passthrough import from_numpy, to_numpy, torch_dtype
 from harness.errors import ConfigError
@@ -231,3 +231,20 @@ class Clustered(Format):
             w = reconstruct(codebook, codes.reshape(rows // d, cols), d, scales)
             out[spec.name] = w.to(torch_dtype(spec.dtype))
         return out
+
+    def trainable(self, enc: Encoded, device: str | torch.device) -> Trainable:
+        """The codebook (and row scales) over the frozen codes."""
+        meta, d = enc.meta, int(enc.meta["dim"])
+        codes = [
+            torch.from_numpy(enc.streams[f"{i}.codes"].data.astype(np.int64)).reshape(s.shape[0] // d, -1).to(device)
+            for i, s in enumerate(enc.tensors)
+        ]
+        dtypes = {"codebook": CODEBOOK_DTYPES[meta["codebook_dtype"]]}
+        if meta["normalize"]:
+            dtypes.update((f"{i}.scales", torch.float16) for i in range(len(enc.tensors)))
+
+        def rebuild(v: dict[str, Tensor]) -> dict[str, Tensor]:
+            cb = v["codebook"].reshape(-1, d)
+            return {s.name: reconstruct(cb, codes[i], d, v.get(f"{i}.scales")) for i, s in enumerate(enc.tensors)}
+
+        return Trainable(dtypes, rebuild)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
+from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
 from formats.gptq import gptq_quantize
 from formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
 from harness.errors import ConfigError
@@ -240,3 +240,21 @@ class Scalar(Format):
             zero = zero.reshape(scale.shape)
         q = codes.reshape(*scale.shape, n)
         return {spec.name: dequantize(q, scale, zero).reshape(spec.shape).to(torch_dtype(spec.dtype))}
+
+    def trainable(self, enc: Encoded, device: str | torch.device) -> Trainable:
+        """The scales over the frozen codes (and zero points)."""
+        (spec,) = enc.tensors
+        meta, s = enc.meta, enc.streams
+        bits, n = int(meta["bits"]), int(meta["group_size"])
+        grid = s["scales"].data.shape
+        codes = torch.from_numpy(s["codes"].data.astype(np.int32)).reshape(*grid, n).to(device)
+        zero = None
+        if meta["symmetric"]:
+            codes = codes - (2 ** (bits - 1) - 1)
+        else:
+            zero = torch.from_numpy(s["zeros"].data.astype(np.int32)).reshape(grid).to(device)
+
+        def rebuild(v: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {spec.name: dequantize(codes, v["scales"], zero).reshape(spec.shape)}
+
+        return Trainable({"scales": SCALE_DTYPES[meta["scale_dtype"]]}, rebuild)

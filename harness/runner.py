@@ -23,6 +23,7 @@ from harness import artifact, checkpoint, codebytes, data, layout, metrics, shar
 from harness.calibration import gram_matrices
 from harness.errors import ConfigError
 from harness.evaluate import EvalResult, evaluate
+from harness.finetune import finetune
 from harness.model import ModelConfig
 from harness.plan import PlanConfig, Rule, make_plan
 
@@ -147,6 +148,8 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     with st("encode"):
         ctx = EncodeContext(hessians=grams, hessian_counts=dict.fromkeys(grams, rows), device=cfg.device, seed=cfg.seed)
         units = artifact.encode_state(state, plan, ctx)
+    with st("finetune"):
+        units, ft_report = _finetune(units, ref_model, files, cfg)
     path = out_dir / artifact.ARTIFACT_NAME
     with st("write"):
         written = artifact.write(path, units, codec_name, codec_params, lay)
@@ -211,9 +214,22 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "calibration_rows": rows,
         "artifact": str(path),
         "extra_codecs": extra,
+        "finetune": ft_report,
     }
     write_json_atomic(out_dir / "result.json", result)
     return result
+
+
+def _finetune(units, ref_model, files: data.DataFiles, cfg: DictConfig) -> tuple[list, dict]:
+    """ClusComp-style block calibration of codebooks and scales (codes frozen), when finetune.steps > 0."""
+    if "finetune" not in cfg or cfg.finetune.steps <= 0:
+        return units, {"steps": 0}
+    ft_cfg = OmegaConf.to_object(cfg.finetune)
+    n_win = ft_cfg.windows or cfg.calib.windows
+    if not files.train or n_win <= 0:
+        raise ConfigError("finetune needs train shards and windows > 0 (finetune.windows or calib.windows)")
+    windows = data.windows(shards.read_shards(files.train), cfg.calib.seq_len, n_win)
+    return finetune(units, ref_model, windows, ft_cfg, cfg.device, seed=cfg.seed)
 
 
 def _extra_codecs(out_dir: Path, units, lay, names: list[str], decoded) -> dict[str, dict]:

@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from entropy_codecs import REGISTRY as CODECS
 from formats import REGISTRY as FORMATS
 from harness.calibration import CalibConfig
+from harness.finetune import FinetuneConfig
 from harness.layout import LayoutConfig
 from harness.plan import PlanConfig
 from harness.train import TrainConfig
@@ -94,6 +95,7 @@ def register() -> None:
     cs.store(group="plan", name="base_plan", node=PlanConfig)
     cs.store(group="budget", name="base_budget", node=BudgetSettings)
     cs.store(group="train", name="base_train", node=TrainConfig)
+    cs.store(group="finetune", name="base_finetune", node=FinetuneConfig)
     for name, target in FORMATS.items():
         cs.store(group="format", name=f"base_{name}", node=_schema("format", name, target))
     for name, target in CODECS.items():
