@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from pathlib import Path
 
 import torch
@@ -30,8 +32,12 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def save_state_dict(sd: dict[str, Tensor], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(path))
+    """Write safetensors through a unique temporary name and a rename (parallel sweep jobs share caches)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def file_fingerprint(path: str | Path) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness import compare, sweep
 from harness.errors import BytegolfError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -15,20 +16,21 @@ CONFIG_DIR = REPO / "experiments"
 USAGE = """usage: bytegolf VERB [hydra overrides...]
 
 verbs:
-  run     one point: quantize, write the artifact, decode it, evaluate (e.g. format=scalar format.bits=6 codec=brotli)
-  train   train the default model and write a bundle (e.g. train.steps=1000)
+  run       one point: quantize, write the artifact, decode it, evaluate (format=scalar format.bits=6 codec=brotli);
+            -m sweeps (e.g. run -m format=scalar,clustered codec=zstd,brotli format.bits=3,4,6 hydra/launcher=joblib)
+  train     train the default model and write a bundle (e.g. train.steps=1000)
+  compare   every format at equal final bytes per budget, evaluated, winners with bootstrap CIs
+            (e.g. compare compare.budgets=[8e6,4e6] compare.formats=[scalar,clustered])
+  results   DIR... : every result.json under the dirs as one table (DIR/results.parquet and .csv)
+  report    DIR : markdown report with frontier plots, rank agreement and reversals (DIR/report/)
 
-Presets: experiment=pg_baseline, experiment=pg_record. Hydra flags (-m, --cfg job, --help) work after the verb."""
+Presets: experiment=pg_baseline, experiment=pg_record. Hydra flags (-m, --cfg job, --help) work after run,
+train and compare. A sweep started again with the same hydra.sweep.dir skips its finished points."""
 
 log = logging.getLogger("bytegolf")
 
-
-def _register_resolvers() -> None:
-    from harness.runner import cache_dir
-
-    if not OmegaConf.has_resolver("repo"):
-        OmegaConf.register_new_resolver("repo", lambda p: str(REPO / p))
-        OmegaConf.register_new_resolver("cache", lambda p: str(cache_dir() / p))
+# Importing harness.sweep registers the ${repo:}, ${cache:} and ${bytegolf_point:} resolvers (workers
+# import it when they unpickle the task, before they compose their job's config).
 
 
 def _check_choices(overrides: list[str]) -> None:
@@ -50,18 +52,42 @@ def _output_dir() -> Path:
 
 
 def run_task(cfg: DictConfig) -> dict | None:
-    """Hydra task for `bytegolf run`."""
-    from harness.runner import run_point, summary_line
+    """Hydra task for `bytegolf run`: one point, skipped when its result is already there.
 
+    In a sweep a failing point leaves error.json and the sweep goes on (the parent exits 1 at the end)."""
+    from harness.runner import summary_line
+
+    out = _output_dir()
     try:
-        result = run_point(cfg, _output_dir())
+        result, how = sweep.run_job(cfg, out)
     except BytegolfError as exc:
         log.error("error: %s", exc)
+        if sweep.is_multirun():
+            sweep.write_error(out, str(exc))
+            return None
         raise SystemExit(2) from None
-    line = summary_line(result)
+    if result is None:
+        line = f"{out.name}: being run by another worker (claim {out / '.claim'}); skipped"
+    else:
+        line = summary_line(result) + (f" [finished already in {out}; skipped]" if how == "finished" else "")
     log.info(line)
     print(line, flush=True)
     return result
+
+
+def compare_task(cfg: DictConfig) -> None:
+    """Hydra task for `bytegolf compare`."""
+    from harness.compare import run_compare
+
+    try:
+        if cfg.threads > 0:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        run_compare(cfg, _output_dir())
+    except BytegolfError as exc:
+        log.error("error: %s", exc)
+        raise SystemExit(2) from None
 
 
 def train_task(cfg: DictConfig) -> None:
@@ -105,7 +131,41 @@ def train_task(cfg: DictConfig) -> None:
     )
 
 
-TASKS = {"run": ("run", run_task), "train": ("train", train_task)}
+TASKS = {"run": ("run", run_task), "train": ("train", train_task), "compare": ("compare", compare_task)}
+
+
+def results_main(args: list[str]) -> None:
+    """`bytegolf results DIR... [--out STEM]`: aggregate, save parquet + CSV, print."""
+    import argparse
+
+    from harness import store
+
+    ap = argparse.ArgumentParser(prog="bytegolf results", description="every result.json under DIRs as one table")
+    ap.add_argument("dirs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="output stem (default: FIRST_DIR/results)")
+    ns = ap.parse_args(args)
+    df = store.collect(ns.dirs)
+    paths = store.save_table(df, ns.out or ns.dirs[0] / "results")
+    print(store.summary(df))
+    print(f"{len(df)} points -> {paths[0]} and {paths[1]}")
+
+
+def report_main(args: list[str]) -> None:
+    """`bytegolf report DIR [--out DIR]`: markdown + PNG report of the results under DIR."""
+    import argparse
+
+    from harness.report import write_report
+
+    ap = argparse.ArgumentParser(prog="bytegolf report", description="markdown report with plots of a results dir")
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="report directory (default: DIR/report)")
+    ap.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
+    ns = ap.parse_args(args)
+    path = write_report(ns.dir, ns.out or ns.dir / "report", samples=ns.samples)
+    print(f"report: {path}")
+
+
+PLAIN = {"results": results_main, "report": report_main}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,20 +175,32 @@ def main(argv: list[str] | None = None) -> None:
     from harness import settings
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or args[0] not in TASKS:
+    if not args or args[0] in ("-h", "--help") or args[0] not in (*TASKS, *PLAIN):
         print(USAGE, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     verb, overrides = args[0], args[1:]
+    if verb in PLAIN:
+        try:
+            PLAIN[verb](overrides)
+        except BytegolfError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return
+    settings.register()
+    compare.register()
     try:
         _check_choices(overrides)
+        if verb == "run" and ("-m" in overrides or "--multirun" in overrides):
+            overrides = sweep.prepare_multirun("run", overrides)
     except BytegolfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    _register_resolvers()
-    settings.register()
     config_name, task = TASKS[verb]
     sys.argv = [f"bytegolf {verb}", *overrides]
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()
+    if sweep.FAILED:
+        print(f"error: {len(sweep.FAILED)} point(s) failed; see error.json in {sweep.FAILED[0]}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""Statistics for comparing points: paired bootstrap, Kendall tau-b, Pareto fronts, BD-rate.
+
+Paired bootstrap (Koehn 2004, as sacrebleu does it): draw N resamples of the evaluation windows
+with replacement, the same indices for every system; each resample gives each system's ratio
+Σ nll / Σ denominator over the drawn windows (denominator: bytes for bpb, tokens for loss per
+token). The CI on the difference is the percentile interval of the resampled differences; the
+two-sided p-value counts the resampled differences, centred on their mean (the null
+hypothesis), whose magnitude reaches the observed one: p = (c + 1) / (N + 1).
+
+BD-rate (Bjøntegaard): log-rate as a function of distortion, interpolated by pchip over the
+distortion range both curves cover, averaged; exp(mean difference) − 1 in percent (positive:
+the test curve needs more bytes for the same quality). NaN where the ranges do not overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LN2 = math.log(2)
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """Observed difference a − b of ratio statistics, its bootstrap CI and p-value."""
+
+    delta: float
+    lo: float
+    hi: float
+    p: float
+    samples: int
+    level: float
+
+    @property
+    def significant(self) -> bool:
+        """True where the CI excludes 0."""
+        return self.lo > 0 or self.hi < 0
+
+    def __str__(self) -> str:
+        return f"{self.delta:+.4f} [{self.lo:+.4f}, {self.hi:+.4f}] p={self.p:.3g}"
+
+
+def resample_counts(windows: int, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """(samples, windows) multiplicities of each window in each bootstrap resample."""
+    if windows < 1 or samples < 1:
+        raise ValueError(f"bootstrap needs at least one window and one sample, got {windows}, {samples}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, windows, size=(samples, windows))
+    counts = np.zeros((samples, windows), dtype=np.float64)
+    np.add.at(counts, (np.arange(samples)[:, None], idx), 1.0)
+    return counts
+
+
+def resampled_ratios(nll: np.ndarray, denom: np.ndarray, counts: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """(samples, systems) of scale·Σnll/Σdenom per resample, for nll of shape (systems, windows)."""
+    nll = np.atleast_2d(np.asarray(nll, dtype=np.float64))
+    denom = np.asarray(denom, dtype=np.float64)
+    return scale * (counts @ nll.T) / (counts @ denom)[:, None]
+
+
+def delta_from_samples(observed: float, diffs: np.ndarray, level: float = 0.95) -> PairedDelta:
+    """CI and p-value of an observed difference from its resampled differences."""
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(diffs, [tail, 1.0 - tail])
+    centred = np.abs(diffs - diffs.mean())
+    c = int(np.sum(centred >= abs(observed) - 1e-15))
+    p = (c + 1) / (len(diffs) + 1)
+    return PairedDelta(float(observed), float(lo), float(hi), p, len(diffs), level)
+
+
+def paired_bootstrap(
+    nll_a: np.ndarray,
+    nll_b: np.ndarray,
+    denom: np.ndarray,
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    scale: float = 1 / LN2,
+) -> PairedDelta:
+    """Δ = stat(a) − stat(b), stat = scale·Σnll/Σdenom (default: bits per byte from nats and bytes)."""
+    a, b, d = (np.asarray(x, dtype=np.float64) for x in (nll_a, nll_b, denom))
+    if not (a.shape == b.shape == d.shape) or a.ndim != 1:
+        raise ValueError(f"paired bootstrap needs equal 1-D per-window arrays, got {a.shape}, {b.shape}, {d.shape}")
+    counts = resample_counts(len(a), samples, seed)
+    r = resampled_ratios(np.stack([a, b]), d, counts, scale)
+    observed = scale * (a.sum() - b.sum()) / d.sum()
+    return delta_from_samples(observed, r[:, 0] - r[:, 1], level)
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Kendall's tau-b between two rankings (scipy; ties handled), and its p-value. NaN below 2 points."""
+    from scipy.stats import kendalltau
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 2:
+        return math.nan, math.nan
+    res = kendalltau(x[ok], y[ok], variant="b")
+    return float(res.statistic), float(res.pvalue)
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats in both (smaller x, smaller y), sorted by x."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    order = ok[np.lexsort((y[ok], x[ok]))]
+    keep, best = [], math.inf
+    for i in order:
+        if y[i] < best:
+            keep.append(i)
+            best = y[i]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _curve(rate: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distortion ascending, log rate) with one rate (the smallest) per distortion value."""
+    r, d = np.asarray(rate, dtype=np.float64), np.asarray(dist, dtype=np.float64)
+    ok = np.isfinite(r) & np.isfinite(d) & (r > 0)
+    r, d = r[ok], d[ok]
+    best: dict[float, float] = {}
+    for ri, di in zip(r, d, strict=True):
+        best[di] = min(ri, best.get(di, math.inf))
+    ds = np.array(sorted(best))
+    return ds, np.log(np.array([best[v] for v in ds]))
+
+
+def bd_rate(rate_a: np.ndarray, dist_a: np.ndarray, rate_b: np.ndarray, dist_b: np.ndarray) -> float:
+    """Bjøntegaard delta rate of curve b against anchor a, in percent (NaN without overlap).
+
+    Each curve needs at least two points; log rate must be a function of distortion (pass Pareto
+    fronts). Distortion may be any quality axis (bpb, rel_mse, SQNR): only its order matters."""
+    from scipy.interpolate import PchipInterpolator
+
+    da, la = _curve(rate_a, dist_a)
+    db, lb = _curve(rate_b, dist_b)
+    if len(da) < 2 or len(db) < 2:
+        return math.nan
+    lo, hi = max(da[0], db[0]), min(da[-1], db[-1])
+    if not hi > lo:
+        return math.nan
+    ia = PchipInterpolator(da, la).integrate(lo, hi)
+    ib = PchipInterpolator(db, lb).integrate(lo, hi)
+    return float((math.exp((ib - ia) / (hi - lo)) - 1.0) * 100.0)

@@ -1,0 +1,258 @@
+"""The result store: one result.json per point, written atomically; finished points are found by
+config hash, running ones by a claim file; `collect` turns a tree of result files into a table.
+
+Nothing here is a shared mutable file: each point owns its directory, every write goes through a
+temporary name and a rename, and a claim is created with O_EXCL. Many workers on one shared
+filesystem therefore never write the same file, and a reader sees whole files or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from harness.errors import BytegolfError
+
+log = logging.getLogger("bytegolf")
+
+RESULT = "result.json"
+CLAIM = ".claim"
+HEARTBEAT_S = 30.0  # a running point touches its claim this often
+STALE_S = 300.0  # a claim untouched this long belongs to a dead worker
+# Settings that change how fast a point runs but not what it computes.
+NOT_HASHED = ("threads",)
+# Per-point columns the table leaves out (lists, per-tensor rows, provenance blobs).
+DROPPED = ("tensors", "window_nll", "window_bytes", "ref_window_nll", "artifact", "overrides", "dropped_overrides")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable 12-hex-digit hash of a resolved, JSON-able config (keys in NOT_HASHED ignored)."""
+    body = {k: v for k, v in config.items() if k not in NOT_HASHED and k != "hydra"}
+    text = json.dumps(body, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a uniquely named temporary file in the same directory and a rename."""
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(x: Any) -> Any:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A result file's content, or None if it is missing or not a bytegolf result."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return r if isinstance(r, dict) and "format" in r and "final_bytes" in r else None
+
+
+def finished(out_dir: Path, chash: str) -> dict[str, Any] | None:
+    """The finished result in out_dir for that config hash, else None."""
+    r = read_result(out_dir / RESULT)
+    return r if r is not None and r.get("config_hash") == chash else None
+
+
+def write_result(out_dir: Path, result: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Rewrite result.json with provenance keys added (config_hash, status, ...); returns it."""
+    result = {**result, **extra}
+    result.setdefault("status", "ok")
+    write_json_atomic(out_dir / RESULT, result)
+    return result
+
+
+# ------------------------------------------------------------------ claims
+
+
+def _claim_is_live(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return False  # vanished or half-written by a crashed taker: treat as free
+    if age > STALE_S:
+        return False
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError, OverflowError):
+            return True
+    return True
+
+
+@contextlib.contextmanager
+def claim(out_dir: Path) -> Iterator[bool]:
+    """Try to own out_dir while a point runs there: yields True when owned (a heartbeat keeps the
+    claim fresh until the block ends), False when a live worker owns it already."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CLAIM
+    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _claim_is_live(path):
+                yield False
+                return
+            log.info("taking over the stale claim %s", path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+        break
+    else:
+        yield False
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    try:
+        yield True
+    finally:
+        stop.set()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+# ------------------------------------------------------------------ tables
+
+
+def result_files(dirs: list[Path]) -> list[Path]:
+    """Every result.json under the directories (sorted; hidden directories skipped)."""
+    files: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_file() and d.name == RESULT:
+            files.append(d)
+            continue
+        files.extend(
+            p for p in sorted(d.rglob(RESULT)) if not any(part.startswith(".") for part in p.relative_to(d).parts)
+        )
+    return files
+
+
+def load_results(dirs: list[Path]) -> list[dict[str, Any]]:
+    """Full results (per-window arrays included) under the dirs, one per config hash, each with `path`."""
+    out, seen = [], set()
+    for f in result_files(dirs):
+        r = read_result(f)
+        if r is None:
+            continue
+        key = r.get("config_hash"), r.get("budget_bytes")
+        if key[0] is not None and key in seen:
+            continue
+        seen.add(key)
+        r["path"] = str(f.parent)
+        out.append(r)
+    return out
+
+
+def flatten(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalar columns of a result: nested dicts become dotted names, lists are left out."""
+    row: dict[str, Any] = {}
+    for k, v in result.items():
+        if not prefix and k in DROPPED:
+            continue
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            short = {"format_params": "format.", "codec_params": "codec.", "bytes_by_role": "role."}
+            row.update(flatten(v, short.get(name, name + ".")))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            row[name] = v
+    return row
+
+
+def table(results: list[dict[str, Any]]):
+    """One pandas row per point, scalar columns only (plus config_hash and path)."""
+    import pandas as pd
+
+    rows = [flatten(r) for r in results]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    first = [c for c in ("format", "codec", "status", "budget_bytes", "config_hash", "path") if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def collect(dirs: list[Path]):
+    """The table of every result under the dirs; BytegolfError when there is none."""
+    found = load_results(dirs)
+    if not found:
+        names = ", ".join(str(d) for d in dirs)
+        raise BytegolfError(f"no bytegolf result.json under {names} (not a sweep, compare or run directory)")
+    return table(found)
+
+
+def save_table(df, stem: Path) -> list[Path]:
+    """Write stem.parquet and stem.csv atomically; returns the paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("parquet", "csv"):
+        path = stem.with_suffix(f".{ext}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if ext == "parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+SHOWN = (
+    "format",
+    "codec",
+    "status",
+    "budget_bytes",
+    "knob",
+    "knob_value",
+    "final_bytes",
+    "bits_per_weight",
+    "nominal_bits_per_weight",
+    "rel_mse",
+    "output_error",
+    "bpb",
+    "delta_bpb",
+)
+
+
+def summary(df, limit: int = 60) -> str:
+    """A printable view of the main columns (swept format params included)."""
+    import pandas as pd
+
+    if df.empty:
+        return "(no points)"
+    varying = [c for c in df.columns if c.startswith(("format.", "codec.")) and df[c].nunique(dropna=False) > 1]
+    cols = [c for c in SHOWN if c in df.columns and df[c].notna().any()]
+    cols = cols[:2] + varying + cols[2:]
+    sort = [c for c in ("budget_bytes", "format", "codec", "final_bytes") if c in df.columns]
+    view = df.sort_values(sort)[cols] if sort else df[cols]
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_rows", limit):
+        return view.head(limit).to_string(index=False, float_format=lambda v: f"{v:.4g}" if not math.isnan(v) else "")

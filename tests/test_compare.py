@@ -1,0 +1,63 @@
+"""`bytegolf compare` through the real CLI: equal-bytes landings, does-not-fit rows, winners, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import artifact, store
+from tests.test_run import TINY_ARGS, bytegolf
+
+pytestmark = pytest.mark.slow
+
+BUDGETS = (30_000, 1_000)
+
+
+def _compare(bundle: Path, out: Path):
+    return bytegolf(
+        "compare",
+        f"bundle={bundle}",
+        *TINY_ARGS,
+        "compare.formats=[scalar,clustered]",
+        f"compare.budgets=[{BUDGETS[0]},{BUDGETS[1]}]",
+        "compare.samples=300",
+        "codec=zstd",
+        f"hydra.run.dir={out}",
+        cwd=out.parent,
+    )
+
+
+def test_compare_lands_each_format_at_equal_bytes_and_resumes(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    proc = _compare(tiny_bundle, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        (int(p.parent.parent.name), p.parent.name.split("_")[0]): json.loads(p.read_text())
+        for p in out.glob(f"points/*/*/{store.RESULT}")
+    }
+    assert set(rows) == {(b, f) for b in BUDGETS for f in ("scalar", "clustered")}
+    for fmt, knob in (("scalar", "clip_k"), ("clustered", "codebook_size")):
+        r = rows[(BUDGETS[0], fmt)]
+        assert r["status"] == "ok" and r["knob"] == knob
+        assert 0.995 * BUDGETS[0] <= r["final_bytes"] <= BUDGETS[0]
+        assert r["landed_ratio"] == pytest.approx(r["final_bytes"] / BUDGETS[0])
+        assert r["format_params"][knob] == r["knob_value"]
+        (d,) = out.glob(f"points/{BUDGETS[0]}/{fmt}_*")
+        assert (d / artifact.ARTIFACT_NAME).stat().st_size == r["final_bytes"]  # evaluated from the artifact file
+        assert r["bpb"] > 0 and len(r["window_nll"]) == 4
+        small = rows[(BUDGETS[1], fmt)]
+        assert small["status"] == "does_not_fit" and small["counted_bytes"] > BUDGETS[1]
+        assert small.get("bpb") is None
+    assert f"budget {BUDGETS[0]:,} B" in proc.stdout and "winner: " in proc.stdout
+    assert "Δbpb " in proc.stdout and "p=" in proc.stdout
+    assert "no format fits this budget" in proc.stdout
+    assert "probe scalar clip_k=" in proc.stdout and "probe clustered codebook_size=" in proc.stdout
+    assert len(store.collect([out / "points"])) == 4 and (out / "results.parquet").is_file()
+    assert len(list((out / "search").glob("*.json"))) == 2  # one probe cache per format
+
+    again = _compare(tiny_bundle, out)  # same directory: nothing is encoded or evaluated again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished already") == 4
+    assert "probe " not in again.stdout + again.stderr
