@@ -18,7 +18,7 @@ USAGE = """usage: bytegolf VERB [hydra overrides...]
 verbs:
   run       one point: quantize, write the artifact, decode it, evaluate (format=scalar format.bits=6 codec=brotli);
             -m sweeps (e.g. run -m format=scalar,clustered codec=zstd,brotli format.bits=3,4,6 hydra/launcher=joblib)
-  train     train the default model and write a bundle (e.g. train.steps=1000)
+  train     train the default model and write a bundle (e.g. train.steps=700)
   compare   every format at equal final bytes per budget, evaluated, winners with bootstrap CIs
             (e.g. compare compare.budgets=[8e6,4e6] compare.formats=[scalar,clustered])
   results   DIR... : every result.json under the dirs as one table (DIR/results.parquet and .csv)
