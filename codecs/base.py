@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from harness.errors import ArtifactError, ConfigError
+from harness.errors import ArtifactError
+from harness.registry import instantiate
 
 
 class CodecError(ArtifactError):
@@ -54,11 +54,4 @@ REGISTRY: dict[str, str] = {
 
 def get_codec(name: str, **params: Any) -> Codec:
     """Instantiate a registered codec by name (lazy import)."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown codec {name!r}; known codecs: {', '.join(sorted(REGISTRY))}")
-    module, cls = REGISTRY[name].split(":")
-    klass = getattr(importlib.import_module(module), cls)
-    try:
-        return klass(**params)
-    except TypeError as exc:
-        raise ConfigError(f"codec {name}: {exc}") from None
+    return instantiate(REGISTRY, "codec", name, params)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.errors import ConfigError
+from harness.registry import instantiate
 
 ROLES = ("codes", "codebook", "scales", "zeros", "mask", "outliers", "basis", "fp")
 
@@ -123,11 +122,4 @@ REGISTRY: dict[str, str] = {
 
 def get_format(name: str, **params: Any) -> Format:
     """Instantiate a registered format by name (lazy import)."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown format {name!r}; known formats: {', '.join(sorted(REGISTRY))}")
-    module, cls = REGISTRY[name].split(":")
-    klass = getattr(importlib.import_module(module), cls)
-    try:
-        return klass(**params)
-    except TypeError as exc:
-        raise ConfigError(f"format {name}: {exc}") from None
+    return instantiate(REGISTRY, "format", name, params)

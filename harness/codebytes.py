@@ -1,6 +1,6 @@
 """Code bytes: the size of the source a reader needs to decode an artifact (Parameter Golf counts code).
 
-The files: the read path (harness/errors.py, container.py, layout.py, artifact.py; formats/__init__.py
+The files: the read path (harness/errors.py, registry.py, container.py, layout.py, artifact.py; formats/__init__.py
 and base.py; codecs/__init__.py and base.py), plus the module of every format and codec the artifact
 uses and, transitively, every project module those import (e.g. formats/scalar.py pulls in
 formats/passthrough.py and formats/gptq.py). The read-path files' own imports are not followed:
@@ -33,6 +33,7 @@ READ_PATH = (
     "harness/container.py",
     "harness/errors.py",
     "harness/layout.py",
+    "harness/registry.py",
 )
 _PACKAGES = {"harness": "harness", "formats": "formats", "entropy_codecs": "codecs"}
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]

@@ -13,6 +13,15 @@ from harness.model import GPT, ModelConfig
 TINY = ModelConfig(vocab_size=512, num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one thread is faster and immune to a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_texts() -> list[str]:
     _, files = corpus.stdlib_files()

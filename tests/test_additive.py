@@ -14,23 +14,13 @@ from formats.additive import Additive, aqlm_bits, beam_search, dedupe_dead
 from formats.base import EncodeContext, get_format
 from formats.clustered import Clustered
 from harness.errors import ConfigError
+from harness.metrics import rel_mse
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def rel_mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    return float(((w.float() - w_hat.float()) ** 2).sum() / (w.float() ** 2).sum())
 
 
 def output_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:

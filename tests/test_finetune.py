@@ -19,13 +19,7 @@ CLUSTERED = {"codebook_size": 16, "dim": 4}
 ADDITIVE = {"num_codebooks": 1, "codebook_bits": 4, "group_size": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 from formats.base import EncodeContext, get_format
 from formats.scalar import Scalar, quantile
 from harness.errors import ConfigError
+from harness.metrics import rel_mse
 
 PG_Q = 0.9999984
 PG = {"bits": 8, "symmetric": True, "clip": "percentile", "clip_q": PG_Q, "scale_floor": 1 / 127, "group_size": 0}
@@ -46,10 +47,6 @@ def roundtrip(fmt: Scalar, w: torch.Tensor, ctx: EncodeContext | None = None):
         if s.alphabet is not None:
             assert s.data.min() >= 0 and s.data.max() < s.alphabet
     return enc, out
-
-
-def rel_mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    return float(((w.float() - w_hat.float()) ** 2).sum() / (w.float() ** 2).sum())
 
 
 def entropy(codes: np.ndarray) -> float:
