@@ -26,6 +26,7 @@ from harness.evaluate import EvalResult, evaluate
 from harness.finetune import finetune
 from harness.model import ModelConfig
 from harness.plan import PlanConfig, Rule, make_plan
+from harness.store import write_json_atomic
 
 log = logging.getLogger("bytegolf")
 REPO = Path(__file__).resolve().parent.parent
@@ -46,13 +47,6 @@ def git_revision() -> str:
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float))
-    os.replace(tmp, path)
 
 
 def _key(*parts: Any) -> str:
