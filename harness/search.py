@@ -222,6 +222,8 @@ def search(
         if x_new == x_from and knob.integer:
             x_new = knob.snap(x_from + sign)
         if x_new in seen and seen[x_new].final_bytes is not None:
+            if x_new == edge:  # the range's end is known already (bytes need not be monotone there)
+                return landing("at_limit" if fit else None)
             step *= 2  # already known (and on the same side): go further
             continue
         for _ in range(4):  # invalid there (e.g. more centroids than sub-vectors): come back halfway

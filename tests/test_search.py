@@ -121,3 +121,18 @@ def test_search_lands_within_one_percent_on_a_tiny_model(tiny_cfg, tmp_path: Pat
     # an impossible budget is a does-not-fit landing, not an exception
     none = search.search(enc, KNOBS["clip_k"], 12.85, 500)
     assert none.status == "does_not_fit" and none.counted_bytes > 500 and none.value == 64.0
+
+
+def test_out_of_reach_budget_on_a_non_monotone_knob_stops() -> None:
+    """The default model's int6 bytes against clip_k (measured): they fall again below k = 1.5, and
+    16 MB is out of reach, so the edge k = 1 is probed before the best fit; the search must stop."""
+    measured = {12.85: 6_890_804, 25.877: 4_881_617, 6.3811: 8_973_909, 1.5736: 12_050_561, 1.0: 11_583_272}
+
+    def bytes_at(k: float) -> float:
+        near = min(measured, key=lambda m: abs(math.log(m / k)))
+        return measured[near] if abs(math.log(near / k)) < 0.05 else clip_like(k) * 12 if k > 1.5 else 11_600_000
+
+    land = search.search(Curve(bytes_at), KNOBS["clip_k"], 12.85, 16_000_000)
+    assert land.status == "at_limit"
+    assert land.counted_bytes == max(int(bytes_at(x)) for x, _ in land.trace)
+    assert land.probes <= 24
