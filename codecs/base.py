@@ -41,6 +41,19 @@ class Codec:
         return dict(vars(self))
 
 
+def check_stream_end(codec: str, out: bytes, raw_size: int, eof: bool, trailing: int) -> bytes:
+    """`out` if the stream ended exactly after raw_size decoded bytes; otherwise CodecError saying how not."""
+    if len(out) > raw_size:
+        raise CodecError(f"{codec}: stream decodes to more than the expected {raw_size} bytes")
+    if not eof:
+        raise CodecError(f"{codec}: stream ends early ({len(out)} of {raw_size} bytes decoded)")
+    if trailing:
+        raise CodecError(f"{codec}: {trailing} trailing bytes after the stream")
+    if len(out) != raw_size:
+        raise CodecError(f"{codec}: stream decodes to {len(out)} bytes, expected {raw_size}")
+    return out
+
+
 REGISTRY: dict[str, str] = {
     "raw": "entropy_codecs.raw:Raw",
     "zlib": "entropy_codecs.zlib_codec:Zlib",

@@ -6,7 +6,7 @@ import lzma
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo
+from entropy_codecs.base import Codec, CodecError, StreamInfo, check_stream_end
 from harness.errors import ConfigError
 
 _DICT_MIN = 4096
@@ -44,12 +44,4 @@ class Lzma(Codec):
             out = d.decompress(data, max_length=raw_size + 1)
         except (lzma.LZMAError, ValueError, MemoryError, OverflowError) as exc:
             raise CodecError(f"lzma: corrupt stream ({exc})") from None
-        if len(out) > raw_size:
-            raise CodecError(f"lzma: stream decodes to more than the expected {raw_size} bytes")
-        if not d.eof:
-            raise CodecError(f"lzma: stream ends early ({len(out)} of {raw_size} bytes decoded)")
-        if d.unused_data:
-            raise CodecError(f"lzma: {len(d.unused_data)} trailing bytes after the stream")
-        if len(out) != raw_size:
-            raise CodecError(f"lzma: stream decodes to {len(out)} bytes, expected {raw_size}")
-        return out
+        return check_stream_end("lzma", out, raw_size, d.eof, len(d.unused_data))

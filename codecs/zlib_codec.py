@@ -6,7 +6,7 @@ import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo
+from entropy_codecs.base import Codec, CodecError, StreamInfo, check_stream_end
 from harness.errors import ConfigError
 
 
@@ -30,12 +30,4 @@ class Zlib(Codec):
             out = d.decompress(data, raw_size + 1)
         except (zlib.error, ValueError, MemoryError, OverflowError) as exc:
             raise CodecError(f"zlib: corrupt stream ({exc})") from None
-        if len(out) > raw_size:
-            raise CodecError(f"zlib: stream decodes to more than the expected {raw_size} bytes")
-        if not d.eof:
-            raise CodecError(f"zlib: stream ends early ({len(out)} of {raw_size} bytes decoded)")
-        if d.unused_data:
-            raise CodecError(f"zlib: {len(d.unused_data)} trailing bytes after the stream")
-        if len(out) != raw_size:
-            raise CodecError(f"zlib: stream decodes to {len(out)} bytes, expected {raw_size}")
-        return out
+        return check_stream_end("zlib", out, raw_size, d.eof, len(d.unused_data))
