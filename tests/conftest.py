@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,19 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_texts: list[str])
                 p.normal_(0, 0.05)
     checkpoint.save_state_dict(model.state_dict(), d / "model.safetensors")
     return d
+
+
+def roundtrip(fmt, tensors: dict[str, torch.Tensor], ctx=None):
+    """Encode and decode; decoded tensors must equal the encoder's reconstruction bit for bit."""
+    from formats.base import EncodeContext
+
+    enc = fmt.encode(tensors, ctx or EncodeContext())
+    out = fmt.decode(enc)
+    for name, w in tensors.items():
+        assert out[name].dtype == w.dtype and out[name].shape == w.shape
+        assert torch.equal(out[name], enc.recon[name])
+    for s in enc.streams.values():
+        if s.alphabet is not None:
+            assert s.data.min() >= 0 and s.data.max() < s.alphabet
+    json.dumps(enc.meta)  # meta must be JSON-able for the container
+    return enc, out

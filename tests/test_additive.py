@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from itertools import pairwise
 
@@ -15,6 +14,7 @@ from formats.base import EncodeContext, get_format
 from formats.clustered import Clustered
 from harness.errors import ConfigError
 from harness.metrics import rel_mse
+from tests.conftest import roundtrip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,19 +34,6 @@ def correlated(out: int = 64, inp: int = 256, n: int = 2048, seed: int = 7) -> t
     x = torch.randn(n, inp, generator=g) @ (torch.randn(inp, inp, generator=g) / math.sqrt(inp))
     x[:, :8] *= 10
     return torch.randn(out, inp, generator=g) * 0.05, x.T @ x
-
-
-def roundtrip(fmt: Additive, tensors: dict[str, torch.Tensor], ctx: EncodeContext | None = None):
-    enc = fmt.encode(tensors, ctx or EncodeContext())
-    out = fmt.decode(enc)
-    for name, w in tensors.items():
-        assert out[name].dtype == w.dtype and out[name].shape == w.shape
-        assert torch.equal(out[name], enc.recon[name])
-    for s in enc.streams.values():
-        if s.alphabet is not None:
-            assert s.data.min() >= 0 and s.data.max() < s.alphabet
-    json.dumps(enc.meta)
-    return enc, out
 
 
 SCHEMES = [(1, 8, 8), (2, 8, 8), (1, 16, 8), (2, 4, 4), (3, 4, 8)]

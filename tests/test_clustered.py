@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from itertools import pairwise
 
 import numpy as np
@@ -16,6 +15,7 @@ from formats.clustered import Clustered, cluscomp_bits, subvectors
 from formats.scalar import Scalar
 from harness.errors import ConfigError
 from harness.metrics import rel_mse
+from tests.conftest import roundtrip as shared_roundtrip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,16 +31,8 @@ def entropy(codes: np.ndarray) -> float:
 
 
 def roundtrip(fmt: Clustered, tensors: dict[str, torch.Tensor], ctx: EncodeContext | None = None):
-    enc = fmt.encode(tensors, ctx or EncodeContext())
-    out = fmt.decode(enc)
+    enc, out = shared_roundtrip(fmt, tensors, ctx)
     assert list(out) == list(tensors)
-    for name, w in tensors.items():
-        assert out[name].dtype == w.dtype and out[name].shape == w.shape
-        assert torch.equal(out[name], enc.recon[name])
-    for s in enc.streams.values():
-        if s.alphabet is not None:
-            assert s.data.min() >= 0 and s.data.max() < s.alphabet
-    json.dumps(enc.meta)  # meta must be JSON-able for the container
     return enc, out
 
 
