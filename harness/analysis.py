@@ -47,16 +47,21 @@ def evaluated(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if r.get("bpb") is not None and r.get("status", "ok") != "does_not_fit"]
 
 
+def system(r: dict[str, Any]) -> str:
+    """What a point is compared as: its compare variant label if it has one, else its format."""
+    return str(r.get("variant") or r.get("format"))
+
+
 def labels(results: list[dict[str, Any]]) -> list[str]:
     """Short distinct names: format (+codec when several) plus the settings that vary within that format."""
     keys: dict[tuple[str, str], set[str]] = {}
     for r in results:
         for k, v in (r.get("format_params") or {}).items():
-            keys.setdefault((str(r.get("format")), k), set()).add(repr(v))
+            keys.setdefault((system(r), k), set()).add(repr(v))
     codecs = {r.get("codec") for r in results}
     out = []
     for r in results:
-        p, fmt = r.get("format_params") or {}, str(r.get("format"))
+        p, fmt = r.get("format_params") or {}, system(r)
         parts = [fmt + (f"+{r.get('codec')}" if len(codecs) > 1 else "")]
         for k in sorted(p):
             if len(keys.get((fmt, k), ())) > 1:
@@ -157,7 +162,7 @@ def reversals(
 def by_format(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for r in evaluated(results):
-        out.setdefault(f"{r.get('format')}" + (f"+{r.get('codec')}" if _many_codecs(results) else ""), []).append(r)
+        out.setdefault(system(r) + (f"+{r.get('codec')}" if _many_codecs(results) else ""), []).append(r)
     return dict(sorted(out.items()))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness import search, store, sweep
+from harness.analysis import system
 from harness.errors import ConfigError
 from harness.stats import paired_bootstrap
 
@@ -36,12 +37,16 @@ class CompareSettings:
     """Formats (null: every registered one but passthrough), budgets in bytes, search and bootstrap settings.
 
     params: per-format settings over the YAML defaults, e.g. {scalar: {bits: 8}};
-    knobs: per-format knob ranges, e.g. {scalar: {lo: 2.0, hi: 30.0}} (keys lo, hi, log, integer)."""
+    knobs: per-format knob ranges, e.g. {scalar: {lo: 2.0, hi: 30.0}} (keys lo, hi, log, integer);
+    variants: named settings of one format compared as systems of their own, listed in `formats`
+    by their label, e.g. {rows: {format: sparse_outlier, params: {layout: row}}}; params and knobs
+    then take the label as key."""
 
     formats: list[str] | None = None
     budgets: list[float] = field(default_factory=lambda: [16e6, 8e6, 4e6])
     params: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, Any] = field(default_factory=dict)
     tol: float = 0.005
     max_probes: int = 24
     samples: int = 1000
@@ -83,6 +88,28 @@ def format_defaults(name: str) -> dict[str, Any]:
     return params
 
 
+def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """compare.variants as label -> (format, params), checked."""
+    out = {}
+    for label, v in node.items():
+        if label in registry:
+            raise ConfigError(f"compare.variants: label {label!r} is a format's name; pick another")
+        if not isinstance(v, dict) or v.get("format") not in registry or set(v) - {"format", "params"}:
+            raise ConfigError(
+                f"compare.variants.{label}: need {{format: <one of {', '.join(sorted(registry))}>, params: {{...}}}}"
+            )
+        out[label] = (str(v["format"]), dict(v.get("params") or {}))
+    return out
+
+
+def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Settings layered left to right; nested dicts (an inner format's settings) merge key by key."""
+    merged = OmegaConf.merge(*(OmegaConf.create(layer) for layer in layers))
+    out = OmegaConf.to_container(merged, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
 def _budgets(values: list[float]) -> list[int]:
     out = []
     for v in values:
@@ -108,7 +135,8 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     from harness.runner import run_point
 
     cc = cfg.compare
-    names = list(cc.formats) if cc.formats else [f for f in REGISTRY if f != "passthrough"]
+    variants = _variants(OmegaConf.to_container(cc.variants, resolve=True) or {}, REGISTRY)
+    names = list(cc.formats) if cc.formats else [f for f in REGISTRY if f != "passthrough"] + list(variants)
     budgets = _budgets(list(cc.budgets))
     if not names or not budgets:
         raise ConfigError("compare: need at least one format and one budget")
@@ -125,26 +153,27 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     from formats import get_format
 
     plans = []  # settings and knob of every format, checked before any work
-    for fmt in names:
-        params = {**format_defaults(fmt), **extra_params.get(fmt, {})}
+    for label in names:
+        fmt, own = variants.get(label, (label, {}))
+        params = _merge(format_defaults(fmt), own, extra_params.get(label, {}))
         instance = get_format(fmt, **params)
-        knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(fmt))
-        plans.append((fmt, params, knob))
+        knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
+        plans.append((label, fmt, params, knob))
 
     ws = search.Workspace(cfg)
     rows: list[dict[str, Any]] = []
-    for fmt, params, knob in plans:
+    for label, fmt, params, knob in plans:
         ident, _ = sweep.point_config(point_cfg(cfg, fmt, {**params, **({knob.name: 0} if knob else {})}, 0))
         for k in ("eval", "budget"):
             ident.pop(k, None)
-        cache = out_dir / "search" / f"{fmt}_{codec_name}_{store.config_hash(ident)}.json"
+        cache = out_dir / "search" / f"{label}_{codec_name}_{store.config_hash(ident)}.json"
         enc = search.Encoder(ws, fmt, params, knob, codec_name, codec, out_dir / "search", cache)
         start = params.get(knob.name) if knob else None
         for budget in budgets:
             landing = search.search(enc, knob, start, budget, count_code, cc.tol, cc.max_probes)
-            log.info("%s at %s B: %s", fmt, f"{budget:,}", landing.describe())
-            print(f"{fmt} at {budget:,} B: {landing.describe()}", flush=True)
-            row = _point(cfg, fmt, enc, landing, out_dir, run_point)
+            log.info("%s at %s B: %s", label, f"{budget:,}", landing.describe())
+            print(f"{label} at {budget:,} B: {landing.describe()}", flush=True)
+            row = _point(cfg, label, enc, landing, out_dir, run_point)
             rows.append(row)
     _print_ranking(rows, budgets, cc)
     df = store.collect([out_dir / "points"])
@@ -152,9 +181,11 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _point(cfg: DictConfig, fmt: str, enc: search.Encoder, landing: search.Landing, out_dir: Path, run_point) -> dict:
+def _point(cfg: DictConfig, label: str, enc: search.Encoder, landing: search.Landing, out_dir: Path, run_point) -> dict:
     """Evaluate a landed point (or record that the budget is out of reach) into its own directory."""
+    fmt = enc.fmt
     extra = {
+        **({"variant": label} if label != fmt else {}),
         "budget_bytes": landing.budget,
         "status": landing.status,
         "landed_ratio": landing.ratio,
@@ -169,7 +200,7 @@ def _point(cfg: DictConfig, fmt: str, enc: search.Encoder, landing: search.Landi
     pc = point_cfg(cfg, fmt, params, landing.budget)
     conf, _ = sweep.point_config(pc, drop=False)
     chash = store.config_hash(conf)
-    d = out_dir / "points" / str(landing.budget) / f"{fmt}_{chash}"
+    d = out_dir / "points" / str(landing.budget) / f"{label}_{chash}"
     done = store.finished(d, chash)
     if done is not None:
         print(f"  finished already in {d}; skipped", flush=True)
@@ -226,11 +257,11 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
             r, d = e["row"], e["delta"]
             knob = f"{r['knob']}={r['knob_value']:g}" if r.get("knob") else "-"
             if r.get("bpb") is None:
-                line = f"{r['format']:<12} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
+                line = f"{system(r):<12} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
             else:
                 cmp = "best" if d is None and e is ranked[0] else (f"Δbpb {d}" if d else "Δbpb n/a (windows differ)")
                 line = (
-                    f"{r['format']:<12} {knob:<22} {r['counted_bytes']:>12,} B {r['landed_ratio']:.4f}× "
+                    f"{system(r):<12} {knob:<22} {r['counted_bytes']:>12,} B {r['landed_ratio']:.4f}× "
                     f"bpb {r['bpb']:.4f}  {cmp}  [{r['status']}]"
                 )
             print("  " + line, flush=True)
@@ -238,7 +269,7 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
         if not fitted:
             print("  no format fits this budget")
             continue
-        win = fitted[0]["row"]["format"]
-        ties = [e["row"]["format"] for e in fitted[1:] if e["delta"] is None or not e["delta"].significant]
+        win = system(fitted[0]["row"])
+        ties = [system(e["row"]) for e in fitted[1:] if e["delta"] is None or not e["delta"].significant]
         verdict = f"winner: {win}" + (f" (not separable from {', '.join(ties)} at {cc.level:.0%})" if ties else "")
         print("  " + verdict, flush=True)

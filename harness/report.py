@@ -62,7 +62,7 @@ def _compare_section(results: list[dict[str, Any]], samples: int) -> str:
             r, d = e["row"], e["delta"]
             rows.append(
                 {
-                    "format": r.get("format"),
+                    "format": analysis.system(r),
                     "knob": f"{r.get('knob')}={r.get('knob_value'):g}" if r.get("knob") else "",
                     "counted_bytes": r.get("counted_bytes"),
                     "landed_ratio": r.get("landed_ratio"),
@@ -91,7 +91,7 @@ def write_report(src: Path, out: Path, samples: int = 1000) -> Path:
         raise BytegolfError(f"{src}: no bytegolf result.json found (not a sweep, compare or run directory)")
     out.mkdir(parents=True, exist_ok=True)
     ev = analysis.evaluated(results)
-    formats = sorted({str(r.get("format")) for r in results})
+    formats = sorted({analysis.system(r) for r in results})
     codecs = sorted({str(r.get("codec")) for r in results})
     md = [f"# bytegolf report: {src}\n"]
     md.append(

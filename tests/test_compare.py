@@ -61,3 +61,38 @@ def test_compare_lands_each_format_at_equal_bytes_and_resumes(tiny_bundle: Path,
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished already") == 4
     assert "probe " not in again.stdout + again.stderr
+
+
+def test_compare_variants_of_one_format_are_systems_of_their_own(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "var"
+    proc = bytegolf(
+        "compare",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        "+compare.variants={s3: {format: scalar, params: {bits: 3}}, s5: {format: scalar, params: {bits: 5}}}",
+        "compare.formats=[s3,s5]",
+        f"compare.budgets=[{BUDGETS[0]}]",
+        "compare.samples=300",
+        "codec=zstd",
+        f"hydra.run.dir={out}",
+        cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {p.parent.name.split("_")[0]: json.loads(p.read_text()) for p in out.glob(f"points/*/*/{store.RESULT}")}
+    assert set(rows) == {"s3", "s5"}
+    for label, bits in (("s3", 3), ("s5", 5)):
+        assert rows[label]["variant"] == label and rows[label]["format"] == "scalar"
+        assert rows[label]["format_params"]["bits"] == bits
+    assert "s3 at " in proc.stdout and "s5 at " in proc.stdout
+
+
+def test_compare_rejects_a_malformed_variant() -> None:
+    from formats import REGISTRY
+    from harness.compare import _variants
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"variants\.v: need"):
+        _variants({"v": {"format": "nope"}}, REGISTRY)
+    with pytest.raises(ConfigError, match="is a format's name"):
+        _variants({"scalar": {"format": "scalar"}}, REGISTRY)
+    assert _variants({"v": {"format": "scalar", "params": {"bits": 3}}}, REGISTRY) == {"v": ("scalar", {"bits": 3})}
