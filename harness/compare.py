@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from harness import search, store, sweep
 from harness.analysis import system
 from harness.errors import ConfigError
+from harness.plan import format_defaults, merge_settings
 from harness.stats import paired_bootstrap
 
 log = logging.getLogger("bytegolf")
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -59,35 +59,6 @@ def register() -> None:
     ConfigStore.instance().store(name="base_compare", node=CompareSettings, package="compare")
 
 
-def format_defaults(name: str) -> dict[str, Any]:
-    """A format's settings as `format=<name>` gives them: constructor defaults under its YAML."""
-    known = sweep.known_params("format", name)
-    if known is None:
-        from formats import REGISTRY
-
-        raise ConfigError(f"compare: unknown format {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    import importlib
-    import inspect
-
-    from formats import REGISTRY
-
-    module, cls = REGISTRY[name].split(":")
-    sig = inspect.signature(getattr(importlib.import_module(module), cls).__init__)
-    params = {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.name != "self" and p.default is not inspect.Parameter.empty
-    }
-    yaml = REPO / "experiments" / "format" / f"{name}.yaml"
-    if yaml.is_file():
-        node = OmegaConf.to_container(OmegaConf.load(yaml), resolve=True)
-        assert isinstance(node, dict)
-        node.pop("defaults", None)
-        params.update(node)
-    params.pop("name", None)
-    return params
-
-
 def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
     """compare.variants as label -> (format, params), checked."""
     out = {}
@@ -99,14 +70,6 @@ def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple
                 f"compare.variants.{label}: need {{format: <one of {', '.join(sorted(registry))}>, params: {{...}}}}"
             )
         out[label] = (str(v["format"]), dict(v.get("params") or {}))
-    return out
-
-
-def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Settings layered left to right; nested dicts (an inner format's settings) merge key by key."""
-    merged = OmegaConf.merge(*(OmegaConf.create(layer) for layer in layers))
-    out = OmegaConf.to_container(merged, resolve=True)
-    assert isinstance(out, dict)
     return out
 
 
@@ -155,7 +118,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     plans = []  # settings and knob of every format, checked before any work
     for label in names:
         fmt, own = variants.get(label, (label, {}))
-        params = _merge(format_defaults(fmt), own, extra_params.get(label, {}))
+        params = merge_settings(format_defaults(fmt), own, extra_params.get(label, {}))
         instance = get_format(fmt, **params)
         knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
         plans.append((label, fmt, params, knob))

@@ -3,18 +3,51 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from harness.errors import ConfigError
 from harness.model import CONTROL_PATTERNS
 
+FORMAT_YAMLS = Path(__file__).resolve().parent.parent / "experiments" / "format"
+
+
+def format_defaults(name: str) -> dict[str, Any]:
+    """A format's settings as `format=<name>` gives them: constructor defaults under its YAML."""
+    from formats import REGISTRY
+
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown format {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name].split(":")
+    sig = inspect.signature(getattr(importlib.import_module(module), cls).__init__)
+    params = {p.name: p.default for p in sig.parameters.values() if p.name != "self" and p.default is not p.empty}
+    yaml = FORMAT_YAMLS / f"{name}.yaml"
+    if yaml.is_file():
+        node = OmegaConf.to_container(OmegaConf.load(yaml), resolve=True)
+        assert isinstance(node, dict)
+        node.pop("defaults", None)
+        params.update(node)
+    params.pop("name", None)
+    return params
+
+
+def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Settings layered left to right; nested dicts (an inner format's settings) merge key by key."""
+    out = OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.create(dict(layer)) for layer in layers)), resolve=True)
+    assert isinstance(out, dict)
+    return out
+
 
 @dataclass
 class Rule:
-    """Tensors whose name matches `match` (a glob) get `format` (default: the run's format) with `params`."""
+    """Tensors whose name matches `match` (a glob) get `format` (default: the run's format) with `params`
+    over that format's settings (the run's for the run's format, else `format=<name>`'s defaults)."""
 
     match: str
     format: str | None = None
@@ -57,8 +90,8 @@ def make_plan(
             used[rule_idx] = True
             rule = rules[rule_idx]
             fmt = rule.format or format_name
-            base = dict(format_params) if fmt == format_name else {}
-            plan.append(Assignment(name, fmt, {**base, **dict(rule.params)}))
+            base = dict(format_params) if fmt == format_name else format_defaults(fmt)
+            plan.append(Assignment(name, fmt, merge_settings(base, dict(rule.params))))
         elif t.numel() <= cfg.passthrough_max_numel:
             control = any(p in name for p in cfg.control_patterns)
             plan.append(Assignment(name, "passthrough", {"dtype": "fp32" if control else cfg.passthrough_dtype}))

@@ -43,3 +43,22 @@ def test_rules_override_and_first_match_wins() -> None:
 def test_rule_that_matches_nothing_is_an_error() -> None:
     with pytest.raises(ConfigError, match="match no tensor"):
         _plan(PlanConfig(rules=[Rule("blocks.*.nonexistent")]))
+
+
+def test_a_rule_naming_another_format_starts_from_that_formats_yaml_defaults() -> None:
+    plan = _plan(PlanConfig(rules=[Rule("blocks.*.mlp.*", "clustered", {"codebook_size": 16})]))
+    p = plan["blocks.0.mlp.fc.weight"].params
+    assert plan["blocks.0.mlp.fc.weight"].format == "clustered"
+    assert p["codebook_size"] == 16 and p["dim"] == 4  # dim from experiments/format/clustered.yaml
+    with pytest.raises(ConfigError, match="unknown format 'nope'"):
+        _plan(PlanConfig(rules=[Rule("tok_emb.weight", "nope")]))
+
+
+def test_merge_settings_merges_inner_format_settings_key_by_key() -> None:
+    from harness.plan import merge_settings
+
+    base = {"fraction": 0.01, "base": {"name": "scalar", "bits": 4, "clip": "sdclip"}}
+    assert merge_settings(base, {"base": {"bits": 3}}) == {
+        "fraction": 0.01,
+        "base": {"name": "scalar", "bits": 3, "clip": "sdclip"},
+    }
