@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import compare, sweep
+from harness import allocate, compare, sweep
 from harness.errors import BytegolfError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,11 +21,13 @@ verbs:
   train     train the default model and write a bundle (e.g. train.steps=700)
   compare   every format at equal final bytes per budget, evaluated, winners with bootstrap CIs
             (e.g. compare compare.budgets=[8e6,4e6] compare.formats=[scalar,clustered])
+  allocate  per-tensor settings of one format (mixed precision) that minimise output error within the budget,
+            evaluated (e.g. allocate budget.cap_bytes=8e6 codec=zstd 'allocate.candidates=[{bits:4},{bits:6}]')
   results   DIR... : every result.json under the dirs as one table (DIR/results.parquet and .csv)
   report    DIR : markdown report with frontier plots, rank agreement and reversals (DIR/report/)
 
 Presets: experiment=pg_baseline, experiment=pg_record. Hydra flags (-m, --cfg job, --help) work after run,
-train and compare. A sweep started again with the same hydra.sweep.dir skips its finished points."""
+train, compare and allocate. A sweep started again with the same hydra.sweep.dir skips its finished points."""
 
 log = logging.getLogger("bytegolf")
 
@@ -90,6 +92,23 @@ def compare_task(cfg: DictConfig) -> None:
         raise SystemExit(2) from None
 
 
+def allocate_task(cfg: DictConfig) -> None:
+    """Hydra task for `bytegolf allocate`."""
+    from harness.allocate import describe, run_allocate
+    from harness.runner import summary_line
+
+    try:
+        if cfg.threads > 0:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        result = run_allocate(cfg, _output_dir())
+    except BytegolfError as exc:
+        log.error("error: %s", exc)
+        raise SystemExit(2) from None
+    print(f"allocation: {describe(result['allocation'])}\n{summary_line(result)}", flush=True)
+
+
 def train_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf train`: build the corpus data if needed, train, write the bundle."""
     import torch
@@ -131,7 +150,12 @@ def train_task(cfg: DictConfig) -> None:
     )
 
 
-TASKS = {"run": ("run", run_task), "train": ("train", train_task), "compare": ("compare", compare_task)}
+TASKS = {
+    "run": ("run", run_task),
+    "train": ("train", train_task),
+    "compare": ("compare", compare_task),
+    "allocate": ("allocate", allocate_task),
+}
 
 
 def results_main(args: list[str]) -> None:
@@ -188,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     settings.register()
     compare.register()
+    allocate.register()
     try:
         _check_choices(overrides)
         if verb == "run" and ("-m" in overrides or "--multirun" in overrides):
