@@ -117,6 +117,8 @@ REGISTRY: dict[str, str] = {
     "scalar": "formats.scalar:Scalar",
     "clustered": "formats.clustered:Clustered",
     "additive": "formats.additive:Additive",
+    "basis_delta": "formats.basis_delta:BasisDelta",
+    "sparse_outlier": "formats.sparse_outlier:SparseOutlier",
 }
 
 

@@ -122,7 +122,17 @@ def artifact_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     units = manifest.get("units")
     if not isinstance(units, list) or not all(isinstance(u, dict) and isinstance(u.get("format"), str) for u in units):
         raise ArtifactError(f"{name}: manifest 'units' is not a list of units with a format name")
-    return sorted({u["format"] for u in units}), sorted({b["codec"] for b in blobs})
+    from formats import REGISTRY
+
+    def inner(node: Any) -> set[str]:
+        """Formats named by nested settings (a wrapper's base, a basis_delta's parts)."""
+        if isinstance(node, dict):
+            own = {node["name"]} if node.get("name") in REGISTRY else set()
+            return own.union(*(inner(v) for v in node.values()))
+        return set().union(*(inner(v) for v in node)) if isinstance(node, list) else set()
+
+    formats = {u["format"] for u in units}.union(*(inner((u.get("meta") or {}).get("params")) for u in units))
+    return sorted(formats), sorted({b["codec"] for b in blobs})
 
 
 def artifact_code_bytes(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -66,7 +66,7 @@ KNOBS: dict[str, Knob] = {
     "codebook_size": Knob("codebook_size", 2, 65536, integer=True),
     "num_codebooks": Knob("num_codebooks", 1, 16, log=False, integer=True),
     "fraction": Knob("fraction", 1e-4, 0.5),
-    "rank": Knob("rank", 1, 1024, integer=True),
+    "rank": Knob("rank", 1, 512, integer=True),
 }
 
 

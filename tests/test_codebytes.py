@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from formats import Encoded, Stream, TensorSpec
+from formats import EncodeContext, Encoded, Stream, TensorSpec, get_format
 from harness import artifact, codebytes, layout
 from harness.errors import ArtifactError, ConfigError
 
@@ -70,3 +71,13 @@ def test_unknown_names_and_bad_files_fail_clearly(tmp_path: Path) -> None:
         codebytes.artifact_code_bytes(tmp_path / "x.bgz")
     with pytest.raises(ArtifactError, match="cannot read"):
         codebytes.artifact_code_bytes(tmp_path / "missing.bgz")
+
+
+def test_artifact_code_bytes_count_the_formats_a_wrapper_nests(tmp_path: Path) -> None:
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    fmt = get_format("sparse_outlier", base={"name": "clustered", "codebook_size": 8, "dim": 2}, select="magnitude")
+    enc = fmt.encode({"w": w}, EncodeContext())
+    enc.meta = {**enc.meta, "params": fmt.config()}
+    path = tmp_path / "m.bgz"
+    artifact.write(path, [enc], "zlib", {}, layout.LayoutConfig())
+    assert codebytes.artifact_names(path)[0] == ["clustered", "sparse_outlier"]
