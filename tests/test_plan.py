@@ -62,3 +62,17 @@ def test_merge_settings_merges_inner_format_settings_key_by_key() -> None:
         "fraction": 0.01,
         "base": {"name": "scalar", "bits": 3, "clip": "sdclip"},
     }
+
+
+def test_the_mixed_plan_example_gives_each_family_its_format() -> None:
+    from omegaconf import OmegaConf
+
+    from harness.plan import FORMAT_YAMLS
+
+    node = OmegaConf.load(FORMAT_YAMLS.parent / "plan" / "mixed.yaml")
+    plan = _plan(PlanConfig(rules=[Rule(**r) for r in OmegaConf.to_container(node.rules)]))
+    assert plan["tok_emb.weight"].params["bits"] == 8 and plan["blocks.3.attn.c_k.weight"].params["bits"] == 6
+    mlp = plan["blocks.3.mlp.proj.weight"]
+    assert mlp.format == "sparse_outlier" and mlp.params["fraction"] == 0.005
+    assert mlp.params["base"] == {**mlp.params["base"], "name": "scalar", "bits": 5, "clip_k": 6.0}
+    assert mlp.params["select"] == "hessian"  # the rest from experiments/format/sparse_outlier.yaml

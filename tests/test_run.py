@@ -154,3 +154,12 @@ def test_train_builds_a_bundle_that_run_accepts(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "result.json").read_text())["params"] > 0
+
+
+def test_mixed_plan_runs_every_family_in_its_own_format(tiny_bundle: Path, tmp_path: Path) -> None:
+    proc = bytegolf("run", f"bundle={tiny_bundle}", *TINY_ARGS, "plan=mixed", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    fmts = {t["name"]: t["format"] for t in r["tensors"]}
+    assert fmts["tok_emb.weight"] == "scalar" and fmts["blocks.0.attn.c_q.weight"] == "scalar"
+    assert fmts["blocks.0.mlp.fc.weight"] == "sparse_outlier" and r["bytes_by_role"]["outliers"]["bytes"] > 0
