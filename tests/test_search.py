@@ -12,6 +12,8 @@ from harness import search
 from harness.search import KNOBS, Knob, Probe
 from tests.test_run import TINY_ARGS
 
+CLIP = Knob("clip_k", 1.0, 64.0)  # a continuous log knob over the range these curves are drawn on
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -35,7 +37,7 @@ def clip_like(k: float) -> float:
 @pytest.mark.parametrize("budget", [900_000, 600_000, 300_000])
 def test_continuous_knob_lands_within_tolerance_under_budget(budget: int) -> None:
     m = Curve(clip_like)
-    land = search.search(m, KNOBS["clip_k"], 12.85, budget, tol=0.005)
+    land = search.search(m, CLIP, 12.85, budget, tol=0.005)
     assert land.status == "ok"
     assert (1 - 0.005) * budget <= land.counted_bytes <= budget
     assert land.counted_bytes == int(clip_like(land.value))
@@ -43,16 +45,16 @@ def test_continuous_knob_lands_within_tolerance_under_budget(budget: int) -> Non
 
 
 def test_count_code_adds_the_code_bytes() -> None:
-    land = search.search(Curve(clip_like), KNOBS["clip_k"], 12.85, 600_000, count_code=True, tol=0.005)
+    land = search.search(Curve(clip_like), CLIP, 12.85, 600_000, count_code=True, tol=0.005)
     assert land.counted_bytes == land.final_bytes + 1000 <= 600_000
     assert land.counted_bytes >= 0.995 * 600_000
 
 
 def test_out_of_reach_budgets_are_statuses_not_errors() -> None:
-    low = search.search(Curve(clip_like), KNOBS["clip_k"], 12.85, 100_000)
+    low = search.search(Curve(clip_like), CLIP, 12.85, 100_000)
     assert low.status == "does_not_fit" and low.value == 64.0 and low.counted_bytes == 250_000
     assert low.ratio == pytest.approx(2.5)
-    high = search.search(Curve(clip_like), KNOBS["clip_k"], 12.85, 2_000_000)
+    high = search.search(Curve(clip_like), CLIP, 12.85, 2_000_000)
     assert high.status == "at_limit" and high.value == 1.0 and high.ratio == pytest.approx(0.5)
 
 
@@ -74,7 +76,7 @@ def test_invalid_knob_values_bound_the_range() -> None:
 
 def test_knob_ranges_and_overrides() -> None:
     assert search.knob_for(None, None) is None
-    assert search.knob_for("clip_k", 12.85) == KNOBS["clip_k"]
+    assert search.knob_for("clip_k", 12.85) == CLIP
     assert search.knob_for("clip_k", 12.85, {"lo": 2.0}).lo == 2.0
     assert search.knob_for("rank", 8) == Knob("rank", 1, 512, integer=True)  # unknown knob: from its default
     with pytest.raises(Exception, match="unknown keys"):
@@ -99,7 +101,7 @@ def _encoder(cfg, ws, tmp: Path, cache: Path | None = None) -> search.Encoder:
     fmt = OmegaConf.to_container(cfg.format, resolve=True)
     codec = OmegaConf.to_container(cfg.codec, resolve=True)
     name, codec_name = fmt.pop("name"), codec.pop("name")
-    return search.Encoder(ws, name, fmt, KNOBS["clip_k"], codec_name, codec, tmp, cache)
+    return search.Encoder(ws, name, fmt, CLIP, codec_name, codec, tmp, cache)
 
 
 def test_search_lands_within_one_percent_on_a_tiny_model(tiny_cfg, tmp_path: Path) -> None:
@@ -109,7 +111,7 @@ def test_search_lands_within_one_percent_on_a_tiny_model(tiny_cfg, tmp_path: Pat
     big, small = enc(3.0).final_bytes, enc(30.0).final_bytes
     assert big > small > 0  # a larger clip multiple gives fewer bytes
     budget = int(0.5 * big + 0.5 * small)
-    land = search.search(enc, KNOBS["clip_k"], 12.85, budget, tol=0.01)
+    land = search.search(enc, CLIP, 12.85, budget, tol=0.01)
     assert land.status == "ok", land
     assert 0.99 * budget <= land.final_bytes <= budget
     assert land.ratio == pytest.approx(land.final_bytes / budget)
@@ -119,7 +121,7 @@ def test_search_lands_within_one_percent_on_a_tiny_model(tiny_cfg, tmp_path: Pat
     reloaded = _encoder(tiny_cfg, ws, tmp_path, cache)
     assert set(reloaded.cache) >= {x for x, _ in land.trace} | {3.0, 30.0}
     # an impossible budget is a does-not-fit landing, not an exception
-    none = search.search(enc, KNOBS["clip_k"], 12.85, 500)
+    none = search.search(enc, CLIP, 12.85, 500)
     assert none.status == "does_not_fit" and none.counted_bytes > 500 and none.value == 64.0
 
 
@@ -132,7 +134,7 @@ def test_out_of_reach_budget_on_a_non_monotone_knob_stops() -> None:
         near = min(measured, key=lambda m: abs(math.log(m / k)))
         return measured[near] if abs(math.log(near / k)) < 0.05 else clip_like(k) * 12 if k > 1.5 else 11_600_000
 
-    land = search.search(Curve(bytes_at), KNOBS["clip_k"], 12.85, 16_000_000)
+    land = search.search(Curve(bytes_at), CLIP, 12.85, 16_000_000)
     assert land.status == "at_limit"
     assert land.counted_bytes == max(int(bytes_at(x)) for x, _ in land.trace)
     assert land.probes <= 24
