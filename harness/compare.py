@@ -184,7 +184,7 @@ def _point(cfg: DictConfig, label: str, enc: search.Encoder, landing: search.Lan
     with store.claim(d) as owned:
         if not owned:
             raise ConfigError(f"{d} is being evaluated by another process (claim {d / store.CLAIM})")
-        result = run_point(pc, d)
+        result = run_point(pc, d, units=enc.units.pop(landing.value, None))
     if result["final_bytes"] != landing.final_bytes:
         log.warning(
             "%s: the evaluated artifact has %d B, the search probe had %d B (encoding is not deterministic)",

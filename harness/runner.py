@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from entropy_codecs import get_codec
-from formats import EncodeContext
+from formats import EncodeContext, Encoded
 from harness import artifact, checkpoint, codebytes, data, layout, metrics, shards, tokenizer
 from harness.calibration import gram_matrices
 from harness.errors import ConfigError
@@ -102,8 +102,11 @@ def _grams(model, files: data.DataFiles, cfg: DictConfig, fp: dict[str, str]) ->
     return grams, rows
 
 
-def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one point of the grid and write result.json (plus the artifact) into out_dir."""
+def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None) -> dict[str, Any]:
+    """Run one point of the grid and write result.json (plus the artifact) into out_dir.
+
+    units: this config's encoding when the caller already has it (compare's landed probe); it is
+    written, decoded, checked and evaluated exactly as a fresh one would be."""
     t_start = time.perf_counter()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -139,9 +142,14 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         assert isinstance(plan_cfg, PlanConfig)
         plan_cfg.rules = [r if isinstance(r, Rule) else Rule(**r) for r in plan_cfg.rules]
         plan = make_plan(state, plan_cfg, fmt_name, fmt_params)
+    reused = units is not None
     with st("encode"):
-        ctx = EncodeContext(hessians=grams, hessian_counts=dict.fromkeys(grams, rows), device=cfg.device, seed=cfg.seed)
-        units = artifact.encode_state(state, plan, ctx)
+        if units is None:
+            counts = dict.fromkeys(grams, rows)
+            ctx = EncodeContext(hessians=grams, hessian_counts=counts, device=cfg.device, seed=cfg.seed)
+            units = artifact.encode_state(state, plan, ctx)
+        elif [t.name for u in units for t in u.tensors] != [a.name for g in artifact.group_units(plan) for a in g]:
+            raise ConfigError("run_point: the given encoding does not cover this plan's tensors")
     with st("finetune"):
         units, ft_report = _finetune(units, ref_model, files, cfg)
     path = out_dir / artifact.ARTIFACT_NAME
@@ -201,6 +209,7 @@ def run_point(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "tensors": tensor_rows,
         "seconds": round(time.perf_counter() - t_start, 3),
         "stage_seconds": st.seconds,
+        "encoding_reused": reused,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": cfg.device,
         "git_revision": git_revision(),

@@ -302,6 +302,9 @@ class Workspace:
         self.plan_cfg = plan_cfg
 
 
+KEEP_ENCODINGS = 4  # encodings an Encoder keeps in memory (each about the model's fp32 size)
+
+
 class Encoder:
     """measure(value): encode + write one format at one knob value; cached in memory and in a JSON file."""
 
@@ -320,6 +323,7 @@ class Encoder:
         self.codec, self.codec_params = codec, dict(codec_params)
         self.work_dir, self.cache_file = work_dir, cache_file
         self.cache: dict[float, Probe] = {}
+        self.units: dict[float, list] = {}  # the last few probes' encodings, so a landing is not encoded again
         if cache_file is not None and cache_file.is_file():
             import json
 
@@ -355,6 +359,9 @@ class Encoder:
             written = artifact.write(path, units, self.codec, self.codec_params, layout.LayoutConfig(**cfg.layout))
             code = codebytes.artifact_code_bytes(path)["code_bytes"]
             probe = Probe(value, written.final_bytes, code, round(time.perf_counter() - t0, 3))
+            self.units[value] = units
+            while len(self.units) > KEEP_ENCODINGS:
+                self.units.pop(next(iter(self.units)))
         except ConfigError as exc:
             probe = Probe(value, None, 0, round(time.perf_counter() - t0, 3), str(exc))
         finally:

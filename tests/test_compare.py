@@ -47,6 +47,7 @@ def test_compare_lands_each_format_at_equal_bytes_and_resumes(tiny_bundle: Path,
         (d,) = out.glob(f"points/{BUDGETS[0]}/{fmt}_*")
         assert (d / artifact.ARTIFACT_NAME).stat().st_size == r["final_bytes"]  # evaluated from the artifact file
         assert r["bpb"] > 0 and len(r["window_nll"]) == 4
+        assert r["encoding_reused"] and r["stage_seconds"]["encode"] < 0.05  # the landed probe's encoding
         small = rows[(BUDGETS[1], fmt)]
         assert small["status"] == "does_not_fit" and small["counted_bytes"] > BUDGETS[1]
         assert small.get("bpb") is None
