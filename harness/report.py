@@ -23,7 +23,7 @@ def _fmt(v: Any) -> str:
             return ""
         if v.is_integer() and abs(v) >= 1000:
             return f"{int(v):,}"
-        return f"{v:.4g}"
+        return f"{v:.4f}" if 0.1 <= abs(v) < 1000 else f"{v:.4g}"  # bpb differences live in the 4th decimal
     return str(v).replace("|", "\\|")
 
 
