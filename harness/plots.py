@@ -25,8 +25,12 @@ def _colors(names: list[str]) -> dict[str, Any]:
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
-def frontier(results: list[dict[str, Any]], y: str, ylabel: str, path: Path, logy: bool = False) -> Path:
-    """Every point per format (faint) and its Pareto front (line) on (final bytes, y); caps as vertical lines."""
+def frontier(
+    results: list[dict[str, Any]], y: str, ylabel: str, path: Path, logy: bool = False, clip: float | None = None
+) -> Path:
+    """Every point per format (faint) and its Pareto front (line) on (final bytes, y); caps as vertical lines.
+
+    clip: the y axis ends at clip × the lowest y; points above it are drawn on the top edge with their value."""
     plt = _plt()
     groups = analysis.by_format(results)
     colors = _colors(list(groups))
@@ -42,12 +46,31 @@ def frontier(results: list[dict[str, Any]], y: str, ylabel: str, path: Path, log
     caps = sorted({int(c) for r in results for c in (r.get("cap_bytes"), r.get("budget_bytes")) if c})
     for i, cap in enumerate(caps):
         ax.axvline(cap, color="0.35", ls="--", lw=1, label="cap / budget" if i == 0 else None)
+    ys_all = [v for r in results if np.isfinite(v := analysis._num(r, y))]
+    if clip and ys_all and max(ys_all) > clip * min(ys_all):
+        lo, top = min(ys_all), clip * min(ys_all)
+        ax.set_ylim(lo - 0.03 * (top - lo), top)
+        for r in results:
+            if analysis._num(r, y) > top:
+                x = analysis._num(r, "final_bytes")
+                ax.annotate(
+                    f"{analysis._num(r, y):.2f}",
+                    (x, top),
+                    xytext=(0, -12),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=7,
+                    color=colors[analysis.system(r)],
+                    arrowprops={"arrowstyle": "-|>", "color": colors[analysis.system(r)]},
+                )
+        ax.set_title(f"{y} vs final bytes (lines: Pareto front per format; off-scale values on the top edge)")
+    else:
+        ax.set_title(f"{y} vs final bytes (lines: Pareto front per format)")
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("final artifact size (bytes, log scale)")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{y} vs final bytes (lines: Pareto front per format)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -105,7 +105,7 @@ def write_report(src: Path, out: Path, samples: int = 1000) -> Path:
     md.append("## Frontiers\n")
     if ev:
         pngs = [
-            plots.frontier(ev, "bpb", "bits per byte of the decoded model (bpb)", out / "frontier_bpb.png"),
+            plots.frontier(ev, "bpb", "bits per byte of the decoded model (bpb)", out / "frontier_bpb.png", clip=1.5),
             plots.frontier(ev, "rel_mse", "weight relative MSE ‖W−Ŵ‖²/‖W‖²", out / "frontier_rel_mse.png", logy=True),
             plots.nominal_vs_actual(ev, out / "nominal_vs_actual.png"),
         ]
