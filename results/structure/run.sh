@@ -14,3 +14,9 @@ bytegolf compare hydra.run.dir=results/structure/basis \
   'compare.formats=[basis_delta,basis_only,scalar,scalar_gptq]' 'compare.budgets=[8000000,6000000]' \
   '+compare.variants={basis_only: {format: basis_delta, params: {residual: null}}, scalar_gptq: {format: scalar, params: {gptq: true}}}'
 bytegolf report results/structure/basis
+# 3. the same at 8 MB with the tied embedding kept at int8 (a mixed plan, as Parameter Golf's records do)
+bytegolf compare hydra.run.dir=results/structure/basis_emb8 \
+  'compare.formats=[basis_delta,sparse_outlier,scalar_gptq]' 'compare.budgets=[8000000]' \
+  '+compare.variants={scalar_gptq: {format: scalar, params: {gptq: true}}}' \
+  'plan.rules=[{match: tok_emb.weight, format: scalar, params: {bits: 8, clip: percentile}}]'
+bytegolf report results/structure/basis_emb8
