@@ -1,11 +1,12 @@
 """`bytegolf compare`: every format at equal final bytes, per budget, evaluated and ranked.
 
 For each format (default: every registered format but passthrough, each with its YAML defaults
-from experiments/format/, plus compare.params.<format>; or named variants of one format) and each budget, the equal-bytes search
-(harness/search.py) moves the format's rate knob with encode + write probes only. Each landed
-point is then run like `bytegolf run` from its probe's encoding (harness.runner.run_point: the
-artifact is written, decoded from the file, checked bit for bit and evaluated) into
-points/<budget>/<format or variant>_<config hash>/result.json, with the budget, the knob value and how close it landed. A budget no setting reaches gives a row
+from experiments/format/, plus compare.params.<format>; or named variants of one format) and
+each budget, the equal-bytes search (harness/search.py) moves the format's rate knob with
+encode + write probes only. Each landed point is then run like `bytegolf run` from its probe's
+encoding (harness.runner.run_point: the artifact is written, decoded from the file, checked bit
+for bit and evaluated) into points/<budget>/<format or variant>_<config hash>/result.json, with
+the budget, the knob value and how close it landed. A budget no setting reaches gives a row
 with status does_not_fit. Per budget the lowest bpb wins; every other format gets Δbpb against
 the winner with a paired bootstrap CI over the evaluation windows.
 
