@@ -50,19 +50,22 @@ def frontier(
     if clip and ys_all and max(ys_all) > clip * min(ys_all):
         lo, top = min(ys_all), clip * min(ys_all)
         ax.set_ylim(lo - 0.03 * (top - lo), top)
-        for r in results:
-            if analysis._num(r, y) > top:
-                x = analysis._num(r, "final_bytes")
-                ax.annotate(
-                    f"{analysis._num(r, y):.2f}",
-                    (x, top),
-                    xytext=(0, -12),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize=7,
-                    color=colors[analysis.system(r)],
-                    arrowprops={"arrowstyle": "-|>", "color": colors[analysis.system(r)]},
-                )
+        off = sorted((r for r in results if analysis._num(r, y) > top), key=lambda r: analysis._num(r, "final_bytes"))
+        last_x, depth = -1.0, 0
+        for r in off:
+            x = analysis._num(r, "final_bytes")
+            depth = depth + 1 if x < 1.08 * last_x else 0  # stack the labels of points at about the same size
+            last_x = x
+            ax.annotate(
+                f"{analysis._num(r, y):.2f}",
+                (x, top),
+                xytext=(0, -12 - 10 * depth),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+                color=colors[analysis.system(r)],
+                arrowprops={"arrowstyle": "-|>", "color": colors[analysis.system(r)]},
+            )
         ax.set_title(f"{y} vs final bytes (lines: Pareto front per format; off-scale values on the top edge)")
     else:
         ax.set_title(f"{y} vs final bytes (lines: Pareto front per format)")
