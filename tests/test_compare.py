@@ -97,3 +97,12 @@ def test_compare_rejects_a_malformed_variant() -> None:
     with pytest.raises(ConfigError, match="is a format's name"):
         _variants({"scalar": {"format": "scalar"}}, REGISTRY)
     assert _variants({"v": {"format": "scalar", "params": {"bits": 3}}}, REGISTRY) == {"v": ("scalar", {"bits": 3})}
+
+
+def test_compare_settings_for_an_unknown_name_fail_before_any_work(tiny_bundle: Path, tmp_path: Path) -> None:
+    proc = bytegolf(
+        "compare", f"bundle={tiny_bundle}", "+compare.params.nope.bits=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
+    out = proc.stdout + proc.stderr  # Hydra's job logging writes the one-line error to stdout
+    assert proc.returncode == 2 and "'nope', which is neither a format nor a variant" in out
+    assert "Traceback" not in out and not (tmp_path / "search").exists()
