@@ -214,7 +214,6 @@ def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[d
     import torch
     from tqdm import tqdm
 
-    from formats import EncodeContext
     from harness import artifact, layout
     from harness.plan import Assignment
     from harness.runner import _params
@@ -222,9 +221,7 @@ def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[d
     fmt, _ = _params(cfg.format)
     codec, codec_params = _params(cfg.codec)
     lay = layout.LayoutConfig(**cfg.layout)
-    ctx = EncodeContext(
-        hessians=ws.grams, hessian_counts=dict.fromkeys(ws.grams, ws.rows), device=cfg.device, seed=cfg.seed
-    )
+    ctx = ws.context()
 
     def gram(name: str) -> Tensor | None:
         return ws.grams.get(name) if ws.state[name].ndim == 2 else None

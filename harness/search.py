@@ -301,6 +301,13 @@ class Workspace:
         plan_cfg.rules = [r if isinstance(r, Rule) else Rule(**r) for r in plan_cfg.rules]
         self.plan_cfg = plan_cfg
 
+    def context(self):
+        """The EncodeContext of every encode on this workspace (Gram matrices, device, seed)."""
+        from formats import EncodeContext
+
+        counts = dict.fromkeys(self.grams, self.rows)
+        return EncodeContext(hessians=self.grams, hessian_counts=counts, device=self.cfg.device, seed=self.cfg.seed)
+
 
 KEEP_ENCODINGS = 4  # encodings an Encoder keeps in memory (each about the model's fp32 size)
 
@@ -338,7 +345,6 @@ class Encoder:
             return self.cache[value]
         import torch
 
-        from formats import EncodeContext
         from harness import artifact, codebytes, layout
         from harness.plan import make_plan
 
@@ -348,13 +354,7 @@ class Encoder:
         try:
             torch.manual_seed(cfg.seed)
             plan = make_plan(self.ws.state, self.ws.plan_cfg, self.fmt, self.params_at(value))
-            ctx = EncodeContext(
-                hessians=self.ws.grams,
-                hessian_counts=dict.fromkeys(self.ws.grams, self.ws.rows),
-                device=cfg.device,
-                seed=cfg.seed,
-            )
-            units = artifact.encode_state(self.ws.state, plan, ctx, progress=False)
+            units = artifact.encode_state(self.ws.state, plan, self.ws.context(), progress=False)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             written = artifact.write(path, units, self.codec, self.codec_params, layout.LayoutConfig(**cfg.layout))
             code = codebytes.artifact_code_bytes(path)["code_bytes"]
