@@ -61,6 +61,7 @@ REGISTRY: dict[str, str] = {
     "zstd": "entropy_codecs.zstd_codec:Zstd",
     "brotli": "entropy_codecs.brotli_codec:Brotli",
     "ans": "entropy_codecs.ans:Ans",
+    "zpaq": "entropy_codecs.zpaq_codec:Zpaq",
     "best": "entropy_codecs.best:Best",
 }
 

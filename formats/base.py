@@ -12,7 +12,7 @@ from torch import Tensor
 
 from harness.registry import instantiate
 
-ROLES = ("codes", "codebook", "scales", "zeros", "mask", "outliers", "basis", "fp")
+ROLES = ("codes", "codebook", "scales", "zeros", "mask", "outliers", "basis", "lowrank", "perm", "fp")
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -119,6 +119,7 @@ REGISTRY: dict[str, str] = {
     "additive": "formats.additive:Additive",
     "basis_delta": "formats.basis_delta:BasisDelta",
     "sparse_outlier": "formats.sparse_outlier:SparseOutlier",
+    "lowrank": "formats.lowrank:LowRank",
 }
 
 

@@ -9,10 +9,22 @@ scale_floor=1/127 this is Parameter Golf's int8 rule, bit for bit. Asymmetric: r
 clamp(round(-lo/scale), 0, 2^b-1), q = clamp(round(w/scale)+zero, 0, 2^b-1), decoded
 (q-zero)·scale. Tensors that are not 2-D get one fp32 scale for the whole tensor (no floor;
 scale 1 when the clip is 0), as in Parameter Golf's vector path.
+
+round_stored (default): codes are rounded with the scale as stored (scale_dtype read back as
+fp32, and the zero point from it), so they are the nearest levels of the grid decode uses;
+off, they are rounded with the fp32 scale, as Parameter Golf's baseline int8 export does.
+
+scale_search ("mse" or "output", matrices only): each row/group tries its clip rule's scale
+times 1 and times search_steps factors evenly spaced in [search_min, search_max] (the clip,
+or the asymmetric range, shrinks or grows with it), quantizes with each as encode would
+(stored scales, same rounding) and keeps the one with the lowest Σ (w−ŵ)², weighted for
+"output" by the calibration Hessian's diagonal (per input column); ties keep the rule's
+scale. GPTQ then quantizes on the grid found. Tensors that are not 2-D keep the rule.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +39,9 @@ from harness.errors import ConfigError
 
 SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 CLIPS = ("max", "percentile", "sdclip")
+SCALE_SEARCHES = ("none", "mse", "output")
 QUANTILE_LIMIT = 16_000_000  # torch.quantile refuses longer slices
+SEARCH_CHUNK = 1 << 22  # rows·groups·candidates·group_size evaluated at once by the scale search
 
 
 def quantile(x: Tensor, q: float, force_sort: bool = False) -> Tensor:
@@ -49,11 +63,11 @@ def dequantize(q: Tensor, scale: Tensor, zero: Tensor | None) -> Tensor:
 
 @dataclass
 class Grid:
-    """Quantization grid per (row, group): fp32 rounding scale, stored scale read as fp32, zero point."""
+    """Quantization grid per (row, group): rounding scale, stored scale read as fp32, zero point."""
 
     bits: int
     clip: Tensor  # symmetric: |w| clip; asymmetric: unused
-    scale: Tensor  # fp32, used for rounding
+    scale: Tensor  # fp32 scale used for rounding (the stored one read back, with round_stored)
     deq_scale: Tensor  # the stored scale as fp32, used for reconstruction
     zero: Tensor | None  # int32 zero point (asymmetric) or None
 
@@ -97,7 +111,14 @@ class Scalar(Format):
         damp: float = 0.01,
         act_order: bool = False,
         block_size: int = 128,
+        round_stored: bool = True,
+        scale_search: str = "none",
+        search_min: float = 0.5,
+        search_max: float = 1.2,
+        search_steps: int = 36,
     ) -> None:
+        """round_stored: round with the stored scale (else the fp32 one); scale_search: none, mse or
+        output, over factors of the clip rule's scale in [search_min, search_max] (search_steps + 1)."""
         if not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ConfigError(f"scalar: bits must be an integer in 2..8, got {bits!r}")
         if not isinstance(group_size, int) or group_size < 0:
@@ -114,10 +135,20 @@ class Scalar(Format):
             raise ConfigError(f"scalar: scale_floor must be >= 0, got {scale_floor!r}")
         if not damp >= 0 or not isinstance(block_size, int) or block_size < 1:
             raise ConfigError(f"scalar: need damp >= 0 and block_size >= 1, got {damp!r}, {block_size!r}")
+        if not isinstance(round_stored, bool):
+            raise ConfigError(f"scalar: round_stored must be true or false, got {round_stored!r}")
+        if scale_search not in SCALE_SEARCHES:
+            raise ConfigError(f"scalar: scale_search must be one of {', '.join(SCALE_SEARCHES)}, got {scale_search!r}")
+        if not 0 < search_min <= search_max < math.inf:
+            raise ConfigError(f"scalar: need 0 < search_min <= search_max (finite), got {search_min!r}, {search_max!r}")
+        if not isinstance(search_steps, int) or isinstance(search_steps, bool) or not 1 <= search_steps <= 1000:
+            raise ConfigError(f"scalar: search_steps must be an integer in 1..1000, got {search_steps!r}")
         self.bits, self.group_size, self.symmetric = bits, group_size, bool(symmetric)
         self.clip, self.clip_q, self.clip_k = clip, float(clip_q), float(clip_k)
         self.scale_dtype, self.scale_floor = scale_dtype, float(scale_floor)
         self.gptq, self.damp, self.act_order, self.block_size = bool(gptq), float(damp), bool(act_order), block_size
+        self.round_stored, self.scale_search = round_stored, scale_search
+        self.search_min, self.search_max, self.search_steps = float(search_min), float(search_max), search_steps
         self.rate_knob = "clip_k" if clip == "sdclip" else "bits"
 
     def config(self) -> dict[str, Any]:
@@ -136,16 +167,28 @@ class Scalar(Format):
             return a.amax(-1)
         return self.clip_k * x.std(-1)
 
-    def _grid(self, x: Tensor, per_tensor: bool) -> tuple[Grid, Tensor]:
-        """Grid for slices x (..., n) and the scales as stored; per_tensor: fp32 scale, no floor, 1 where 0."""
+    def _range(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Clip rule per slice of x (..., n): the |w| clip, and (asymmetric) the range [lo, hi] holding 0."""
         clip = self._clip(x)
+        if self.symmetric:
+            return clip, None, None
+        lo = torch.maximum(x.amin(-1), -clip).clamp_max(0.0) if x.shape[-1] else clip
+        hi = torch.minimum(x.amax(-1), clip).clamp_min(0.0) if x.shape[-1] else clip
+        return clip, lo, hi
+
+    def _grid(
+        self, clip: Tensor, lo: Tensor | None, hi: Tensor | None, per_tensor: bool, factor: Tensor | float = 1.0
+    ) -> tuple[Grid, Tensor]:
+        """Grid for a clip rule's (clip, lo, hi) scaled by factor (broadcast), and the scales as stored.
+
+        per_tensor: fp32 scale, no floor, 1 where 0.
+        """
         levels = 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
-        zero = None
+        clip = clip * factor
         if self.symmetric:
             span = clip
         else:
-            lo = torch.maximum(x.amin(-1), -clip).clamp_max(0.0) if x.shape[-1] else clip
-            hi = torch.minimum(x.amax(-1), clip).clamp_min(0.0) if x.shape[-1] else clip
+            lo, hi = lo * factor, hi * factor
             span = hi - lo
         if per_tensor:
             scale = torch.where(span > 0, (span.double() / levels).float(), torch.ones_like(span))
@@ -154,9 +197,36 @@ class Scalar(Format):
             scale = (span / levels).clamp_min(self.scale_floor)
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
             stored = scale.to(SCALE_DTYPES[self.scale_dtype])
+        deq = stored.float()
+        if self.round_stored:  # a scale that underflowed to 0 decodes to 0 whatever the codes: round with fp32
+            scale = torch.where(deq > 0, deq, scale)
+        zero = None
         if not self.symmetric:
             zero = torch.clamp(torch.round(-lo / scale), 0, levels).to(torch.int32)
-        return Grid(self.bits, clip, scale, stored.float(), zero), stored
+        return Grid(self.bits, clip, scale, deq, zero), stored
+
+    def _search(self, x: Tensor, clip: Tensor, lo: Tensor | None, hi: Tensor | None, weight: Tensor | None) -> Tensor:
+        """Factor per slice (rows, groups) on the clip rule's scale with the lowest Σ weight·(x−x̂)²."""
+        rows, groups, n = x.shape
+        cands = torch.cat([torch.ones(1), torch.linspace(self.search_min, self.search_max, self.search_steps)]).to(
+            x.device
+        )
+        best = x.new_ones(rows, groups)
+        chunk = max(1, SEARCH_CHUNK // max(1, groups * len(cands) * n))
+        for r0 in range(0, rows, chunk):
+            r = slice(r0, r0 + chunk)
+            lo_r = None if lo is None else lo[r, :, None]
+            hi_r = None if hi is None else hi[r, :, None]
+            grid, _ = self._grid(clip[r, :, None], lo_r, hi_r, per_tensor=False, factor=cands)  # (r, G, C)
+            xr = x[r, :, None, :]  # (r, G, 1, n)
+            d = dequantize(grid.quantize(xr), grid.deq_scale, grid.zero) - xr
+            d = d * d
+            if weight is not None:
+                d = d * weight[:, None, :]  # (G, 1, n)
+            err = d.sum(-1)
+            err = torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
+            best[r] = cands[err.argmin(-1)]  # first minimum: ties keep factor 1
+        return best
 
     def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
         name, t = single_tensor(self.name, tensors)
@@ -176,7 +246,14 @@ class Scalar(Format):
             x = w.reshape(rows, cols // g, g)
         else:
             x = w.reshape(1, 1, -1)
-        grid, stored = self._grid(x, per_tensor=not matrix)
+        clip, lo, hi = self._range(x)
+        factor: Tensor | float = 1.0
+        if matrix and self.scale_search != "none":
+            weight = None
+            if self.scale_search == "output":
+                weight = self._column_weight(name, ctx, cols, g, w.device)
+            factor = self._search(x, clip, lo, hi, weight)
+        grid, stored = self._grid(clip, lo, hi, per_tensor=not matrix, factor=factor)
         if not bool(torch.isfinite(stored).all()):
             raise ConfigError(f"scalar: tensor {name} has scales beyond scale_dtype {self.scale_dtype}; use fp32")
         if matrix and self.gptq:
@@ -225,6 +302,19 @@ class Scalar(Format):
         n_scales = stored.numel()
         nominal = t.numel() * self.bits + n_scales * (8 * stored.element_size() + (0 if self.symmetric else self.bits))
         return Encoded(self.name, [TensorSpec.of(name, t)], streams, meta, {name: recon}, float(nominal))
+
+    @staticmethod
+    def _column_weight(name: str, ctx: EncodeContext, cols: int, g: int, device: torch.device) -> Tensor:
+        """Diagonal of the calibration Hessian of tensor `name` as per-column weights (groups, group_size)."""
+        h = ctx.hessians.get(name)
+        if h is None:
+            raise ConfigError(f"scalar: scale_search=output needs a Hessian for tensor {name}, none was collected")
+        if tuple(h.shape) != (cols, cols):
+            raise ConfigError(f"scalar: Hessian of tensor {name} has shape {tuple(h.shape)}, expected {(cols, cols)}")
+        d = torch.diagonal(h).to(device, torch.float32)
+        if not bool(torch.isfinite(d).all()):
+            raise ConfigError(f"scalar: Hessian of tensor {name} holds NaN or inf")
+        return d.clamp_min(0.0).reshape(cols // g, g)
 
     def decode(self, enc: Encoded) -> dict[str, Tensor]:
         (spec,) = enc.tensors

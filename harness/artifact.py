@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,9 @@ from tqdm import tqdm
 
 from formats import EncodeContext, Encoded, Format, get_format
 from harness import container, layout
+from harness.correction import LowRankPlan, apply_lowrank
 from harness.errors import ArtifactError, BytegolfError, ConfigError
+from harness.layout import family_key
 from harness.plan import Assignment
 
 ARTIFACT_NAME = "model.bgz"
@@ -31,11 +32,6 @@ class Written:
     blob_raw: list[int] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def family_key(name: str) -> str:
-    """A tensor's family: its name with layer indices wildcarded (blocks.3.mlp.fc.weight -> blocks.*.mlp.fc.weight)."""
-    return re.sub(r"\.\d+\.", ".*.", name)
 
 
 def group_units(plan: list[Assignment]) -> list[list[Assignment]]:
@@ -54,9 +50,14 @@ def group_units(plan: list[Assignment]) -> list[list[Assignment]]:
 
 
 def encode_state(
-    state: dict[str, Tensor], plan: list[Assignment], ctx: EncodeContext, progress: bool = True
+    state: dict[str, Tensor],
+    plan: list[Assignment],
+    ctx: EncodeContext,
+    progress: bool = True,
+    lowrank: LowRankPlan | None = None,
 ) -> list[Encoded]:
-    """Encode the state dict unit by unit (a unit is one tensor or a family sharing structure)."""
+    """Encode the state dict unit by unit (a unit is one tensor or a family sharing structure),
+    then add the plan's low-rank corrections."""
     cache: dict[str, Format] = {}
     units = []
     for group in tqdm(group_units(plan), desc="encode", unit="unit", disable=not progress, leave=False):
@@ -72,6 +73,8 @@ def encode_state(
             raise ConfigError(f"{a.format} could not encode {', '.join(g.name for g in group)}: {exc}") from None
         enc.meta = {**enc.meta, "params": cache[key].config()}
         units.append(enc)
+    if lowrank is not None and lowrank.active:
+        units, _ = apply_lowrank(state, units, lowrank, ctx)
     return units
 
 

@@ -60,7 +60,7 @@ def main() -> None:
     for label, fmt, codec, cparams in [
         (
             "RTN int8 (pg_baseline) + zlib-9",
-            {"bits": 8, "clip": "percentile", "scale_floor": 1 / 127},
+            {"bits": 8, "clip": "percentile", "scale_floor": 1 / 127, "round_stored": False},
             "zlib",
             {"level": 9},
         ),

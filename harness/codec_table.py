@@ -36,7 +36,10 @@ from harness.plan import PlanConfig, Rule, make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 FORMAT = ("scalar", {"bits": 6, "symmetric": True, "clip": "sdclip", "clip_k": 12.85, "gptq": False})
-EMBED_RULE = Rule("tok_emb.weight", params={"bits": 8, "clip": "percentile", "clip_q": 0.9999984, "gptq": False})
+EMBED_RULE = Rule(
+    "tok_emb.weight",
+    params={"bits": 8, "clip": "percentile", "clip_q": 0.9999984, "gptq": False, "round_stored": False},
+)
 CODECS: list[tuple[str, str, dict[str, Any]]] = [
     ("raw", "raw", {}),
     ("zlib-9", "zlib", {"level": 9}),

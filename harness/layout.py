@@ -2,7 +2,9 @@
 
 Order (stable, documented): streams are visited unit by unit in plan order and, within a unit,
 by stream name. `grouping` makes one blob per stream ("tensor"), per (role, storage dtype)
-("role"), or one blob for everything ("all"); blobs follow the first appearance of their key.
+("role"), per (tensor family, role, storage dtype) ("family": the same matrix of every layer
+together, Parameter Golf's per-group buckets), or one blob for everything ("all"); blobs follow
+the first appearance of their key.
 Inside a blob, streams are laid out in sections of one (role, storage dtype), sections in order of
 first appearance, streams in visiting order within a section.
 
@@ -18,6 +20,14 @@ Packing of each stream, recorded in its manifest entry so `unpack` can undo it:
   byte planes (byte 0 of every item of the section, then byte 1, …). A stream's plane p starts at
   `offset + p·stride`, where stride is the section's item count.
 
+Before packing, 2-D "codes" streams may be rearranged (recorded per stream, undone by `unpack`):
+- `reorder` (tensor-name globs): the rows of a matching tensor's codes are put in a greedy L1
+  nearest-neighbour order (start at row 0, always step to the closest row not yet visited); the
+  permutation is stored as a stream of its own ("<stream>#perm", role "perm", symbols with
+  alphabet = rows) and counted like any other, and the codes entry records it as "perm";
+- `transpose`: the codes are stored column by column ("transposed": true), so that similar
+  neighbouring rows become runs.
+
 Codecs that code symbols themselves (class attribute `wants_symbols`, e.g. ans) always get symbol
 streams one per item ("byte"), whatever `packing` says, with the blob's StreamInfo carrying the
 itemsize and the largest alphabet; float streams still follow `shuffle`.
@@ -29,9 +39,11 @@ handed to the container under the winner's own name and parameters.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,7 +53,8 @@ from formats.base import Encoded, Stream, TensorSpec
 from harness.container import Blob
 from harness.errors import ArtifactError, ConfigError
 
-GROUPINGS = ("tensor", "role", "all")
+GROUPINGS = ("tensor", "role", "family", "all")
+REORDER_MAX_ROWS = 16_384  # the greedy sort holds a rows × rows distance matrix
 PACKINGS = ("byte", "bits")
 FLOAT_DTYPES = {"float16": "<f2", "float32": "<f4"}
 SYMBOL_DTYPES = {"uint8": "u1", "uint16": "<u2", "uint32": "<u4"}
@@ -55,12 +68,16 @@ class LayoutConfig:
     """grouping: a blob per stream ("tensor"), per role and dtype ("role"), or one ("all");
     packing: symbols one per byte/uint16 ("byte") or bit-packed to their width ("bits");
     shuffle: split multi-byte non-symbol streams (floats) into byte planes;
-    width: bit width for packing="bits" (0: each stream's ceil(log2 alphabet))."""
+    width: bit width for packing="bits" (0: each stream's ceil(log2 alphabet));
+    reorder: tensor-name globs whose code rows are sorted by greedy L1 nearest neighbour (permutation stored);
+    transpose: store 2-D code streams column by column."""
 
     grouping: str = "tensor"
     packing: str = "byte"
     shuffle: bool = False
     width: int = 0
+    reorder: list[str] = field(default_factory=list)
+    transpose: bool = False
 
     def __post_init__(self) -> None:
         if self.grouping not in GROUPINGS:
@@ -71,10 +88,48 @@ class LayoutConfig:
             raise ConfigError(f"layout shuffle must be true or false, got {self.shuffle!r}")
         if isinstance(self.width, bool) or not isinstance(self.width, int) or not 0 <= self.width <= 32:
             raise ConfigError(f"layout width must be an int in 0..32 (0: automatic), got {self.width!r}")
+        if not isinstance(self.transpose, bool):
+            raise ConfigError(f"layout transpose must be true or false, got {self.transpose!r}")
+        if isinstance(self.reorder, str) or not all(isinstance(p, str) for p in self.reorder):
+            raise ConfigError(f"layout reorder must be a list of tensor-name globs, got {self.reorder!r}")
+        self.reorder = list(self.reorder)
 
     def describe(self) -> dict[str, Any]:
         """The settings as recorded in the artifact manifest."""
-        return {"grouping": self.grouping, "packing": self.packing, "shuffle": self.shuffle, "width": self.width}
+        return {
+            "grouping": self.grouping,
+            "packing": self.packing,
+            "shuffle": self.shuffle,
+            "width": self.width,
+            "reorder": list(self.reorder),
+            "transpose": self.transpose,
+        }
+
+
+def family_key(name: str) -> str:
+    """A tensor's family: its name with layer indices wildcarded (blocks.3.mlp.fc.weight -> blocks.*.mlp.fc.weight)."""
+    return re.sub(r"\.\d+\.", ".*.", name)
+
+
+def greedy_l1_order(rows: np.ndarray) -> np.ndarray:
+    """A row order that starts at row 0 and always steps to the nearest unvisited row in L1 distance."""
+    import torch
+
+    n = rows.shape[0]
+    if n > REORDER_MAX_ROWS:
+        raise ConfigError(f"layout reorder: {n} rows is more than the {REORDER_MAX_ROWS} the greedy sort supports")
+    x = torch.from_numpy(np.ascontiguousarray(rows).astype(np.float32))
+    dist = torch.cdist(x[None], x[None], p=1.0)[0].numpy().astype(np.float64)
+    order = np.empty(n, dtype=np.int64)
+    seen = np.zeros(n, dtype=bool)
+    cur = 0
+    for i in range(n):
+        order[i] = cur
+        seen[cur] = True
+        if i + 1 < n:
+            d = np.where(seen, np.inf, dist[cur])
+            cur = int(np.argmin(d))
+    return order
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -199,23 +254,55 @@ class _Item:
     dtype: str
     data: np.ndarray  # contiguous, in the storage dtype (little-endian)
     alphabet: int | None
+    family: str = ""
 
 
-def _items(units: list[Encoded]) -> tuple[list[_Item], list[dict[str, Any]]]:
+def _arrange(unit: Encoded, sname: str, data: np.ndarray, cfg: LayoutConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """A 2-D codes stream's array as stored (rows reordered and/or transposed) and its row permutation."""
+    s = unit.streams[sname]
+    if s.role != "codes" or data.ndim != 2:
+        return data, None
+    perm = None
+    if (
+        cfg.reorder
+        and len(unit.tensors) == 1
+        and any(fnmatch.fnmatchcase(unit.tensors[0].name, p) for p in cfg.reorder)
+    ):
+        perm = greedy_l1_order(data)
+        data = data[perm]
+    return (data.T if cfg.transpose else data), perm
+
+
+def _items(units: list[Encoded], cfg: LayoutConfig | None = None) -> tuple[list[_Item], list[dict[str, Any]]]:
     """Every stream in the stable order, checked, with the units' manifest entries (placement added later)."""
+    cfg = cfg or LayoutConfig()
     items, entries = [], []
     for ui, unit in enumerate(units):
         tensor_names = ", ".join(t.name for t in unit.tensors) or "no tensors"
+        family = family_key(unit.tensors[0].name) if unit.tensors else ""
         streams = []
         for sname in sorted(unit.streams):
             s = unit.streams[sname]
             label = f"unit {ui} ({tensor_names}) stream {sname!r}"
             dt = _serial_dtype(s, label)
-            data = np.ascontiguousarray(s.data.astype(_np_dtype(dt), copy=False)).reshape(-1)
-            items.append(_Item(ui, sname, label, s.role, dt, data, s.alphabet))
-            streams.append(
-                {"name": sname, "role": s.role, "dtype": dt, "shape": list(s.data.shape), "alphabet": s.alphabet}
-            )
+            arranged, perm = _arrange(unit, sname, s.data.astype(_np_dtype(dt), copy=False), cfg)
+            data = np.ascontiguousarray(arranged).reshape(-1)
+            items.append(_Item(ui, sname, label, s.role, dt, data, s.alphabet, family))
+            entry = {"name": sname, "role": s.role, "dtype": dt, "shape": list(s.data.shape), "alphabet": s.alphabet}
+            if cfg.transpose and s.role == "codes" and s.data.ndim == 2:
+                entry["transposed"] = True
+            if perm is not None:
+                pname = f"{sname}#perm"
+                rows = int(perm.size)
+                pdt = "uint16" if rows <= 65536 else "uint32"
+                items.append(
+                    _Item(ui, pname, f"{label} permutation", "perm", pdt, perm.astype(_np_dtype(pdt)), rows, family)
+                )
+                entry["perm"] = pname
+                streams.append(entry)
+                streams.append({"name": pname, "role": "perm", "dtype": pdt, "shape": [rows], "alphabet": rows})
+                continue
+            streams.append(entry)
         entries.append(
             {
                 "format": unit.format,
@@ -296,12 +383,17 @@ def pack(
     units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig
 ) -> tuple[list[dict], list[Blob]]:
     """Manifest entries for the units and the blobs holding their streams, in the stable order above."""
-    items, entries = _items(units)
+    items, entries = _items(units, cfg)
     candidates = _candidates(codec, codec_params)
     groups: dict[Any, list[_Item]] = defaultdict(list)
+    keys = {
+        "tensor": lambda it: (it.ui, it.name),
+        "role": lambda it: (it.role, it.dtype),
+        "family": lambda it: (it.family, it.role, it.dtype),
+        "all": lambda it: "all",
+    }[cfg.grouping]
     for it in items:
-        key = (it.ui, it.name) if cfg.grouping == "tensor" else (it.role, it.dtype) if cfg.grouping == "role" else "all"
-        groups[key].append(it)
+        groups[keys(it)].append(it)
     blobs: list[Blob] = []
     placed: dict[tuple[int, str], dict[str, Any]] = {}
     for bi, members in enumerate(groups.values()):
@@ -383,6 +475,19 @@ def _read_stream(st: dict[str, Any], blobs: list[bytes]) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _unpermute(s: Stream, perm: Stream | None, name: str) -> Stream:
+    """The stream with its rows put back in their original order by the stored permutation."""
+    rows = s.data.shape[0] if s.data.ndim == 2 else -1
+    if perm is None or perm.data.shape != (rows,):
+        raise ArtifactError(f"stream {name}: its row permutation is missing or has the wrong length")
+    p = perm.data.astype(np.int64)
+    if not np.array_equal(np.sort(p), np.arange(rows)):
+        raise ArtifactError(f"stream {name}: the stored row order is not a permutation of {rows} rows")
+    out = np.empty_like(s.data)
+    out[p] = s.data
+    return Stream(out, s.role, s.alphabet)
+
+
 def unpack(entries: Any, blobs: list[bytes]) -> list[Encoded]:
     """Rebuild the units' streams from manifest entries and decompressed blobs, checking every field."""
     if not isinstance(entries, list):
@@ -398,8 +503,15 @@ def unpack(entries: Any, blobs: list[bytes]) -> list[Encoded]:
                 if t.dtype not in TENSOR_DTYPES:
                     raise ArtifactError(f"tensor {t.name}: unknown dtype {t.dtype!r}")
             streams = {}
+            perms: dict[str, str] = {}
             for st in e["streams"]:
                 data = _read_stream(st, blobs)
+                if st.get("transposed") is True:
+                    if data.ndim != 2:
+                        raise ArtifactError(f"stream {st['name']}: only a 2-D stream can be transposed")
+                    data = np.ascontiguousarray(data.reshape(-1).reshape(data.shape[::-1]).T)
+                if "perm" in st:
+                    perms[str(st["name"])] = str(st["perm"])
                 alphabet = st["alphabet"]
                 if alphabet is not None:
                     alphabet = _int(alphabet, "alphabet")
@@ -409,6 +521,8 @@ def unpack(entries: Any, blobs: list[bytes]) -> list[Encoded]:
                 streams[str(st["name"])] = Stream(
                     data.astype(dt.newbyteorder("="), copy=False), str(st["role"]), alphabet
                 )
+            for sname, pname in perms.items():
+                streams[sname] = _unpermute(streams[sname], streams.pop(pname, None), sname)
             meta = e["meta"]
             if not isinstance(meta, dict):
                 raise ArtifactError("unit meta must be an object")
@@ -448,15 +562,20 @@ def role_report(
     blob_roles: dict[int, dict[str, int]] = {}
     for unit, entry in zip(units, entries, strict=True):
         for st in entry["streams"]:
-            s = unit.streams[st["name"]]
-            raw = s.data.size * storage_itemsize(st["dtype"])
+            s = unit.streams.get(st["name"])
+            n = math.prod(st["shape"])
+            raw = n * storage_itemsize(st["dtype"])
             packed = stream_nbytes(st)
             blob_roles.setdefault(st["blob"], {}).setdefault(st["role"], 0)
             blob_roles[st["blob"]][st["role"]] += packed
             r = roles.setdefault(st["role"], {"bytes": 0.0, "raw": 0, "packed": 0, "bound": 0.0, "plane_bound": 0.0})
             r["raw"] += raw
             r["packed"] += packed
-            b = bounds.stream_bound(s.data, s.alphabet)
+            if s is None:  # a layout permutation: log2(n!) bits
+                perm_bits = math.lgamma(n + 1) / math.log(2)
+                b = {"bound": perm_bits / 8, "plane_bound": perm_bits / 8}
+            else:
+                b = bounds.stream_bound(s.data, s.alphabet)
             r["bound"] += b["bound"]
             r["plane_bound"] += b["plane_bound"]
     for bi, by_role in blob_roles.items():

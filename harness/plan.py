@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from harness.correction import LowRankPlan
 from harness.errors import ConfigError
 from harness.model import CONTROL_PATTERNS
 
@@ -57,12 +58,14 @@ class Rule:
 @dataclass
 class PlanConfig:
     """Small float tensors pass through (control tensors at fp32, others at passthrough_dtype);
-    the rest get the run's format unless a rule (first match wins) says otherwise."""
+    the rest get the run's format unless a rule (first match wins) says otherwise; `lowrank` adds
+    a low-rank correction to chosen tensors after they are encoded (harness.correction)."""
 
     passthrough_max_numel: int = 65_536
     passthrough_dtype: str = "fp16"
     control_patterns: list[str] = field(default_factory=lambda: list(CONTROL_PATTERNS))
     rules: list[Rule] = field(default_factory=list)
+    lowrank: LowRankPlan = field(default_factory=LowRankPlan)
 
 
 @dataclass(frozen=True)

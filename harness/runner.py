@@ -147,7 +147,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         if units is None:
             counts = dict.fromkeys(grams, rows)
             ctx = EncodeContext(hessians=grams, hessian_counts=counts, device=cfg.device, seed=cfg.seed)
-            units = artifact.encode_state(state, plan, ctx)
+            units = artifact.encode_state(state, plan, ctx, lowrank=plan_cfg.lowrank)
         elif [t.name for u in units for t in u.tensors] != [a.name for g in artifact.group_units(plan) for a in g]:
             raise ConfigError("run_point: the given encoding does not cover this plan's tensors")
     with st("finetune"):

@@ -354,7 +354,9 @@ class Encoder:
         try:
             torch.manual_seed(cfg.seed)
             plan = make_plan(self.ws.state, self.ws.plan_cfg, self.fmt, self.params_at(value))
-            units = artifact.encode_state(self.ws.state, plan, self.ws.context(), progress=False)
+            units = artifact.encode_state(
+                self.ws.state, plan, self.ws.context(), progress=False, lowrank=self.ws.plan_cfg.lowrank
+            )
             self.work_dir.mkdir(parents=True, exist_ok=True)
             written = artifact.write(path, units, self.codec, self.codec_params, layout.LayoutConfig(**cfg.layout))
             code = codebytes.artifact_code_bytes(path)["code_bytes"]

@@ -22,6 +22,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("zstd", {"level": 3, "long": True}),
     ("brotli", {}),
     ("brotli", {"quality": 5, "lgwin": 18}),
+    ("zpaq", {}),
+    ("zpaq", {"level": 2}),
     ("ans", {}),
     ("ans", {"histogram": "rows", "rows": 2, "chunk": 1000}),
     ("best", {}),
@@ -34,6 +36,7 @@ FAST = {
     "zstd": {"level": 1},
     "brotli": {"quality": 1},
     "ans": {},
+    "zpaq": {"level": 1},
     "best": {"candidates": [{"name": "zlib", "level": 1}, "ans"]},
 }
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items()) or 'default'}" for name, params in CASES]

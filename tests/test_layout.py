@@ -97,8 +97,26 @@ def test_every_layout_round_trips_exactly(tmp_path: Path, grouping: str, name: s
         w = artifact.write(tmp_path / "a.bgz", units, name, params, cfg)
         assert w.final_bytes == (tmp_path / "a.bgz").stat().st_size
         assert_same_streams(units, read_back(tmp_path / "a.bgz"))
-        assert w.manifest["layout"] == {"grouping": grouping, "packing": packing, "shuffle": shuffle, "width": 0}
-        nblobs = {"tensor": sum(len(u.streams) for u in units), "role": 9, "all": 1}[grouping]
+        assert w.manifest["layout"] == cfg.describe()
+        assert cfg.describe() == {
+            "grouping": grouping,
+            "packing": packing,
+            "shuffle": shuffle,
+            "width": 0,
+            "reorder": [],
+            "transpose": False,
+        }
+        families = {layout.family_key(u.tensors[0].name) for u in units}
+        nblobs = {"tensor": sum(len(u.streams) for u in units), "role": 9, "family": None, "all": 1}[grouping]
+        if nblobs is None:  # one blob per (family, role, dtype)
+            nblobs = len(
+                {
+                    (layout.family_key(u.tensors[0].name), s.role, s.data.dtype)
+                    for u in units
+                    for s in u.streams.values()
+                }
+            )
+            assert nblobs >= len(families)
         assert len(w.blob_stored) == nblobs  # role: codes u8/u16, scales f4/f2, fp u16/f2/f4, outliers, mask
         packs = {st.get("pack", "byte") for e in w.manifest["units"] for st in e["streams"]}
         want_bits = packing == "bits" and name in ("raw", "zstd")  # ans takes symbols; best picks per blob
