@@ -27,10 +27,101 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from harness import search, store, sweep
 from harness.analysis import system
 from harness.errors import ConfigError
-from harness.plan import format_defaults, merge_settings
+from harness.plan import PlanConfig, format_defaults, merge_settings
 from harness.stats import paired_bootstrap
 
 log = logging.getLogger("bytegolf")
+PRESETS = Path(__file__).resolve().parent.parent / "experiments" / "experiment"
+REFERENCES = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports, always ranked
+WRAPPERS = ("passthrough", "lowrank")  # formats that are not systems of their own by default
+
+
+@dataclass
+class System:
+    """What the compare ranks: a format with its settings and rate knob, a plan, a layout and a codec.
+
+    Plan rules that set the knob's value move with it in proportion (a reference's per-tensor clip
+    multiples scale together); `reference`: a Parameter Golf export, also evaluated at its own size."""
+
+    label: str
+    fmt: str
+    params: dict[str, Any]
+    knob: search.Knob | None
+    codec: str
+    codec_params: dict[str, Any]
+    layout: dict[str, Any]
+    plan: dict[str, Any]
+    reference: bool = False
+
+    def plan_at(self, value: float | None) -> dict[str, Any]:
+        """The plan settings at a knob value (rules that set the knob scaled by value / default)."""
+        plan = dict(self.plan)
+        k = self.knob
+        default = self.params.get(k.name) if k else None
+        if k is None or value is None or k.integer or not isinstance(default, (int, float)) or default <= 0:
+            return plan
+        factor = float(k.value(value)) / float(default)
+        rules = []
+        for r in plan.get("rules") or []:
+            r = dict(r)
+            if k.name in (r.get("params") or {}) and (r.get("format") in (None, self.fmt)):
+                r["params"] = {**r["params"], k.name: float(r["params"][k.name]) * factor}
+            rules.append(r)
+        plan["rules"] = rules
+        return plan
+
+    def plan_config(self, value: float | None):
+        """plan_at as the PlanConfig the encoder uses."""
+        from harness.correction import LowRankPlan
+        from harness.plan import PlanConfig, Rule
+
+        d = self.plan_at(value)
+        rules = [Rule(**r) for r in d.get("rules") or []]
+        lowrank = LowRankPlan(**(d.get("lowrank") or {}))
+        return PlanConfig(
+            **{**{k: v for k, v in d.items() if k not in ("rules", "lowrank")}, "rules": rules, "lowrank": lowrank}
+        )
+
+
+def _container(node: Any) -> dict[str, Any]:
+    out = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
+    assert isinstance(out, dict)
+    return out
+
+
+def _group_defaults(group: str, name: str) -> dict[str, Any]:
+    """Settings of experiments/<group>/<name>.yaml (without its defaults list); {} when there is none."""
+    path = PRESETS.parent / group / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    node = _container(OmegaConf.load(path))
+    node.pop("defaults", None)
+    return node
+
+
+def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], dict[str, Any], dict, dict]:
+    """(format, params, codec with name, layout, plan) of an experiment preset, over the compare's settings."""
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise ConfigError(f"compare.references: unknown preset {name!r}; known: {known}")
+    node = _container(OmegaConf.load(path))
+    groups = {"format": None, "codec": None}
+    for entry in node.pop("defaults", []):
+        if isinstance(entry, dict):
+            for k, v in entry.items():
+                key = str(k).removeprefix("override ").strip().lstrip("/")
+                if key in groups:
+                    groups[key] = str(v)
+    fmt = groups["format"]
+    if fmt is None:
+        raise ConfigError(f"compare.references: preset {name} names no format")
+    params = merge_settings(format_defaults(fmt), node.get("format") or {})
+    codec_name = groups["codec"] or str(cfg.codec.name)
+    codec = {"name": codec_name, **merge_settings(_group_defaults("codec", codec_name), node.get("codec") or {})}
+    lay = merge_settings(_container(cfg.layout), node.get("layout") or {})
+    plan = merge_settings(_container(cfg.plan), node.get("plan") or {})
+    return fmt, params, codec, lay, plan
 
 
 @dataclass
@@ -44,6 +135,7 @@ class CompareSettings:
     then take the label as key."""
 
     formats: list[str] | None = None
+    references: list[str] = field(default_factory=lambda: list(REFERENCES))
     budgets: list[float] = field(default_factory=lambda: [16e6, 8e6, 4e6])
     params: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
@@ -60,17 +152,27 @@ def register() -> None:
     ConfigStore.instance().store(name="base_compare", node=CompareSettings, package="compare")
 
 
-def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """compare.variants as label -> (format, params), checked."""
+def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple[str, dict, dict, dict]]:
+    """compare.variants as label -> (format, params, plan, layout), checked (plan and layout over the compare's)."""
     out = {}
     for label, v in node.items():
         if label in registry:
             raise ConfigError(f"compare.variants: label {label!r} is a format's name; pick another")
-        if not isinstance(v, dict) or v.get("format") not in registry or set(v) - {"format", "params"}:
+        if (
+            not isinstance(v, dict)
+            or v.get("format") not in registry
+            or set(v) - {"format", "params", "plan", "layout"}
+        ):
             raise ConfigError(
                 f"compare.variants.{label}: need {{format: <one of {', '.join(sorted(registry))}>, params: {{...}}}}"
+                " (and optionally plan: {...}, layout: {...})"
             )
-        out[label] = (str(v["format"]), dict(v.get("params") or {}))
+        out[label] = (
+            str(v["format"]),
+            dict(v.get("params") or {}),
+            dict(v.get("plan") or {}),
+            dict(v.get("layout") or {}),
+        )
     return out
 
 
@@ -83,13 +185,19 @@ def _budgets(values: list[float]) -> list[int]:
     return out
 
 
-def point_cfg(cfg: DictConfig, fmt: str, params: dict[str, Any], budget: int) -> DictConfig:
-    """The run config of one landed point: the compare config with this format and cap = budget."""
+def point_cfg(
+    cfg: DictConfig, sysm: System, params: dict[str, Any], budget: int, value: float | None = None
+) -> DictConfig:
+    """The run config of one point of a system (`bytegolf run` with it reproduces the point): its format
+    settings, plan at the knob value, layout and codec, and cap = budget (0: no budget)."""
     c = cfg.copy()
     with open_dict(c):
         c.pop("compare", None)
-        c.format = OmegaConf.create({"name": fmt, **params})
-        c.budget.cap_bytes = budget
+        c.format = OmegaConf.create({"name": sysm.fmt, **params})
+        c.codec = OmegaConf.create({"name": sysm.codec, **sysm.codec_params})
+        c.layout = OmegaConf.create(sysm.layout)
+        c.plan = OmegaConf.merge(OmegaConf.structured(PlanConfig), sysm.plan_at(value))
+        c.budget.cap_bytes = budget or c.budget.cap_bytes
     return c
 
 
@@ -100,57 +208,108 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
 
     cc = cfg.compare
     variants = _variants(OmegaConf.to_container(cc.variants, resolve=True) or {}, REGISTRY)
-    names = list(cc.formats) if cc.formats else [f for f in REGISTRY if f != "passthrough"] + list(variants)
+    refs = [str(r) for r in (cc.get("references") or [])]
+    names = list(cc.formats) if cc.formats else [f for f in REGISTRY if f not in WRAPPERS] + list(variants)
     budgets = _budgets(list(cc.budgets))
-    if not names or not budgets:
+    if not (names or refs) or not budgets:
         raise ConfigError("compare: need at least one format and one budget")
     extra_params = OmegaConf.to_container(cc.params, resolve=True) or {}
     knob_over = OmegaConf.to_container(cc.knobs, resolve=True) or {}
     for key in (*extra_params, *knob_over):  # entries for formats this compare leaves out are unused
-        if key not in names and key not in REGISTRY and key not in variants:
-            raise ConfigError(f"compare.params/knobs name {key!r}, which is neither a format nor a variant")
-    codec = OmegaConf.to_container(cfg.codec, resolve=True)
-    assert isinstance(codec, dict)
+        if key not in names and key not in REGISTRY and key not in variants and key not in refs:
+            raise ConfigError(
+                f"compare.params/knobs name {key!r}, which is neither a format, a variant nor a reference"
+            )
+    codec = _container(cfg.codec)
     codec_name = str(codec.pop("name"))
     count_code = bool(cfg.budget.count_code)
 
     from formats import get_format
 
-    plans = []  # settings and knob of every format, checked before any work
-    for label in names:
-        fmt, own = variants.get(label, (label, {}))
-        params = merge_settings(format_defaults(fmt), own, extra_params.get(label, {}))
+    systems: list[System] = []  # every system, checked before any work
+    for label in [*refs, *names]:
+        reference = label in refs and label not in names
+        if reference:
+            fmt, params, ref_codec, lay, plan = reference_system(label, cfg)
+            params = merge_settings(params, extra_params.get(label, {}))
+            c_name = str(ref_codec.pop("name"))
+            c_params = ref_codec
+        else:
+            fmt, own, v_plan, v_lay = variants.get(label, (label, {}, {}, {}))
+            params = merge_settings(format_defaults(fmt), own, extra_params.get(label, {}))
+            c_name, c_params = codec_name, dict(codec)
+            lay = merge_settings(_container(cfg.layout), v_lay)
+            plan = merge_settings(_container(cfg.plan), v_plan)
         instance = get_format(fmt, **params)
+        from entropy_codecs import get_codec
+
+        get_codec(c_name, **c_params)
         knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
-        plans.append((label, fmt, params, knob))
+        systems.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference))
 
     ws = search.Workspace(cfg)
     rows: list[dict[str, Any]] = []
-    for label, fmt, params, knob in plans:
-        ident, _ = sweep.point_config(point_cfg(cfg, fmt, {**params, **({knob.name: 0} if knob else {})}, 0))
+    for sysm in systems:
+        ident, _ = sweep.point_config(
+            point_cfg(cfg, sysm, {**sysm.params, **({sysm.knob.name: 0} if sysm.knob else {})}, 0)
+        )
         for k in ("eval", "budget"):
             ident.pop(k, None)
-        cache = out_dir / "search" / f"{label}_{codec_name}_{store.config_hash(ident)}.json"
-        enc = search.Encoder(ws, fmt, params, knob, codec_name, codec, out_dir / "search", cache)
-        start = params.get(knob.name) if knob else None
+        cache = out_dir / "search" / f"{sysm.label}_{sysm.codec}_{store.config_hash(ident)}.json"
+        enc = search.Encoder(
+            ws,
+            sysm.fmt,
+            sysm.params,
+            sysm.knob,
+            sysm.codec,
+            sysm.codec_params,
+            out_dir / "search",
+            cache,
+            plan_at=sysm.plan_config,
+            layout_cfg=sysm.layout,
+        )
+        start = sysm.params.get(sysm.knob.name) if sysm.knob else None
+        if sysm.reference:  # the export as published, at its own size
+            value = sysm.knob.snap(start) if sysm.knob and start is not None else 0.0
+            probe = enc(value)
+            if probe.final_bytes is None:
+                raise ConfigError(f"reference {sysm.label} does not encode: {probe.error}")
+            counted = probe.counted(count_code)
+            own = search.Landing(
+                0,
+                "own",
+                sysm.knob.name if sysm.knob else None,
+                value,
+                probe.final_bytes,
+                counted,
+                probe.code_bytes,
+                1.0,
+                1,
+                [(value, counted)],
+            )
+            print(f"{sysm.label} at its own size: {counted:,} B", flush=True)
+            rows.append(_point(cfg, sysm, enc, own, out_dir, run_point))
         for budget in budgets:
-            landing = search.search(enc, knob, start, budget, count_code, cc.tol, cc.max_probes)
-            log.info("%s at %s B: %s", label, f"{budget:,}", landing.describe())
-            print(f"{label} at {budget:,} B: {landing.describe()}", flush=True)
-            row = _point(cfg, label, enc, landing, out_dir, run_point)
-            rows.append(row)
+            landing = search.search(enc, sysm.knob, start, budget, count_code, cc.tol, cc.max_probes)
+            log.info("%s at %s B: %s", sysm.label, f"{budget:,}", landing.describe())
+            print(f"{sysm.label} at {budget:,} B: {landing.describe()}", flush=True)
+            rows.append(_point(cfg, sysm, enc, landing, out_dir, run_point))
     _print_ranking(rows, budgets, cc)
     df = store.collect([out_dir / "points"])
     store.save_table(df, out_dir / "results")
     return rows
 
 
-def _point(cfg: DictConfig, label: str, enc: search.Encoder, landing: search.Landing, out_dir: Path, run_point) -> dict:
+def _point(
+    cfg: DictConfig, sysm: System, enc: search.Encoder, landing: search.Landing, out_dir: Path, run_point
+) -> dict:
     """Evaluate a landed point (or record that the budget is out of reach) into its own directory."""
-    fmt = enc.fmt
+    fmt, own = enc.fmt, landing.status == "own"
+    label = sysm.label + ("@own" if own else "")
     extra = {
         **({"variant": label} if label != fmt else {}),
-        "budget_bytes": landing.budget,
+        "reference": sysm.reference,
+        "budget_bytes": None if own else landing.budget,
         "status": landing.status,
         "landed_ratio": landing.ratio,
         "counted_bytes": landing.counted_bytes,
@@ -161,15 +320,16 @@ def _point(cfg: DictConfig, label: str, enc: search.Encoder, landing: search.Lan
         "search_trace": landing.trace,
     }
     params = enc.params_at(landing.value) if landing.value is not None else dict(enc.params)
-    pc = point_cfg(cfg, fmt, params, landing.budget)
+    pc = point_cfg(cfg, sysm, params, landing.budget, landing.value)
     conf, _ = sweep.point_config(pc, drop=False)
     chash = store.config_hash(conf)
-    d = out_dir / "points" / str(landing.budget) / f"{label}_{chash}"
+    d = out_dir / "points" / ("own" if own else str(landing.budget)) / f"{label}_{chash}"
     done = store.finished(d, chash)
     if done is not None:
         print(f"  finished already in {d}; skipped", flush=True)
         return done
     d.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(pc, d / "config.yaml")  # the point's whole run config: its system, plan included
     if landing.status == "does_not_fit":
         row = {
             "format": fmt,
@@ -197,8 +357,10 @@ def _point(cfg: DictConfig, label: str, enc: search.Encoder, landing: search.Lan
 
 
 def ranking(rows: list[dict[str, Any]], budget: int, samples: int, level: float) -> list[dict[str, Any]]:
-    """Rows of one budget, best bpb first, each with Δbpb against the best and its bootstrap CI."""
+    """Rows of one budget (the reference exports at their own size included where they fit), best bpb
+    first, each with Δbpb against the best and its bootstrap CI."""
     here = [r for r in rows if r.get("budget_bytes") == budget]
+    here += [r for r in rows if r.get("status") == "own" and (r.get("counted_bytes") or 0) <= budget]
     ok = sorted((r for r in here if r.get("bpb") is not None), key=lambda r: r["bpb"])
     out = []
     best = ok[0] if ok else None
@@ -221,11 +383,11 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
             r, d = e["row"], e["delta"]
             knob = f"{r['knob']}={r['knob_value']:g}" if r.get("knob") else "-"
             if r.get("bpb") is None:
-                line = f"{system(r):<12} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
+                line = f"{system(r):<16} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
             else:
                 cmp = "best" if d is None and e is ranked[0] else (f"Δbpb {d}" if d else "Δbpb n/a (windows differ)")
                 line = (
-                    f"{system(r):<12} {knob:<22} {r['counted_bytes']:>12,} B {r['landed_ratio']:.4f}× "
+                    f"{system(r):<16} {knob:<22} {r['counted_bytes']:>12,} B {r['counted_bytes'] / budget:.4f}× "
                     f"bpb {r['bpb']:.4f}  {cmp}  [{r['status']}]"
                 )
             print("  " + line, flush=True)

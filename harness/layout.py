@@ -2,8 +2,9 @@
 
 Order (stable, documented): streams are visited unit by unit in plan order and, within a unit,
 by stream name. `grouping` makes one blob per stream ("tensor"), per (role, storage dtype)
-("role"), per (tensor family, role, storage dtype) ("family": the same matrix of every layer
-together, Parameter Golf's per-group buckets), or one blob for everything ("all"); blobs follow
+("role"), per tensor family for codes and per (role, storage dtype) for the rest ("family": the
+codes of the same matrix of every layer together, Parameter Golf's per-group buckets), or one blob
+for everything ("all"); blobs follow
 the first appearance of their key.
 Inside a blob, streams are laid out in sections of one (role, storage dtype), sections in order of
 first appearance, streams in visiting order within a section.
@@ -389,7 +390,7 @@ def pack(
     keys = {
         "tensor": lambda it: (it.ui, it.name),
         "role": lambda it: (it.role, it.dtype),
-        "family": lambda it: (it.family, it.role, it.dtype),
+        "family": lambda it: (it.family if it.role == "codes" else "", it.role, it.dtype),
         "all": lambda it: "all",
     }[cfg.grouping]
     for it in items:

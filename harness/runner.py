@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from entropy_codecs import get_codec
 from formats import EncodeContext, Encoded
-from harness import artifact, checkpoint, codebytes, data, layout, metrics, shards, tokenizer
+from harness import artifact, checkpoint, codebytes, container, data, layout, metrics, shards, tokenizer
 from harness.calibration import gram_matrices
 from harness.errors import ConfigError
 from harness.evaluate import EvalResult, evaluate
@@ -218,6 +218,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         "artifact": str(path),
         "extra_codecs": extra,
         "finetune": ft_report,
+        "lowrank_tensors": [t.name for u in units if u.format == "lowrank" for t in u.tensors],
     }
     write_json_atomic(out_dir / "result.json", result)
     return result
@@ -235,21 +236,42 @@ def _finetune(units, ref_model, files: data.DataFiles, cfg: DictConfig) -> tuple
     return finetune(units, ref_model, windows, ft_cfg, cfg.device, seed=cfg.seed)
 
 
-def _extra_codecs(out_dir: Path, units, lay, names: list[str], decoded) -> dict[str, dict]:
-    """The same streams through other codecs (default settings): bytes only, each file decoded and checked."""
+def _extra_codecs(out_dir: Path, units, lay, entries: list[Any], decoded) -> dict[str, dict]:
+    """The same streams through other serializers: bytes only, each file decoded and checked.
+
+    An entry is a codec name (its default settings, the run's layout) or a mapping
+    {name, codec, params, layout} naming a codec with settings and a layout of its own."""
     out = {}
-    for name in names:
+    params = sum(v.numel() for v in decoded.values())
+    for entry in entries:
+        if isinstance(entry, str):
+            name, codec, codec_params, entry_lay = entry, entry, get_codec(entry).config(), lay
+        else:
+            e = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
+            unknown = set(e) - {"name", "codec", "params", "layout"}
+            if unknown or "codec" not in e:
+                raise ConfigError(f"extra_codecs entry {e!r}: needs codec (and name, params, layout), not {unknown}")
+            codec, codec_params = str(e["codec"]), dict(e.get("params") or {})
+            name = str(e.get("name") or codec)
+            entry_lay = layout.LayoutConfig(**e["layout"]) if e.get("layout") else lay
+            get_codec(codec, **codec_params)
         path = out_dir / f"model.{name}.bgz"
-        written = artifact.write(path, units, name, get_codec(name).config(), lay)
+        t0 = time.perf_counter()
+        written = artifact.write(path, units, codec, codec_params, entry_lay)
+        t1 = time.perf_counter()
         again, _ = artifact.read(path)
         if any(not torch.equal(again[k], v) for k, v in decoded.items()):
-            raise ConfigError(f"codec {name} did not round-trip the artifact")
-        params = sum(v.numel() for v in decoded.values())
+            raise ConfigError(f"serializer {name} did not round-trip the artifact")
         code = codebytes.artifact_code_bytes(path)["code_bytes"]
+        blob_codecs = [b["codec"] for b in container.read_manifest(path)["blobs"]]
         out[name] = {
             "final_bytes": written.final_bytes,
             "bits_per_weight": written.final_bytes * 8 / params,
             "code_bytes": code,
+            "blob_codecs": {c: blob_codecs.count(c) for c in sorted(set(blob_codecs))},
+            "layout": entry_lay.describe(),
+            "seconds_write": round(t1 - t0, 3),
+            "seconds_read": round(time.perf_counter() - t1, 3),
         }
     return out
 
@@ -281,7 +303,11 @@ def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
 def summary_line(r: dict[str, Any]) -> str:
     """The summary a run prints: one line of results, one of where the bytes went."""
     roles = sorted(r["bytes_by_role"].items(), key=lambda kv: -kv[1]["bytes"])
-    shares = ", ".join(f"{name} {v['share']:.1%}" for name, v in roles)
+    shares = ", ".join(f"{name} {v['bytes']:,.0f} B ({v['share']:.1%})" for name, v in roles)
+    extra = "".join(
+        f"\n  {name}: {x['final_bytes']:,} B, {x['final_bytes'] / r['final_bytes'] - 1:+.2%} vs {r['codec']}"
+        for name, x in (r.get("extra_codecs") or {}).items()
+    )
     over = r.get("bytes_over_bound")
     bound = f"; {over:.3f}× the entropy bound" if over else ""
     return (
@@ -290,5 +316,5 @@ def summary_line(r: dict[str, Any]) -> str:
         f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} output_err {r['output_error']:.3e} "
         f"bpb {r['bpb']:.4f} (Δ {r['delta_bpb']:+.4f} vs {r['ref_bpb']:.4f})"
         f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s\n"
-        f"  bytes by role: {shares}{bound}"
+        f"  bytes by role: {shares}{bound}{extra}"
     )

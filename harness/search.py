@@ -325,8 +325,13 @@ class Encoder:
         codec_params: dict[str, Any],
         work_dir: Path,
         cache_file: Path | None = None,
+        plan_at: Callable[[float], Any] | None = None,
+        layout_cfg: dict[str, Any] | None = None,
     ) -> None:
+        """plan_at(value): the PlanConfig at a knob value (default: the workspace's); layout_cfg: the
+        layout settings (default: the run config's)."""
         self.ws, self.fmt, self.params, self.knob = ws, fmt, dict(params), knob
+        self.plan_at, self.layout_cfg = plan_at, layout_cfg
         self.codec, self.codec_params = codec, dict(codec_params)
         self.work_dir, self.cache_file = work_dir, cache_file
         self.cache: dict[float, Probe] = {}
@@ -353,12 +358,14 @@ class Encoder:
         path = self.work_dir / f".probe-{self.fmt}.bgz"
         try:
             torch.manual_seed(cfg.seed)
-            plan = make_plan(self.ws.state, self.ws.plan_cfg, self.fmt, self.params_at(value))
+            plan_cfg = self.plan_at(value) if self.plan_at else self.ws.plan_cfg
+            plan = make_plan(self.ws.state, plan_cfg, self.fmt, self.params_at(value))
             units = artifact.encode_state(
-                self.ws.state, plan, self.ws.context(), progress=False, lowrank=self.ws.plan_cfg.lowrank
+                self.ws.state, plan, self.ws.context(), progress=False, lowrank=plan_cfg.lowrank
             )
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            written = artifact.write(path, units, self.codec, self.codec_params, layout.LayoutConfig(**cfg.layout))
+            lay = layout.LayoutConfig(**(self.layout_cfg if self.layout_cfg is not None else cfg.layout))
+            written = artifact.write(path, units, self.codec, self.codec_params, lay)
             code = codebytes.artifact_code_bytes(path)["code_bytes"]
             probe = Probe(value, written.final_bytes, code, round(time.perf_counter() - t0, 3))
             self.units[value] = units

@@ -21,6 +21,7 @@ def _compare(bundle: Path, out: Path):
         f"bundle={bundle}",
         *TINY_ARGS,
         "compare.formats=[scalar,clustered]",
+        "compare.references=[]",
         f"compare.budgets=[{BUDGETS[0]},{BUDGETS[1]}]",
         "compare.samples=300",
         "codec=zstd",
@@ -72,6 +73,7 @@ def test_compare_variants_of_one_format_are_systems_of_their_own(tiny_bundle: Pa
         *TINY_ARGS,
         "+compare.variants={s3: {format: scalar, params: {bits: 3}}, s5: {format: scalar, params: {bits: 5}}}",
         "compare.formats=[s3,s5]",
+        "compare.references=[]",
         f"compare.budgets=[{BUDGETS[0]}]",
         "compare.samples=300",
         "codec=zstd",
@@ -96,7 +98,11 @@ def test_compare_rejects_a_malformed_variant() -> None:
         _variants({"v": {"format": "nope"}}, REGISTRY)
     with pytest.raises(ConfigError, match="is a format's name"):
         _variants({"scalar": {"format": "scalar"}}, REGISTRY)
-    assert _variants({"v": {"format": "scalar", "params": {"bits": 3}}}, REGISTRY) == {"v": ("scalar", {"bits": 3})}
+    assert _variants({"v": {"format": "scalar", "params": {"bits": 3}}}, REGISTRY) == {
+        "v": ("scalar", {"bits": 3}, {}, {})
+    }
+    plan = {"rules": [{"match": "x", "params": {"bits": 8}}]}
+    assert _variants({"v": {"format": "scalar", "plan": plan}}, REGISTRY)["v"][2] == plan
 
 
 def test_compare_settings_for_an_unknown_name_fail_before_any_work(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -104,5 +110,44 @@ def test_compare_settings_for_an_unknown_name_fail_before_any_work(tiny_bundle: 
         "compare", f"bundle={tiny_bundle}", "+compare.params.nope.bits=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path
     )
     out = proc.stdout + proc.stderr  # Hydra's job logging writes the one-line error to stdout
-    assert proc.returncode == 2 and "'nope', which is neither a format nor a variant" in out
+    assert proc.returncode == 2 and "'nope', which is neither a format, a variant nor a reference" in out
     assert "Traceback" not in out and not (tmp_path / "search").exists()
+
+
+def test_rules_that_set_the_knob_move_with_it() -> None:
+    from harness.compare import System
+    from harness.search import knob_for
+
+    plan = {"rules": [{"match": "emb", "params": {"bits": 7, "clip_k": 14.0}}, {"match": "q", "params": {"bits": 8}}]}
+    sysm = System("r", "scalar", {"clip_k": 11.5}, knob_for("clip_k", 11.5), "brotli", {}, {}, plan, True)
+    at = sysm.plan_at(23.0)["rules"]
+    assert at[0]["params"] == {"bits": 7, "clip_k": 28.0} and at[1]["params"] == {"bits": 8}
+    assert sysm.plan_at(None) == plan and sysm.plan_config(23.0).rules[0].params["clip_k"] == 28.0
+
+
+def test_compare_ranks_a_reference_export_at_its_own_size_and_at_the_budget(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ref"
+    budget = 60_000
+    proc = bytegolf(
+        "compare",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        "compare.formats=[scalar]",
+        "compare.references=[pg_top]",
+        f"compare.budgets=[{budget}]",
+        "compare.samples=300",
+        "codec=zstd",
+        f"hydra.run.dir={out}",
+        cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {p.parent.name.rsplit("_", 1)[0]: json.loads(p.read_text()) for p in out.glob(f"points/*/*/{store.RESULT}")}
+    assert set(rows) == {"pg_top@own", "pg_top", "scalar"}
+    own, landed = rows["pg_top@own"], rows["pg_top"]
+    assert own["status"] == "own" and own["reference"] and own["codec"] == "brotli"  # its own codec and layout
+    assert own["format_params"]["clip_k"] == 11.5 and own["lowrank_tensors"]  # LQER on its worst tensors
+    assert landed["budget_bytes"] == budget and landed["final_bytes"] <= budget and landed["codec"] == "brotli"
+    cfg = (out / "points" / str(budget)).glob("pg_top_*/config.yaml")
+    text = next(cfg).read_text()  # the written config reproduces the point: its plan and layout are there
+    assert "lowrank:" in text and "top_k: 3" in text and "grouping: all" in text
+    assert "pg_top@own" in proc.stdout and "pg_top at its own size" in proc.stdout
