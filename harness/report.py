@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,10 @@ def write_report(src: Path, out: Path, samples: int = 1000) -> Path:
         f"{len(results)} points ({len(ev)} evaluated, {len(results) - len(ev)} not evaluated: "
         f"over their budget); formats: {', '.join(formats)}; codecs: {', '.join(codecs)}.\n"
     )
+    mixed = store.mixed_sources(results)
+    if mixed:
+        warnings.warn(mixed, stacklevel=2)
+        md.append(f"**Warning: {mixed}.**\n")
     md.append("## Points\n")
     md.append(_points_table(results))
     md.append(_compare_section(results, samples))

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import resource
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ from harness.evaluate import EvalResult, evaluate
 from harness.finetune import finetune
 from harness.model import ModelConfig
 from harness.plan import PlanConfig, Rule, make_plan
+from harness.provenance import git_revision, source_hash
 from harness.store import write_json_atomic
 
 log = logging.getLogger("bytegolf")
@@ -34,19 +34,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def cache_dir() -> Path:
     return Path(os.environ.get("BYTEGOLF_CACHE", REPO / ".cache" / "bytegolf"))
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _key(*parts: Any) -> str:
@@ -213,6 +200,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": cfg.device,
         "git_revision": git_revision(),
+        "source_hash": source_hash(),
         "fingerprints": fp,
         "calibration_rows": rows,
         "artifact": str(path),

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -201,12 +202,23 @@ def table(results: list[dict[str, Any]]):
     return df[first + [c for c in df.columns if c not in first]]
 
 
+def mixed_sources(results: list[dict[str, Any]]) -> str:
+    """A warning when the results were computed by more than one source tree, else ""."""
+    sources = sorted({str(r.get("source_hash") or r.get("git_revision") or "unknown") for r in results})
+    if len(sources) <= 1:
+        return ""
+    return f"{len(results)} results from {len(sources)} source trees ({', '.join(sources)}): they mix revisions"
+
+
 def collect(dirs: list[Path]):
     """The table of every result under the dirs; BytegolfError when there is none."""
     found = load_results(dirs)
     if not found:
         names = ", ".join(str(d) for d in dirs)
         raise BytegolfError(f"no bytegolf result.json under {names} (not a sweep, compare or run directory)")
+    msg = mixed_sources(found)
+    if msg:
+        warnings.warn(msg, stacklevel=2)
     return table(found)
 
 

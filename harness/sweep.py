@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness import store
 from harness.errors import BytegolfError
+from harness.provenance import source_hash
 
 log = logging.getLogger("bytegolf")
 REPO = Path(__file__).resolve().parent.parent
@@ -87,14 +88,15 @@ def known_params(kind: str, name: str) -> set[str] | None:
 
 
 def point_config(cfg: DictConfig, drop: bool = True) -> tuple[dict[str, Any], list[str]]:
-    """The resolved config of a point (no hydra node) and, with drop, the format/codec keys removed
-    because the chosen format or codec does not take them."""
+    """The resolved config of a point (no hydra node) with the source tree's hash under "source" and,
+    with drop, the format/codec keys removed because the chosen format or codec does not take them."""
     out: dict[str, Any] = {}
     for k in cfg:
         if k == "hydra":
             continue
         v = cfg[k]
         out[str(k)] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    out["source"] = source_hash()  # a point computed by other code is another point
     dropped: list[str] = []
     if drop:
         for group in PARAM_GROUPS:

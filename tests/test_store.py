@@ -70,3 +70,20 @@ def test_collect_on_a_directory_without_results_is_a_clear_error(tmp_path: Path)
     (tmp_path / "result.json").write_text('{"something": "else"}')
     with pytest.raises(BytegolfError, match=r"no bytegolf result\.json"):
         store.collect([tmp_path])
+
+
+def test_a_source_change_changes_the_point_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    from harness import sweep
+
+    cfg = OmegaConf.create({"format": {"name": "scalar", "bits": 6}, "codec": {"name": "zstd"}})
+    before, _ = sweep.point_config(cfg)
+    monkeypatch.setattr(sweep, "source_hash", lambda: "another-tree")
+    after, _ = sweep.point_config(cfg)
+    assert after["source"] == "another-tree" and store.config_hash(before) != store.config_hash(after)
+
+
+def test_results_from_two_source_trees_are_flagged() -> None:
+    assert store.mixed_sources([{"source_hash": "a"}, {"source_hash": "a"}]) == ""
+    assert "2 source trees (a, b)" in store.mixed_sources([{"source_hash": "a"}, {"source_hash": "b"}])
