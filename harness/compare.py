@@ -369,7 +369,11 @@ def ranking(rows: list[dict[str, Any]], budget: int, samples: int, level: float)
         if r is not best and best is not None:
             a, b = np.asarray(r["window_nll"]), np.asarray(best["window_nll"])
             if a.shape == b.shape and r["window_bytes"] == best["window_bytes"]:
-                entry["delta"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level)
+                docs = r.get("window_docs")
+                groups = np.asarray(docs) if docs is not None and docs == best.get("window_docs") else None
+                entry["delta"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level, groups=groups)
+                entry["delta_windows"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level)
+                entry["by"] = "documents" if groups is not None else "windows"
         out.append(entry)
     out.extend({"row": r, "delta": None} for r in here if r.get("bpb") is None)
     return out
@@ -395,6 +399,14 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
         if not fitted:
             print("  no format fits this budget")
             continue
+        second = next((e for e in fitted[1:] if e.get("delta_windows") is not None), None)
+        if second is not None:
+            w, d = second["delta_windows"], second["delta"]
+            print(
+                f"  Δbpb CIs resample {second['by']}; width for {system(second['row'])}: "
+                f"windows {w.hi - w.lo:.4f}, {second['by']} {d.hi - d.lo:.4f}",
+                flush=True,
+            )
         win = system(fitted[0]["row"])
         ties = [system(e["row"]) for e in fitted[1:] if e["delta"] is None or not e["delta"].significant]
         verdict = f"winner: {win}" + (f" (not separable from {', '.join(ties)} at {cc.level:.0%})" if ties else "")

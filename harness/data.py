@@ -70,6 +70,28 @@ def build_corpus_data(
     return DataFiles(tok_path, [out / "train_000000.bin"], [out / "val_000000.bin"])
 
 
+def sample_windows(
+    tokens: np.ndarray, seq_len: int, count: int = 0, seed: int | None = None, bos: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` non-overlapping windows (0, or more than there are: all) and the document each starts
+    in (documents begin at BOS): the first ones (seed None) or a seeded sample drawn across all of
+    `tokens`, kept in order."""
+    n = (tokens.size - 1) // seq_len
+    if n <= 0:
+        raise DataError(f"{tokens.size} tokens are too few for one window of {seq_len}")
+    pick = np.arange(n)
+    if 0 < count < n:
+        pick = (
+            np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+            if seed is not None
+            else pick[:count]
+        )
+    starts = pick * seq_len
+    doc = np.cumsum(tokens == bos)[starts]
+    idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
+    return tokens[idx].astype(np.int64), doc.astype(np.int64)
+
+
 def windows(tokens: np.ndarray, seq_len: int, count: int | None = None) -> np.ndarray:
     """Non-overlapping (input, target) windows of seq_len+1 tokens: shape (n, seq_len+1)."""
     n = (tokens.size - 1) // seq_len

@@ -113,7 +113,12 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
         sp = tokenizer.load_tokenizer(files.tokenizer)
         tables = tokenizer.byte_tables(sp, ref_model.cfg.vocab_size)
-        val = data.windows(shards.read_shards(files.val), cfg.eval.seq_len, cfg.eval.windows or None)
+        val, val_docs = data.sample_windows(
+            shards.read_shards(files.val),
+            cfg.eval.seq_len,
+            cfg.eval.windows,
+            cfg.eval.get("seed", 0) if cfg.eval.get("sample", False) else None,
+        )
         fp = {
             "checkpoint": checkpoint.file_fingerprint(cfg.model.checkpoint),
             "tokenizer": checkpoint.file_fingerprint(files.tokenizer),
@@ -192,6 +197,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         "window_nll": res.window_nll,
         "window_bytes": res.window_bytes,
         "ref_window_nll": ref.window_nll,
+        "window_docs": val_docs.tolist(),
         **storage,
         "tensors": tensor_rows,
         "seconds": round(time.perf_counter() - t_start, 3),

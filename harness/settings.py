@@ -51,12 +51,15 @@ class DataSettings:
 
 @dataclass
 class EvalSettings:
-    """Fixed non-overlapping windows from the start of the validation shards (windows=0: all)."""
+    """Non-overlapping validation windows (windows=0: all): the first ones, or with `sample` a sample
+    drawn across all validation files with `seed`."""
 
     windows: int = 64
     seq_len: int = 1024
     batch_size: int = 8
     precision: str = "fp32"
+    sample: bool = False
+    seed: int = 0
 
 
 @dataclass

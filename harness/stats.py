@@ -42,11 +42,24 @@ class PairedDelta:
         return f"{self.delta:+.4f} [{self.lo:+.4f}, {self.hi:+.4f}] p={self.p:.3g}"
 
 
-def resample_counts(windows: int, samples: int = 1000, seed: int = 0) -> np.ndarray:
-    """(samples, windows) multiplicities of each window in each bootstrap resample."""
+def resample_counts(windows: int, samples: int = 1000, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
+    """(samples, windows) multiplicities of each window in each bootstrap resample.
+
+    groups: a document id per window; then documents are drawn with replacement and every window
+    of a drawn document counts once per draw (a cluster bootstrap: windows of one document are not
+    independent)."""
     if windows < 1 or samples < 1:
         raise ValueError(f"bootstrap needs at least one window and one sample, got {windows}, {samples}")
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (windows,):
+            raise ValueError(f"bootstrap groups need one id per window ({windows}), got shape {groups.shape}")
+        ids, member = np.unique(groups, return_inverse=True)
+        drawn = rng.integers(0, len(ids), size=(samples, len(ids)))
+        per_doc = np.zeros((samples, len(ids)), dtype=np.float64)
+        np.add.at(per_doc, (np.arange(samples)[:, None], drawn), 1.0)
+        return per_doc[:, member]
     idx = rng.integers(0, windows, size=(samples, windows))
     counts = np.zeros((samples, windows), dtype=np.float64)
     np.add.at(counts, (np.arange(samples)[:, None], idx), 1.0)
@@ -78,12 +91,14 @@ def paired_bootstrap(
     level: float = 0.95,
     seed: int = 0,
     scale: float = 1 / LN2,
+    groups: np.ndarray | None = None,
 ) -> PairedDelta:
-    """Δ = stat(a) − stat(b), stat = scale·Σnll/Σdenom (default: bits per byte from nats and bytes)."""
+    """Δ = stat(a) − stat(b), stat = scale·Σnll/Σdenom (default: bits per byte from nats and bytes);
+    groups: resample documents (a document id per window) instead of windows."""
     a, b, d = (np.asarray(x, dtype=np.float64) for x in (nll_a, nll_b, denom))
     if not (a.shape == b.shape == d.shape) or a.ndim != 1:
         raise ValueError(f"paired bootstrap needs equal 1-D per-window arrays, got {a.shape}, {b.shape}, {d.shape}")
-    counts = resample_counts(len(a), samples, seed)
+    counts = resample_counts(len(a), samples, seed, groups)
     r = resampled_ratios(np.stack([a, b]), d, counts, scale)
     observed = scale * (a.sum() - b.sum()) / d.sum()
     return delta_from_samples(observed, r[:, 0] - r[:, 1], level)

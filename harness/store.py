@@ -33,7 +33,16 @@ STALE_S = 300.0  # a claim untouched this long belongs to a dead worker
 # Settings that change how fast a point runs but not what it computes.
 NOT_HASHED = ("threads",)
 # Per-point columns the table leaves out (lists, per-tensor rows, provenance blobs).
-DROPPED = ("tensors", "window_nll", "window_bytes", "ref_window_nll", "artifact", "overrides", "dropped_overrides")
+DROPPED = (
+    "tensors",
+    "window_nll",
+    "window_bytes",
+    "window_docs",
+    "ref_window_nll",
+    "artifact",
+    "overrides",
+    "dropped_overrides",
+)
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -100,3 +100,39 @@ def test_bd_rate_without_overlap_is_nan() -> None:
     da, db = np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6])
     assert math.isnan(stats.bd_rate(_curve(da), da, _curve(db), db))
     assert math.isnan(stats.bd_rate(_curve(da), da, _curve(da[:1]), da[:1]))  # one point is no curve
+
+
+def test_document_bootstrap_resamples_whole_documents() -> None:
+    """Known answer: two documents of 3 windows each, every window of a document alike. Window
+    resampling sees 6 independent values; document resampling sees 2, so its CI is wider, and
+    every resample weights the windows of a document together."""
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    counts = stats.resample_counts(6, 400, seed=1, groups=groups)
+    assert np.all(counts[:, 0] == counts[:, 1]) and np.all(counts[:, 3] == counts[:, 5])
+    assert np.all(counts[:, [0, 3]].sum(axis=1) == 2)  # two documents drawn per resample
+    a = np.array([1.0, 1.0, 1.0, 3.0, 3.0, 3.0])
+    b = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    denom = np.ones(6)
+    by_doc = stats.paired_bootstrap(a, b, denom, 2000, scale=1.0, groups=groups)
+    by_win = stats.paired_bootstrap(a, b, denom, 2000, scale=1.0)
+    assert by_doc.delta == by_win.delta == pytest.approx(1.0)
+    # Resampling 2 documents: the difference is 0, 1 or 2 with probability 1/4, 1/2, 1/4.
+    assert by_doc.lo == pytest.approx(0.0) and by_doc.hi == pytest.approx(2.0)
+    assert by_doc.hi - by_doc.lo > by_win.hi - by_win.lo
+    with pytest.raises(ValueError, match="one id per window"):
+        stats.resample_counts(6, 10, groups=np.zeros(5))
+
+
+def test_sampled_windows_span_the_split_and_know_their_documents() -> None:
+    from harness import data
+
+    tokens = np.arange(10_001) % 97 + 2
+    tokens[::1000] = 1  # a document starts every 1000 tokens
+    first, docs_first = data.sample_windows(tokens, 100, 10)
+    assert first[0, 0] == tokens[0] and first[-1, 0] == tokens[900] and docs_first.tolist() == [1] * 10
+    sampled, docs = data.sample_windows(tokens, 100, 10, seed=3)
+    assert len(set(docs.tolist())) > 3 and docs.max() >= 7  # drawn across the split
+    again, _ = data.sample_windows(tokens, 100, 10, seed=3)
+    assert np.array_equal(sampled, again)
+    everything, _ = data.sample_windows(tokens, 100, 0, seed=3)
+    assert everything.shape == (100, 101)
