@@ -1,5 +1,10 @@
 """ "best": try several codecs on a stream and keep the smallest output.
 
+With `screen` > 0, a blob longer than that is first screened: every candidate compresses its
+first `screen` bytes, and only candidates within `margin` (relative) of the smallest screened
+output compress the whole blob; the smallest whole output wins. Screening saves the slow
+candidates' time on blobs where they are clearly behind; the winner is always measured in full.
+
 The artifact writer (harness.layout) resolves "best" per blob before the container sees it: each
 candidate compresses the blob (bit-packed or one symbol per item, as that candidate prefers), the
 smallest wins, and the manifest records the WINNER's codec name and parameters, so a reader never
@@ -51,8 +56,14 @@ class Best(Codec):
 
     name: ClassVar[str] = "best"
     candidates: list[Any] = DEFAULT_CANDIDATES  # type: ignore[assignment]  # a tuple: Hydra schemas need a plain default
+    screen: int = 0
+    margin: float = 0.01
 
     def __post_init__(self) -> None:
+        if isinstance(self.screen, bool) or not isinstance(self.screen, int) or self.screen < 0:
+            raise ConfigError(f"codec best: screen must be an int >= 0 (bytes; 0: no screening), got {self.screen!r}")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or self.margin < 0:
+            raise ConfigError(f"codec best: margin must be a number >= 0, got {self.margin!r}")
         if isinstance(self.candidates, (str, bytes)) or not hasattr(self.candidates, "__iter__"):
             raise ConfigError(f"codec best: candidates must be a list, got {self.candidates!r}")
         specs = [candidate_spec(c) for c in self.candidates]
@@ -69,7 +80,11 @@ class Best(Codec):
         return [get_codec(name, **params) for name, params in map(candidate_spec, self.candidates)]
 
     def config(self) -> dict[str, Any]:
-        return {"candidates": [c if isinstance(c, str) else _plain(c) for c in self.candidates]}
+        return {
+            "candidates": [c if isinstance(c, str) else _plain(c) for c in self.candidates],
+            "screen": self.screen,
+            "margin": self.margin,
+        }
 
     def compress(self, data: bytes, info: StreamInfo = StreamInfo()) -> bytes:
         best: tuple[int, bytes] | None = None

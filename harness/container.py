@@ -36,6 +36,7 @@ class Blob:
     params: dict[str, Any]
     raw: bytes
     info: StreamInfo = field(default_factory=StreamInfo)
+    stored: bytes | None = field(default=None, repr=False)  # the codec's output, when the caller has it already
 
 
 def _reject_constant(token: str) -> Any:
@@ -55,7 +56,7 @@ def write_artifact(path: str | os.PathLike[str], manifest: dict[str, Any], blobs
         codec = get_codec(blob.codec, **blob.params)
         if len(blob.raw) % blob.info.itemsize:
             raise ConfigError(f"blob {i}: {len(blob.raw)} bytes is not a multiple of itemsize {blob.info.itemsize}")
-        stored = codec.compress(blob.raw, blob.info)
+        stored = blob.stored if blob.stored is not None else codec.compress(blob.raw, blob.info)
         entries.append(
             {
                 "codec": blob.codec,

@@ -373,11 +373,12 @@ def _serialize(
     return b"".join(parts), where, info
 
 
-def _candidates(codec: str, codec_params: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
-    """(name, params, wants_symbols) for the codec, or for each of best's candidates."""
+def _candidates(codec: str, codec_params: dict[str, Any]) -> tuple[list[tuple[str, dict[str, Any], bool]], int, float]:
+    """(name, params, wants_symbols) for the codec, or for each of best's candidates; best's screen and margin."""
     c = get_codec(codec, **codec_params)
     inner = c.codecs() if codec == "best" else [c]  # type: ignore[attr-defined]
-    return [(x.name, x.config(), bool(getattr(x, "wants_symbols", False))) for x in inner]
+    out = [(x.name, x.config(), bool(getattr(x, "wants_symbols", False))) for x in inner]
+    return out, int(getattr(c, "screen", 0)), float(getattr(c, "margin", 0.0))
 
 
 def pack(
@@ -385,7 +386,7 @@ def pack(
 ) -> tuple[list[dict], list[Blob]]:
     """Manifest entries for the units and the blobs holding their streams, in the stable order above."""
     items, entries = _items(units, cfg)
-    candidates = _candidates(codec, codec_params)
+    candidates, screen, margin = _candidates(codec, codec_params)
     groups: dict[Any, list[_Item]] = defaultdict(list)
     keys = {
         "tensor": lambda it: (it.ui, it.name),
@@ -400,22 +401,34 @@ def pack(
     for bi, members in enumerate(groups.values()):
         sections = _sections(members)
         layouts: dict[str, tuple[bytes, dict[int, dict[str, Any]], StreamInfo]] = {}
-        choice = None
-        for name, params, wants_symbols in candidates:
+        for _, _, wants_symbols in candidates:
             packing = "byte" if wants_symbols else cfg.packing
             if packing not in layouts:
                 layouts[packing] = _serialize(sections, packing, cfg.shuffle, cfg.width)
-            if len(candidates) == 1:
-                choice = (name, params, packing)
-                break
-            raw, _, info = layouts[packing]
-            size = len(get_codec(name, **params).compress(raw, info))
-            if choice is None or size < choice[0]:
-                choice = (size, name, params, packing)
-        assert choice is not None
-        name, params, packing = choice[-3:]
-        raw, where, info = layouts[packing]
-        blobs.append(Blob(name, dict(params), raw, info))
+        if len(candidates) == 1:
+            name, params, wants_symbols = candidates[0]
+            raw, where, info = layouts["byte" if wants_symbols else cfg.packing]
+            blobs.append(Blob(name, dict(params), raw, info))
+        else:
+            trials = list(candidates)
+            if screen and any(len(layouts[p][0]) > screen for p in layouts):
+                sizes = []
+                for name, params, wants_symbols in trials:
+                    raw, _, info = layouts["byte" if wants_symbols else cfg.packing]
+                    cut = raw[: screen - screen % info.itemsize]
+                    sizes.append(len(get_codec(name, **params).compress(cut, info)))
+                trials = [t for t, n in zip(trials, sizes, strict=True) if n <= min(sizes) * (1 + margin)]
+            choice = None
+            for name, params, wants_symbols in trials:
+                packing = "byte" if wants_symbols else cfg.packing
+                raw, _, info = layouts[packing]
+                out = get_codec(name, **params).compress(raw, info)
+                if choice is None or len(out) < len(choice[0]):
+                    choice = (out, name, params, packing)
+            assert choice is not None
+            out, name, params, packing = choice
+            raw, where, info = layouts[packing]
+            blobs.append(Blob(name, dict(params), raw, info, stored=out))
         for it in members:
             placed[(it.ui, it.name)] = {"blob": bi, **where[id(it)]}
     for ui, entry in enumerate(entries):

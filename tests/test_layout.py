@@ -303,3 +303,37 @@ def test_unpack_rejects_inconsistent_manifests() -> None:
     mangled[i] = bytes([0xFF]) * len(raw[i])  # 2-bit codes of a 3-symbol alphabet: 3 is out of range
     with pytest.raises(ArtifactError, match="outside its alphabet of 3"):
         layout.unpack(entries, mangled)
+
+
+def _symbols_unit(alphabet: int, n: int = 200_000, seed: int = 0) -> Encoded:
+    rng = np.random.default_rng(seed)
+    dt = np.uint8 if alphabet <= 256 else np.uint16
+    codes = rng.integers(0, alphabet, size=(n // 100, 100)).astype(dt)
+    return Encoded("scalar", [TensorSpec("w", codes.shape, "float32")], {"codes": Stream(codes, "codes", alphabet)})
+
+
+@pytest.mark.slow
+def test_fair_codec_has_no_width_cliff_above_256_symbols(tmp_path: Path) -> None:
+    """i.i.d. uniform symbols: 257 symbols cost log2(257)/8 ≈ 1.0007× what 256 do; the compare's
+    default codec stays within 1% of that (a byte-oriented codec alone pays ≈ 2× for uint16 items)."""
+    from omegaconf import OmegaConf
+
+    fair = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent.parent / "experiments/codec/fair.yaml"))
+    fair.pop("defaults")
+    sizes = {}
+    for a in (256, 257):
+        w = artifact.write(tmp_path / f"{a}.bgz", [_symbols_unit(a)], "best", fair, layout.LayoutConfig())
+        sizes[a] = sum(w.blob_stored)
+    assert sizes[257] <= 1.01 * sizes[256] * math.log2(257) / 8
+
+
+def test_screening_skips_candidates_far_behind_and_keeps_the_winner(tmp_path: Path) -> None:
+    unit = [_symbols_unit(16, 400_000)]
+    full = {"candidates": ["ans", "raw", {"name": "zstd", "level": 3}]}
+    screened = {**full, "screen": 65536, "margin": 0.01}
+    a = artifact.write(tmp_path / "a.bgz", unit, "best", full, layout.LayoutConfig())
+    b = artifact.write(tmp_path / "b.bgz", unit, "best", screened, layout.LayoutConfig())
+    assert a.blob_stored == b.blob_stored and container_blobs(tmp_path / "b.bgz")[0]["codec"] == "ans"
+    assert_same_streams(unit, read_back(tmp_path / "b.bgz"))
+    with pytest.raises(ConfigError, match="screen must be an int"):
+        artifact.write(tmp_path / "c.bgz", unit, "best", {**full, "screen": -1}, layout.LayoutConfig())
