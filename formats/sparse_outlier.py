@@ -2,23 +2,42 @@
 
 Every tensor is a matrix W (rows, cols) cut into exception units: single weights ("fine"), whole
 rows ("row"), whole input columns ("column") or b×b blocks ("block", b = `block`, which must
-divide both dims). Each weight gets a score — |w| ("magnitude"), |w − ŵ| ("error") or the
-SpQR/OBS sensitivity (w − ŵ)² / [H⁻¹]_jj ("hessian"; H = the tensor's calibration Gram matrix,
-dead inputs set to 1 and damped by 1% of its mean diagonal), where ŵ is a first encode of W by
-the base format. A unit's score is the sum over its weights (so "column" + "hessian" ranks input
-columns by their summed sensitivity, a calibration-aware form of PTQ1.61's activation mask). The
-round(fraction · #units) best-scoring units become exceptions.
+divide both dims); round(fraction · #units) units become exceptions. Selection (`select`):
+- "magnitude": |w|; "error": |w − ŵ|, ŵ a first encode of W by the base;
+- "hessian", SpQR's saliency, matched to the base (H = the tensor's calibration Gram matrix):
+  - over a base without error feedback (RTN scalar, spqr with gptq false, any other format):
+    (w − ŵ)²·H_jj, the weight's own share of the output error ŵ leaves (spqr: the larger of it
+    and the weight's leave-one-out gain under H_jj, formats/spqr.py);
+  - over a GPTQ base (scalar or spqr with gptq true), fine layout: the outliers are chosen inside
+    the GPTQ pass (formats/spqr.py): at its visit a weight's sensitivity is (w − q)²/U_jj², U the
+    upper Cholesky factor of H⁻¹; exactly round(fraction·rows·cols) outliers, each column's quota
+    fixed by the global top sensitivities of a first pass without outliers, the column's most
+    sensitive weights chosen in a second pass whose grid is fitted without the first pass's
+    picks; an outlier's value is w as GPTQ updated it when visited, its error is not propagated,
+    its code is the code of 0. (The base's grid is kept as the base stores it; a scalar base's
+    codes are rounded against its stored scales.)
+  - over a GPTQ base, coarse layouts: (w − ŵ)²/[(H + 1%·mean diag·I)⁻¹]_jj with ŵ the GPTQ encode.
+  A unit's score is the sum over its weights (so "column" + "hessian" ranks input columns by their
+  summed sensitivity, a calibration-aware form of PTQ1.61's activation mask).
+Dead inputs (diag H = 0) score 0 under H_jj and get diag 1 elsewhere.
 
-The base format (any registered format of scope "tensor", given as a dict with its `name`) is
-fitted to W with every exception weight set to 0, so outliers do not stretch its scales or
-codebooks; decode runs the base decoder and overwrites the exception positions with the stored
-exception values (cast to the tensor's dtype). (A GPTQ base quantizes the zeroed positions like
-any weight, unaware that they are overwritten.) Streams:
+Outside the in-GPTQ path the base is fitted to W with every exception weight set to 0, so
+outliers do not stretch its scales or codebooks (a GPTQ base then quantizes the zeroed positions
+like any weight, unaware that they are overwritten); decode runs the base decoder and
+overwrites the exception positions with the stored exception values (cast to the tensor's
+dtype). The base is any registered format of scope "tensor", given as a dict with its `name`,
+or {name: spqr, bits, group_size, stat_bits, stat_group, gptq, damp, act_order, block_size}:
+SpQR's small groups (16) with min-max scales and zeros themselves quantized to 3 bits
+(formats/spqr.py; only as a base here). Streams:
 - "base.*": the base format's streams, roles and alphabets unchanged (its meta per tensor in the list meta["base"]);
-- fine: "mask" = the sorted flat indices delta-coded (first index, then gaps) in the narrowest
-  unsigned dtype holding the largest gap (symbol alphabet max gap + 1 when ≤ 65536); "outliers"
-  = the values in `value_dtype` (fp16, bf16, fp32, or int8 codes stored as q + 127, alphabet
-  255, with one fp32 absmax/127 scale per tensor in "scales");
+- fine: "mask" = the sorted flat indices as gaps g_i = idx_i − idx_{i−1} − 1 (idx_{−1} = −1),
+  each written as ⌊g/255⌋ escape symbols 255 followed by g mod 255, in uint8 (alphabet 256): a
+  rare long gap costs a few escapes instead of widening every position, and the unary quotient
+  plus remainder is a Golomb code that an entropy coder brings close to the gaps' entropy at any
+  fraction (the escapes of a very sparse tensor cost little once coded, though nominal bits
+  count them at 8 bits). "outliers" = the values in `value_dtype` (fp16,
+  bf16, fp32, or int8 codes stored as q + 127, alphabet 255, with one fp32 absmax/127 scale per
+  tensor in "scales");
 - coarse: "mask" = np.packbits of one bool per unit (rows, columns, or blocks in row-major
   order); "outliers" = each excepted unit's weights (a row, a column, or a flattened block)
   quantized symmetric at `exception_bits` b_e (q + qmax, qmax = 2^(b_e−1) − 1, alphabet
@@ -26,7 +45,7 @@ any weight, unaware that they are overwritten.) Streams:
 With no exception (fraction 0, or a count that rounds to 0) the unit is the base format's output
 exactly, with no exception streams. A unit of several tensors prefixes tensor i's streams "i.".
 
-Bits: base bits + fine: k·(value bits + 8·delta itemsize) (+ 32 for the int8 scale); coarse:
+Bits: base bits + fine: k·value bits + 8·(mask bytes) (+ 32 for the int8 scale); coarse:
 8·⌈#units/8⌉ + n·L·b_e + 16·n for n excepted units of L weights.
 """
 
@@ -41,6 +60,7 @@ from torch import Tensor
 from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
 from formats.clustered import check_matrix
 from formats.passthrough import from_numpy, to_numpy
+from formats.spqr import SpqrGroups, scalar_in_gptq
 from harness.errors import ConfigError
 
 LAYOUTS = ("fine", "row", "column", "block")
@@ -72,9 +92,23 @@ def from_units(u: Tensor, shape: tuple[int, int], layout: str, b: int) -> Tensor
     return u.reshape(rows, cols)
 
 
-def delta_dtype(max_gap: int) -> type:
-    """Narrowest unsigned numpy dtype holding max_gap."""
-    return np.uint8 if max_gap < 1 << 8 else np.uint16 if max_gap < 1 << 16 else np.uint32
+ESCAPE = 255  # fine positions: a gap symbol that adds 255 and continues
+
+
+def gap_symbols(idx: np.ndarray) -> np.ndarray:
+    """Sorted distinct flat indices as escape-coded gaps in uint8 (module docstring)."""
+    gaps = np.diff(idx.astype(np.int64), prepend=-1) - 1
+    counts = gaps // ESCAPE + 1
+    out = np.full(int(counts.sum()), ESCAPE, dtype=np.uint8)
+    out[np.cumsum(counts) - 1] = gaps % ESCAPE
+    return out
+
+
+def gap_positions(sym: np.ndarray) -> np.ndarray:
+    """Inverse of gap_symbols: the flat indices (int64)."""
+    s = sym.astype(np.int64).reshape(-1)
+    ends = np.cumsum(s)[s != ESCAPE]
+    return ends + np.arange(len(ends))
 
 
 class SparseOutlier(Format):
@@ -116,7 +150,14 @@ class SparseOutlier(Format):
         self.fraction, self.layout, self.select = float(fraction), layout, select
         self.value_dtype, self.exception_bits, self.block = value_dtype, exception_bits, block
         params = {k: v for k, v in base.items() if k != "name"}
-        self.base_format = get_format(base["name"], **params)
+        if base["name"] == SpqrGroups.name:
+            try:
+                self.base_format: Format = SpqrGroups(**params)
+            except TypeError as exc:
+                raise ConfigError(f"sparse_outlier: base spqr: {exc}") from None
+        else:
+            self.base_format = get_format(base["name"], **params)
+        self.base_gptq = bool(self.base_format.config().get("gptq", False))
 
     def config(self) -> dict[str, Any]:
         return {
@@ -137,18 +178,29 @@ class SparseOutlier(Format):
             return w.abs()
         if self.select == "hessian" and name not in ctx.hessians:
             raise ConfigError(f"sparse_outlier: select=hessian needs a Hessian for tensor {name}, none was collected")
+        h = ctx.hessians.get(name)
+        if self.select == "hessian" and not self.base_gptq:
+            self._check_hessian(name, h, w.shape[1])
+            hdiag = torch.diagonal(h).float().cpu()
+            if isinstance(self.base_format, SpqrGroups):
+                return self.base_format.rtn_saliency(name, t, hdiag, ctx)
         err = w - self.base_format.encode({name: t}, ctx).recon[name].float().cpu()
         if self.select == "error":
             return err.abs()
-        return err.pow(2) / self._hinv_diag(name, ctx.hessians[name], w.shape[1], ctx.device)[None, :]
+        if not self.base_gptq:
+            return err.pow(2) * hdiag[None, :]
+        return err.pow(2) / self._hinv_diag(name, h, w.shape[1], ctx.device)[None, :]
+
+    @staticmethod
+    def _check_hessian(name: str, h: Tensor | None, cols: int) -> None:
+        if h is None or tuple(h.shape) != (cols, cols) or not bool(torch.isfinite(h).all()):
+            got = None if h is None else tuple(h.shape)
+            raise ConfigError(f"sparse_outlier: Hessian of tensor {name} must be finite {cols}×{cols}, got {got}")
 
     @staticmethod
     def _hinv_diag(name: str, h: Tensor, cols: int, device: str) -> Tensor:
         """diag((H + 1%·mean diag·I)⁻¹), dead inputs (diag 0) set to 1 first, as fp32 on the CPU."""
-        if tuple(h.shape) != (cols, cols) or not bool(torch.isfinite(h).all()):
-            raise ConfigError(
-                f"sparse_outlier: Hessian of tensor {name} must be a finite {cols}×{cols} matrix, got {tuple(h.shape)}"
-            )
+        SparseOutlier._check_hessian(name, h, cols)
         h = h.to(device, torch.float64).clone()
         dead = torch.diagonal(h) == 0
         h[dead, dead] = 1.0
@@ -177,6 +229,8 @@ class SparseOutlier(Format):
         w = t.detach().float().cpu()
         n_units = to_units(w, self.layout, b).shape[0]
         n = round(self.fraction * n_units)
+        if n > 0 and self.select == "hessian" and self.layout == "fine" and self.base_gptq:
+            return self._encode_in_gptq(name, t, n, ctx, prefix)
         w0 = t
         if n > 0:
             score = to_units(self._scores(name, t, w, ctx), self.layout, b).sum(1)
@@ -194,14 +248,33 @@ class SparseOutlier(Format):
         recon = self._overwrite(base.recon[name], streams, prefix)
         return TensorSpec.of(name, t), streams, recon, base.meta, float(bits)
 
+    def _encode_in_gptq(
+        self, name: str, t: Tensor, n: int, ctx: EncodeContext, prefix: str
+    ) -> tuple[TensorSpec, dict[str, Stream], Tensor, dict[str, Any], float]:
+        """_encode_one for fine Hessian outliers over a GPTQ base: picked inside the GPTQ pass."""
+        if name not in ctx.hessians:
+            raise ConfigError(f"sparse_outlier: select=hessian needs a Hessian for tensor {name}, none was collected")
+        if isinstance(self.base_format, SpqrGroups):
+            base, mask, values = self.base_format.encode_outliers(name, t, n, ctx)
+        elif self.base["name"] == "scalar":
+            base, mask, values = scalar_in_gptq(self.base_format, name, t, n, ctx)
+        else:
+            got = self.base["name"]
+            raise ConfigError(f"sparse_outlier: outliers inside GPTQ need a scalar or spqr base, got {got}")
+        sel = torch.from_numpy(np.flatnonzero(mask.reshape(-1).numpy()))
+        exc, exc_bits = self._store(name, values.reshape(-1)[sel][:, None], sel, t.numel())
+        streams = {f"{prefix}base.{k}": s for k, s in base.streams.items()}
+        streams.update((prefix + k, s) for k, s in exc.items())
+        recon = self._overwrite(base.recon[name], streams, prefix)
+        return TensorSpec.of(name, t), streams, recon, base.meta, float(base.nominal_bits + exc_bits)
+
     def _store(self, name: str, vals: Tensor, sel: Tensor, n_units: int) -> tuple[dict[str, Stream], int]:
         """Exception streams for values vals (n, L) at units sel, and their nominal bits."""
         idx = sel.numpy()
         if self.layout == "fine":
-            gaps = np.diff(idx, prepend=0)
-            max_gap = int(gaps.max())
-            dt = delta_dtype(max_gap)
-            streams = {"mask": Stream(gaps.astype(dt), "mask", max_gap + 1 if max_gap < 1 << 16 else None)}
+            sym = gap_symbols(idx)
+            streams = {"mask": Stream(sym, "mask", ESCAPE + 1)}
+            pos_bits = 8 * sym.nbytes
             v = vals[:, 0]
             if self.value_dtype == "int8":
                 amax = float(v.abs().max())
@@ -209,12 +282,12 @@ class SparseOutlier(Format):
                 q = torch.clamp(torch.round(v / scale), -127, 127).to(torch.int64) + 127
                 streams["outliers"] = Stream(q.numpy().astype(np.uint8), "outliers", 255)
                 streams["scales"] = Stream(scale.numpy(), "scales")
-                return streams, len(idx) * (8 + 8 * dt().itemsize) + 32
+                return streams, len(idx) * 8 + pos_bits + 32
             stored = v.to(VALUE_DTYPES[self.value_dtype])
             if not bool(torch.isfinite(stored).all()):
                 raise ConfigError(f"sparse_outlier: tensor {name} has outliers beyond {self.value_dtype}; use fp32")
             streams["outliers"] = Stream(to_numpy(stored), "outliers")
-            return streams, len(idx) * 8 * (stored.element_size() + dt().itemsize)
+            return streams, len(idx) * 8 * stored.element_size() + pos_bits
         mask = np.zeros(n_units, dtype=bool)
         mask[idx] = True
         qmax = 2 ** (self.exception_bits - 1) - 1
@@ -254,7 +327,9 @@ class SparseOutlier(Format):
         units = to_units(base_recon, self.layout, b).clone()
         mask = streams[prefix + "mask"].data
         if self.layout == "fine":
-            sel = torch.from_numpy(np.cumsum(mask.astype(np.int64)))
+            if streams[prefix + "mask"].alphabet != ESCAPE + 1:  # delta codes of an older writer
+                raise ConfigError("sparse_outlier: fine positions must be escape-coded gaps (alphabet 256)")
+            sel = torch.from_numpy(gap_positions(mask))
             stored = streams[prefix + "outliers"].data
             if self.value_dtype == "int8":
                 scale = torch.from_numpy(np.ascontiguousarray(streams[prefix + "scales"].data, np.float32))
