@@ -47,6 +47,29 @@ def _check_choices(overrides: list[str]) -> None:
                 raise BytegolfError(f"unknown {key} {choice!r}; known: {', '.join(known)}")
 
 
+HINTS = {
+    ("compare", "format"): "it ranks every format: choose them with compare.formats=[...] and set them with "
+    "compare.params.<format>.<key>=...",
+    ("compare", "experiment"): "presets are ranked as reference systems: compare.references=[pg_top, ...]",
+}
+
+
+def _check_groups(verb: str, config_name: str, overrides: list[str]) -> None:
+    """An override of a config group the verb does not use gets a one-line error naming it."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")).get("defaults", [])
+    used = {str(k).removeprefix("optional ").split("/")[-1] for d in defaults if isinstance(d, dict) for k in d}
+    for ov in overrides:
+        if ov.startswith("-") or "=" not in ov:
+            continue
+        key = ov.lstrip("+~").partition("=")[0].split(".")[0].split("/")[0]
+        if key == "hydra" or key not in {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} or key in used:
+            continue
+        hint = HINTS.get((verb, key), f"it uses {', '.join(sorted(used))}")
+        raise BytegolfError(f"bytegolf {verb} takes no {key} settings ({ov!r}): {hint}")
+
+
 def _output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -215,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     allocate.register()
     try:
         _check_choices(overrides)
+        _check_groups(verb, TASKS[verb][0], overrides)
         if verb == "run" and ("-m" in overrides or "--multirun" in overrides):
             overrides = sweep.prepare_multirun("run", overrides)
     except BytegolfError as exc:

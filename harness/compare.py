@@ -52,6 +52,7 @@ class System:
     layout: dict[str, Any]
     plan: dict[str, Any]
     reference: bool = False
+    finetune: dict[str, Any] = field(default_factory=dict)  # block calibration settings over the run's
 
     def plan_at(self, value: float | None) -> dict[str, Any]:
         """The plan settings at a knob value (rules that set the knob scaled by value / default)."""
@@ -132,7 +133,8 @@ class CompareSettings:
     knobs: per-format knob ranges, e.g. {scalar: {lo: 2.0, hi: 30.0}} (keys lo, hi, log, integer);
     variants: named settings of one format compared as systems of their own, listed in `formats`
     by their label, e.g. {rows: {format: sparse_outlier, params: {layout: row}}}; params and knobs
-    then take the label as key."""
+    then take the label as key; calibrate: per-system block calibration (finetune) settings over the
+    run's, e.g. {clustered: {steps: 200}} (ClusComp's calibration step)."""
 
     formats: list[str] | None = None
     references: list[str] = field(default_factory=lambda: list(REFERENCES))
@@ -140,6 +142,7 @@ class CompareSettings:
     params: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, Any] = field(default_factory=dict)
+    calibrate: dict[str, Any] = field(default_factory=dict)
     tol: float = 0.005
     max_probes: int = 24
     samples: int = 1000
@@ -197,6 +200,8 @@ def point_cfg(
         c.codec = OmegaConf.create({"name": sysm.codec, **sysm.codec_params})
         c.layout = OmegaConf.create(sysm.layout)
         c.plan = OmegaConf.merge(OmegaConf.structured(PlanConfig), sysm.plan_at(value))
+        if sysm.finetune:
+            c.finetune = OmegaConf.merge(c.finetune, sysm.finetune)
         c.budget.cap_bytes = budget or c.budget.cap_bytes
     return c
 
@@ -215,7 +220,8 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
         raise ConfigError("compare: need at least one format and one budget")
     extra_params = OmegaConf.to_container(cc.params, resolve=True) or {}
     knob_over = OmegaConf.to_container(cc.knobs, resolve=True) or {}
-    for key in (*extra_params, *knob_over):  # entries for formats this compare leaves out are unused
+    calibrate = OmegaConf.to_container(cc.calibrate, resolve=True) or {}
+    for key in (*extra_params, *knob_over, *calibrate):  # entries for formats this compare leaves out are unused
         if key not in names and key not in REGISTRY and key not in variants and key not in refs:
             raise ConfigError(
                 f"compare.params/knobs name {key!r}, which is neither a format, a variant nor a reference"
@@ -245,7 +251,8 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
 
         get_codec(c_name, **c_params)
         knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
-        systems.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference))
+        tune = dict(calibrate.get(label) or {})
+        systems.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference, tune))
 
     ws = search.Workspace(cfg)
     rows: list[dict[str, Any]] = []

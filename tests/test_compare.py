@@ -151,3 +151,18 @@ def test_compare_ranks_a_reference_export_at_its_own_size_and_at_the_budget(tiny
     text = next(cfg).read_text()  # the written config reproduces the point: its plan and layout are there
     assert "lowrank:" in text and "top_k: 3" in text and "grouping: all" in text
     assert "pg_top@own" in proc.stdout and "pg_top at its own size" in proc.stdout
+
+
+def test_compare_accepts_every_group_it_uses(tmp_path: Path) -> None:
+    groups = ["finetune.steps=200", "layout=role", "calib.windows=2", "eval.windows=8", "budget.count_code=true"]
+    groups += ["plan=mixed", "model.num_layers=9", "data=stdlib", "codec=fair", "compare.calibrate.clustered.steps=5"]
+    proc = bytegolf("compare", *groups, "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "steps: 200" in proc.stdout and "grouping: role" in proc.stdout and "steps: 5" in proc.stdout
+
+
+@pytest.mark.parametrize(("override", "names"), [("format.bits=3", "format"), ("experiment=pg_top", "experiment")])
+def test_compare_names_the_group_it_refuses(tmp_path: Path, override: str, names: str) -> None:
+    proc = bytegolf("compare", override, cwd=tmp_path)
+    assert proc.returncode == 2 and f"takes no {names} settings" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
