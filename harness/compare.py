@@ -127,7 +127,9 @@ def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], d
 
 @dataclass
 class CompareSettings:
-    """Formats (null: every registered one but passthrough), budgets in bytes, search and bootstrap settings.
+    """Formats (null: every registered one but passthrough and lowrank), reference presets (each at its
+    own size and, with search_references, searched to every budget), budgets in bytes, search and
+    bootstrap settings.
 
     params: per-format settings over the YAML defaults, e.g. {scalar: {bits: 8}};
     knobs: per-format knob ranges, e.g. {scalar: {lo: 2.0, hi: 30.0}} (keys lo, hi, log, integer);
@@ -138,6 +140,7 @@ class CompareSettings:
 
     formats: list[str] | None = None
     references: list[str] = field(default_factory=lambda: list(REFERENCES))
+    search_references: bool = True
     budgets: list[float] = field(default_factory=lambda: [16e6, 8e6, 4e6])
     params: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
@@ -296,6 +299,8 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             )
             print(f"{sysm.label} at its own size: {counted:,} B", flush=True)
             rows.append(_point(cfg, sysm, enc, own, out_dir, run_point))
+            if not cc.get("search_references", True):
+                continue
         for budget in budgets:
             landing = search.search(enc, sysm.knob, start, budget, count_code, cc.tol, cc.max_probes)
             log.info("%s at %s B: %s", sysm.label, f"{budget:,}", landing.describe())
