@@ -1,14 +1,19 @@
 """Clustered (ClusComp-style) vector quantization: k-means over sub-vectors of d output channels.
 
 A matrix W (d_out, d_in) is cut into sub-vectors W[r:r+d, c] (d consecutive output channels of
-one input feature; d must divide d_out). All sub-vectors of the unit (one tensor, or a
+one input feature; d must divide d_out, the rows). All sub-vectors of the unit (one tensor, or a
 family / the whole model under scope "family" / "global") are clustered together into one
 codebook of K centroids, stored once in `codebook_dtype`; each sub-vector stores its index.
-d = 1 is non-uniform scalar quantization (SqueezeLLM-like).
+Every sub-vector has length d whatever its tensor's shape, so the tensors of a unit may differ
+in both dimensions (a global unit of 512×512 attention and 1024×512 / 512×1024 MLP matrices
+shares one codebook); only d has to divide each one's rows. d = 1 is non-uniform scalar
+quantization (SqueezeLLM-like).
 
 Options: `normalize` divides every row by its RMS first (one fp16 scale per row, multiplied
-back on decode); `weighted` weights each sub-vector in k-means by diag(H)[c] of the tensor's
-calibration Gram matrix (times the mean squared row scale of its d rows when normalized);
+back on decode); `weighted` (Hessian weighting) weights each sub-vector W[r:r+d, c] in k-means by
+diag(H)[c] of its own tensor's calibration Gram matrix (times the mean squared row scale of its d
+rows when normalized), so the assignment minimises and the centroid update (a weighted mean)
+fits Σ_c H_cc‖w_c − ŵ_c‖², the diagonal part of the output error tr(ΔW H ΔWᵀ);
 `lam` > 0 turns k-means into ECVQ, minimising distortion + lam_eff·(−log2 p_k) with
 lam_eff = lam · (mean weighted sub-vector energy), so lam reads as "fraction of the mean
 energy one bit is worth" and does not depend on the tensor's scale.
@@ -22,6 +27,7 @@ ClusComp's ceil(log2 n)/d + 16·n·d/(d_in·d_out) per weight for one tensor.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,11 @@ from harness.errors import ConfigError
 CODEBOOK_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DIMS = (1, 2, 4, 8)
 SCOPES = ("tensor", "family", "global")
+
+
+def is_int(v: Any) -> bool:
+    """An integer setting (bool is not one)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def index_bits(k: int) -> int:
@@ -103,18 +114,21 @@ class Clustered(Format):
         iters: int = 20,
         scope: str = "tensor",
     ) -> None:
-        if not isinstance(codebook_size, int) or not 2 <= codebook_size <= 65536:
+        if not is_int(codebook_size) or not 2 <= codebook_size <= 65536:
             raise ConfigError(f"clustered: codebook_size must be an integer in 2..65536, got {codebook_size!r}")
-        if dim not in DIMS:
+        if not is_int(dim) or dim not in DIMS:
             raise ConfigError(f"clustered: dim must be one of {DIMS}, got {dim!r}")
         if codebook_dtype not in CODEBOOK_DTYPES:
             raise ConfigError(
                 f"clustered: codebook_dtype must be one of {', '.join(CODEBOOK_DTYPES)}, got {codebook_dtype!r}"
             )
-        if not isinstance(lam, (int, float)) or not lam >= 0:
-            raise ConfigError(f"clustered: lam must be >= 0, got {lam!r}")
-        if not isinstance(iters, int) or iters < 0:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < math.inf:
+            raise ConfigError(f"clustered: lam must be a finite number >= 0, got {lam!r}")
+        if not is_int(iters) or iters < 0:
             raise ConfigError(f"clustered: iters must be a non-negative integer, got {iters!r}")
+        for key, val in (("normalize", normalize), ("weighted", weighted)):
+            if not isinstance(val, bool):
+                raise ConfigError(f"clustered: {key} must be true or false, got {val!r}")
         if scope not in SCOPES:
             raise ConfigError(f"clustered: scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         self.codebook_size, self.dim, self.codebook_dtype = codebook_size, dim, codebook_dtype
@@ -150,18 +164,12 @@ class Clustered(Format):
         if not tensors:
             raise ConfigError("clustered: a unit needs at least one tensor")
         d, k = self.dim, self.codebook_size
-        widths = {}
-        for name, t in tensors.items():
+        for name, t in tensors.items():  # shapes may differ: every sub-vector is d rows of one column
             check_matrix(self.name, name, t)
             if t.shape[0] % d:
-                raise ConfigError(f"clustered: tensor {name} has {t.shape[0]} rows, not divisible by dim {d}")
-            widths[name] = int(t.shape[1])
-        if len(set(widths.values())) > 1:
-            listing = ", ".join(f"{n}: {c}" for n, c in widths.items())
-            raise ConfigError(
-                f"clustered: the tensors of a {self.scope} unit must share one width (columns); "
-                f"got widths {sorted(set(widths.values()))} ({listing})"
-            )
+                raise ConfigError(
+                    f"clustered: tensor {name} has {t.shape[0]} rows (output channels), not divisible by dim {d}"
+                )
         xs, ws, scales = [], [], []
         for name, t in tensors.items():
             w = t.detach().to(ctx.device, torch.float32)

@@ -16,11 +16,29 @@ centroid, get probability 0.5/n (rate log2(2n) bits), and are not re-seeded.
 
 Nearest-neighbour search (the assignment step, and the beam search of `additive`) is exact
 either way: faiss' flat L2 index on CPU, chunked torch matmul + topk elsewhere (CUDA), with
-no chunk × K distance matrix above CHUNK_ELEMS floats. Measured on 262144×4, K = 256, 20
-Lloyd iterations, one thread on a busy 2-core machine: this module with faiss search 0.68 s,
-the same with the torch search 4.7 s, faiss.Kmeans itself 0.39 s (random init, no weights,
-no ECVQ); one assignment search is 8× (131072×4 against 256) to 32× (65536×8 against 65536)
-faster in faiss than in torch on CPU.
+no chunk × K distance matrix above CHUNK_ELEMS floats. faiss is optional (imported when
+present). Both backends score by ‖q‖² + ‖c‖² − 2q·c in fp32, each with its own rounding, so on
+their own they can split near-ties differently, and one flipped code changes the next centroid
+update and everything after it (measured: 0.6% of the codes and the codebook of a normalized
+1024×512, K = 256, d = 4 unit differed with faiss 1.15.1 versus without). The single-neighbour
+search (k = 1: every k-means assignment, the k-means++ distances) is therefore made independent
+of the backend: a query whose runner-up lies within TIE_TOL·(‖q‖² + ‖c_best‖²) of its best
+(far above either backend's rounding) is re-decided by distances computed coordinate by
+coordinate in float64 against every centroid, ties to the lowest index, and the distance
+returned is ‖q − c‖² of the chosen centroid computed directly. With that, codes, codebooks and
+so the bytes are identical with and without faiss (and, measured, on 1 or 2 threads).
+The k > 1 search (the beams of `additive`) keeps the backend's order among near-ties. On CUDA
+the centroid sums (index_add_) use atomics, so repeated runs there can differ in the last bits
+unless torch.use_deterministic_algorithms(True) is set; on CPU every run is the same.
+
+Measured on 262144×4, K = 256, 20 Lloyd iterations, one thread on a busy 2-core machine, before
+the exact re-decision: this module with faiss search 0.68 s, the same with the torch search
+4.7 s, faiss.Kmeans itself 0.39 s (random init, no weights, no ECVQ); one assignment search is
+8× (131072×4 against 256) to 32× (65536×8 against 65536) faster in faiss than in torch on CPU.
+The re-decision needs the runner-up: on 131072 points, 5 iterations, it added ≈10% (K = 256,
+d = 4) to ≈30% (K = 2048, d = 8) to the torch path, and 2-3× to the faiss path (faiss' top-2
+search is ≈10× its top-1), which stays ≈2-3× faster than torch; 0.5-3% of the points were
+re-decided.
 """
 
 from __future__ import annotations
@@ -37,6 +55,8 @@ except ImportError:  # pragma: no cover
     faiss = None
 
 CHUNK_ELEMS = 1 << 24  # 64 MiB of fp32 distances per chunk
+TIE_TOL = 2.0**-12  # relative gap below which the backend's fp32 choice is re-decided exactly
+TOPK2_FROM = 128  # centres from which the runner-up comes from one top-2 rather than a second min
 PP_ROUNDS = 256  # k-means++ D² rounds at most; more centres are drawn per round beyond this
 PP_SAMPLE = 64  # k-means++ runs on at most this many points per centre
 
@@ -64,15 +84,71 @@ def use_faiss(x: Tensor) -> bool:
     return faiss is not None and x.device.type == "cpu"
 
 
+def exact_nearest(q: Tensor, c: Tensor) -> Tensor:
+    """Indices (n,) of the nearest rows of c: float64 distances summed coordinate by coordinate, ties to the lowest.
+
+    Every operation is elementwise and in a fixed order, so the answer is the same on any backend or device.
+    """
+    qd, cd = q.double(), c.double()
+    out = torch.empty(q.shape[0], dtype=torch.int64, device=q.device)
+    step = chunk_rows(c.shape[0] * 2)
+    for s in range(0, q.shape[0], step):
+        qs = qd[s : s + step]
+        dist = (qs[:, None, 0] - cd[None, :, 0]).square_()
+        for j in range(1, q.shape[1]):
+            dist.add_((qs[:, None, j] - cd[None, :, j]).square_())
+        out[s : s + step] = dist.argmin(1)  # the first minimum
+    return out
+
+
+def nearest1(q: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The k = 1 search of `nearest`, independent of the backend (see the module docstring)."""
+    n, kk = q.shape[0], c.shape[0]
+    if kk == 1:
+        idx = torch.zeros(n, dtype=torch.int64, device=q.device)
+        return sq_dist(q, c[idx])[:, None], idx[:, None]
+    cn = (c * c).sum(1)
+    qn = (q * q).sum(1)
+    if use_faiss(q):
+        index = faiss.IndexFlatL2(c.shape[1])
+        index.add(c.numpy())
+        dist, found = index.search(q.numpy(), 2)
+        dist, found = torch.from_numpy(dist), torch.from_numpy(found)
+        idx = found[:, 0]
+        ambiguous = dist[:, 1] - dist[:, 0] <= TIE_TOL * (qn + cn[idx])
+    else:
+        ct = c.t().contiguous()
+        idx = torch.empty(n, dtype=torch.int64, device=q.device)
+        ambiguous = torch.empty(n, dtype=torch.bool, device=q.device)
+        step = chunk_rows(kk)
+        for s in range(0, n, step):
+            d = torch.addmm(cn[None, :], q[s : s + step], ct, alpha=-2.0)  # ‖c‖² − 2q·c: ‖q‖² adds nothing
+            if kk >= TOPK2_FROM:  # best and runner-up: a top-2 is the cheaper on wide rows, min twice on narrow
+                v, i = torch.topk(d, 2, dim=1, largest=False)
+                v1, v2, i = v[:, 0], v[:, 1], i[:, 0]
+            else:
+                v1, i = d.min(1)
+                v2 = d.scatter_(1, i[:, None], float("inf")).min(1).values
+            ambiguous[s : s + step] = v2 - v1 <= TIE_TOL * (qn[s : s + step] + cn[i])
+            idx[s : s + step] = i
+    rows = ambiguous.nonzero().flatten()
+    if rows.numel():
+        idx[rows] = exact_nearest(q[rows], c)
+    return sq_dist(q, c[idx])[:, None], idx[:, None]
+
+
 def nearest(q: Tensor, c: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
     """Squared distances (n, k) fp32 and indices (n, k) int64 of the k nearest rows of c (K, d), nearest first.
 
-    faiss (exact flat L2 search) on CPU, chunked torch matmul + topk elsewhere. k <= K.
+    faiss (exact flat L2 search) on CPU, chunked torch matmul + topk elsewhere. k <= K. With k = 1
+    the answer does not depend on the backend (near-ties re-decided exactly, lowest index first).
     """
     q, c = q.float().contiguous(), c.float().contiguous()
     n, kk = q.shape[0], c.shape[0]
     if not 1 <= k <= kk:
         raise ValueError(f"nearest: {k} neighbours among {kk} rows")
+    if k == 1:
+        return nearest1(q, c)
     if use_faiss(q):
         index = faiss.IndexFlatL2(c.shape[1])
         index.add(c.numpy())
@@ -86,7 +162,7 @@ def nearest(q: Tensor, c: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
     step = chunk_rows(kk)
     for s in range(0, n, step):
         d = torch.addmm(cn[None, :], q[s : s + step], ct, alpha=-2.0)
-        v, i = torch.topk(d, k, dim=1, largest=False) if k > 1 else d.min(1, keepdim=True)
+        v, i = torch.topk(d, k, dim=1, largest=False)
         dist[s : s + step] = (v + qn[s : s + step, None]).clamp_min_(0.0)
         idx[s : s + step] = i
     return dist, idx
