@@ -381,3 +381,16 @@ def test_bad_input_raises_config_error():
         assert "\n" not in str(info.value), str(info.value)  # one line
     with pytest.raises(ConfigError, match="codebook_dtype"):
         get_format("clustered", codebook_dtype="int8")
+
+
+def test_real_faiss_and_the_torch_search_give_the_same_bytes(monkeypatch):
+    """faiss-cpu is a declared dependency (speed); with or without it the encoding is the same."""
+    assert km.faiss is not None, "faiss-cpu is a declared dependency and must import"
+    w = torch.randn(512, 256, generator=gen(5)) * 0.02
+    for params in ({"codebook_size": 256, "dim": 4}, {"codebook_size": 64, "dim": 1, "normalize": True}):
+        with_faiss = Clustered(**params).encode({"w": w}, EncodeContext())
+        monkeypatch.setattr(km, "faiss", None)
+        without = Clustered(**params).encode({"w": w}, EncodeContext())
+        monkeypatch.undo()
+        for name, s in with_faiss.streams.items():
+            assert s.data.tobytes() == without.streams[name].data.tobytes(), (params, name)
