@@ -22,6 +22,7 @@ def _compare(bundle: Path, out: Path):
         *TINY_ARGS,
         "compare.formats=[scalar,clustered]",
         "compare.references=[]",
+        "compare.calibrate.clustered.steps=0",
         f"compare.budgets=[{BUDGETS[0]},{BUDGETS[1]}]",
         "compare.samples=300",
         "codec=zstd",
@@ -166,3 +167,28 @@ def test_compare_names_the_group_it_refuses(tmp_path: Path, override: str, names
     proc = bytegolf("compare", override, cwd=tmp_path)
     assert proc.returncode == 2 and f"takes no {names} settings" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_calibrated_system_that_grows_past_the_budget_lands_again_below_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cal"
+    budget = BUDGETS[0]
+    proc = bytegolf(
+        "compare",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        "compare.formats=[clustered]",
+        "compare.references=[]",
+        "compare.calibrate.clustered.steps=30",
+        f"compare.budgets=[{budget}]",
+        "codec=zstd",
+        f"hydra.run.dir={out}",
+        cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(p.read_text()) for p in out.glob(f"points/*/*/{store.RESULT}")]
+    ranked = [r for r in rows if r.get("budget_bytes") == budget]
+    assert len(ranked) == 1 and ranked[0]["final_bytes"] <= budget and ranked[0]["finetune"]["steps"] == 30
+    for r in rows:
+        if r is not ranked[0]:  # landings that calibration pushed over are set aside, never ranked
+            assert r["status"] == "over_budget" and r["final_bytes"] > budget
+    assert ("over the budget after calibration" in proc.stdout) == (len(rows) > 1)
