@@ -33,6 +33,7 @@ from harness.stats import paired_bootstrap
 log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parent.parent / "experiments" / "experiment"
 REFERENCES = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports, always ranked
+EMBEDDING = "tok_emb.weight"  # the tied embedding, which compare.embedding (scalar settings) quantizes
 WRAPPERS = ("passthrough", "lowrank")  # formats that are not systems of their own by default
 
 
@@ -121,7 +122,8 @@ def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], d
     codec_name = groups["codec"] or str(cfg.codec.name)
     codec = {"name": codec_name, **merge_settings(_group_defaults("codec", codec_name), node.get("codec") or {})}
     lay = merge_settings(_container(cfg.layout), node.get("layout") or {})
-    plan = merge_settings(_container(cfg.plan), node.get("plan") or {})
+    own = {k: v for k, v in _container(cfg.plan).items() if k not in ("rules", "lowrank")}  # the recipe's own rules
+    plan = merge_settings(own, node.get("plan") or {})
     return fmt, params, codec, lay, plan
 
 
@@ -136,7 +138,8 @@ class CompareSettings:
     variants: named settings of one format compared as systems of their own, listed in `formats`
     by their label, e.g. {rows: {format: sparse_outlier, params: {layout: row}}}; params and knobs
     then take the label as key; calibrate: per-system block calibration (finetune) settings over the
-    run's, e.g. {clustered: {steps: 200}} (ClusComp's calibration step)."""
+    run's, e.g. {clustered: {steps: 200}} (ClusComp's calibration step); embedding: scalar settings
+    for the tied embedding in every format's plan (null: the format quantizes it like any matrix)."""
 
     formats: list[str] | None = None
     references: list[str] = field(default_factory=lambda: list(REFERENCES))
@@ -146,6 +149,7 @@ class CompareSettings:
     knobs: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, Any] = field(default_factory=dict)
     calibrate: dict[str, Any] = field(default_factory=dict)
+    embedding: dict[str, Any] | None = None
     tol: float = 0.005
     max_probes: int = 24
     samples: int = 1000
@@ -224,6 +228,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     extra_params = OmegaConf.to_container(cc.params, resolve=True) or {}
     knob_over = OmegaConf.to_container(cc.knobs, resolve=True) or {}
     calibrate = OmegaConf.to_container(cc.calibrate, resolve=True) or {}
+    embedding = OmegaConf.to_container(cc.embedding, resolve=True) if cc.get("embedding") else None
     for key in (*extra_params, *knob_over, *calibrate):  # entries for formats this compare leaves out are unused
         if key not in names and key not in REGISTRY and key not in variants and key not in refs:
             raise ConfigError(
@@ -249,6 +254,9 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             c_name, c_params = codec_name, dict(codec)
             lay = merge_settings(_container(cfg.layout), v_lay)
             plan = merge_settings(_container(cfg.plan), v_plan)
+            if embedding and not v_plan.get("rules"):  # Parameter Golf's embedding rule goes first
+                rule = {"match": EMBEDDING, "format": "scalar", "params": dict(embedding)}
+                plan["rules"] = [rule, *(plan.get("rules") or [])]
         instance = get_format(fmt, **params)
         from entropy_codecs import get_codec
 
