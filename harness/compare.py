@@ -150,6 +150,7 @@ class CompareSettings:
     variants: dict[str, Any] = field(default_factory=dict)
     calibrate: dict[str, Any] = field(default_factory=dict)
     embedding: dict[str, Any] | None = None
+    probe_codec: dict[str, Any] | None = None
     tol: float = 0.005
     max_probes: int = 24
     samples: int = 1000
@@ -236,6 +237,23 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             )
     codec = _container(cfg.codec)
     codec_name = str(codec.pop("name"))
+    probe = None
+    if cc.get("probe_codec"):
+        pc = _container(cc.probe_codec)
+        probe = (str(pc.pop("name")), pc)
+        from entropy_codecs import get_codec
+        from entropy_codecs.best import candidate_spec
+
+        get_codec(probe[0], **probe[1])
+        names = [candidate_spec(c)[0] for c in codec.get("candidates", [])] if codec_name == "best" else []
+        if probe[0] not in names:  # a probe codec outside the compare's candidates could land files over budget
+            log.info(
+                "compare.probe_codec %s is not among codec %s's candidates: probes use %s",
+                probe[0],
+                codec_name,
+                codec_name,
+            )
+            probe = None
     count_code = bool(cfg.budget.count_code)
 
     from formats import get_format
@@ -268,19 +286,21 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     ws = search.Workspace(cfg)
     rows: list[dict[str, Any]] = []
     for sysm in systems:
+        p_name, p_params = (sysm.codec, sysm.codec_params) if sysm.reference or not probe else probe
         ident, _ = sweep.point_config(
             point_cfg(cfg, sysm, {**sysm.params, **({sysm.knob.name: 0} if sysm.knob else {})}, 0)
         )
         for k in ("eval", "budget"):
             ident.pop(k, None)
-        cache = out_dir / "search" / f"{sysm.label}_{sysm.codec}_{store.config_hash(ident)}.json"
+        ident["probe_codec"] = [p_name, p_params]
+        cache = out_dir / "search" / f"{sysm.label}_{store.config_hash(ident)}.json"
         enc = search.Encoder(
             ws,
             sysm.fmt,
             sysm.params,
             sysm.knob,
-            sysm.codec,
-            sysm.codec_params,
+            p_name,
+            p_params,
             out_dir / "search",
             cache,
             plan_at=sysm.plan_config,
@@ -388,7 +408,7 @@ def _point(
         if not owned:
             raise ConfigError(f"{d} is being evaluated by another process (claim {d / store.CLAIM})")
         result = run_point(pc, d, units=enc.units.pop(landing.value, None))
-    if result["final_bytes"] != landing.final_bytes:
+    if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec:
         log.warning(
             "%s: the evaluated artifact has %d B, the search probe had %d B (encoding is not deterministic)",
             fmt,
