@@ -41,8 +41,9 @@ WRAPPERS = ("passthrough", "lowrank")  # formats that are not systems of their o
 class System:
     """What the compare ranks: a format with its settings and rate knob, a plan, a layout and a codec.
 
-    Plan rules that set the knob's value move with it in proportion (a reference's per-tensor clip
-    multiples scale together); `reference`: a Parameter Golf export, also evaluated at its own size."""
+    `reference`: a Parameter Golf export, also evaluated at its own size; its plan rules that set the
+    knob move with it in proportion (the recipe's per-tensor clip multiples scale together). Other
+    systems' rules (the embedding plan) stay fixed."""
 
     label: str
     fmt: str
@@ -56,11 +57,12 @@ class System:
     finetune: dict[str, Any] = field(default_factory=dict)  # block calibration settings over the run's
 
     def plan_at(self, value: float | None) -> dict[str, Any]:
-        """The plan settings at a knob value (rules that set the knob scaled by value / default)."""
+        """The plan settings at a knob value (a reference's rules that set the knob scaled by value / default)."""
         plan = dict(self.plan)
         k = self.knob
         default = self.params.get(k.name) if k else None
-        if k is None or value is None or k.integer or not isinstance(default, (int, float)) or default <= 0:
+        fixed = not self.reference or k is None or value is None or k.integer
+        if fixed or not isinstance(default, (int, float)) or default <= 0:
             return plan
         factor = float(k.value(value)) / float(default)
         rules = []
@@ -237,23 +239,25 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             )
     codec = _container(cfg.codec)
     codec_name = str(codec.pop("name"))
-    probe = None
+    probe_codec = None
     if cc.get("probe_codec"):
         pc = _container(cc.probe_codec)
-        probe = (str(pc.pop("name")), pc)
+        probe_codec = (str(pc.pop("name")), pc)
         from entropy_codecs import get_codec
         from entropy_codecs.best import candidate_spec
 
-        get_codec(probe[0], **probe[1])
-        names = [candidate_spec(c)[0] for c in codec.get("candidates", [])] if codec_name == "best" else []
-        if probe[0] not in names:  # a probe codec outside the compare's candidates could land files over budget
+        get_codec(probe_codec[0], **probe_codec[1])
+        offered = [candidate_spec(c)[0] for c in codec.get("candidates", [])] if codec_name == "best" else []
+        if (
+            probe_codec[0] not in offered
+        ):  # a probe_codec codec outside the compare's candidates could land files over budget
             log.info(
                 "compare.probe_codec %s is not among codec %s's candidates: probes use %s",
-                probe[0],
+                probe_codec[0],
                 codec_name,
                 codec_name,
             )
-            probe = None
+            probe_codec = None
     count_code = bool(cfg.budget.count_code)
 
     from formats import get_format
@@ -286,7 +290,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     ws = search.Workspace(cfg)
     rows: list[dict[str, Any]] = []
     for sysm in systems:
-        p_name, p_params = (sysm.codec, sysm.codec_params) if sysm.reference or not probe else probe
+        p_name, p_params = (sysm.codec, sysm.codec_params) if sysm.reference or not probe_codec else probe_codec
         ident, _ = sweep.point_config(
             point_cfg(cfg, sysm, {**sysm.params, **({sysm.knob.name: 0} if sysm.knob else {})}, 0)
         )
