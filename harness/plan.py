@@ -104,3 +104,15 @@ def make_plan(
     if unused:
         raise ConfigError(f"plan rules match no tensor: {unused}")
     return plan
+
+
+def plan_config(node: Any) -> PlanConfig:
+    """A PlanConfig from a plan config node (structured or a plain mapping, e.g. a saved config.yaml)."""
+    from harness.correction import LowRankPlan
+
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PlanConfig), node))
+    assert isinstance(cfg, PlanConfig)
+    cfg.rules = [r if isinstance(r, Rule) else Rule(**r) for r in cfg.rules]
+    if not isinstance(cfg.lowrank, LowRankPlan):
+        cfg.lowrank = LowRankPlan(**cfg.lowrank)
+    return cfg

@@ -24,7 +24,7 @@ from harness.errors import ConfigError
 from harness.evaluate import EvalResult, evaluate
 from harness.finetune import finetune
 from harness.model import ModelConfig
-from harness.plan import PlanConfig, Rule, make_plan
+from harness.plan import make_plan, plan_config
 from harness.provenance import git_revision, source_hash
 from harness.store import write_json_atomic
 
@@ -130,9 +130,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     with st("calibrate"):
         grams, rows = _grams(ref_model, files, cfg, fp)
     with st("plan"):
-        plan_cfg = OmegaConf.to_object(cfg.plan)
-        assert isinstance(plan_cfg, PlanConfig)
-        plan_cfg.rules = [r if isinstance(r, Rule) else Rule(**r) for r in plan_cfg.rules]
+        plan_cfg = plan_config(cfg.plan)
         plan = make_plan(state, plan_cfg, fmt_name, fmt_params)
     reused = units is not None
     with st("encode"):

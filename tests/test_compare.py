@@ -154,6 +154,19 @@ def test_compare_ranks_a_reference_export_at_its_own_size_and_at_the_budget(tiny
     assert "pg_top@own" in proc.stdout and "pg_top at its own size" in proc.stdout
     scalar_cfg = next((out / "points" / str(budget)).glob("scalar_*/config.yaml")).read_text()
     assert "match: tok_emb.weight" in scalar_cfg and "clip_k: 14.0" in scalar_cfg  # Parameter Golf's embedding plan
+    point = next((out / "points" / str(budget)).glob("scalar_*"))
+    again = bytegolf(
+        "run",
+        "--config-dir",
+        str(point),
+        "--config-name",
+        "config",
+        f"hydra.run.dir={tmp_path / 'again'}",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    redo = json.loads((tmp_path / "again" / store.RESULT).read_text())
+    assert (redo["final_bytes"], redo["bpb"]) == (rows["scalar"]["final_bytes"], rows["scalar"]["bpb"])
 
 
 def test_compare_accepts_every_group_it_uses(tmp_path: Path) -> None:
