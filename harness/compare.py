@@ -216,18 +216,17 @@ def point_cfg(
     return c
 
 
-def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
-    """Search, evaluate and rank; returns one row per (budget, format)."""
+def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] | None]:
+    """Every system the compare ranks, checked before any work, and the probe codec (None: each
+    system's own codec)."""
     from formats import REGISTRY
-    from harness.runner import run_point
 
     cc = cfg.compare
     variants = _variants(OmegaConf.to_container(cc.variants, resolve=True) or {}, REGISTRY)
     refs = [str(r) for r in (cc.get("references") or [])]
     names = list(cc.formats) if cc.formats else [f for f in REGISTRY if f not in WRAPPERS] + list(variants)
-    budgets = _budgets(list(cc.budgets))
-    if not (names or refs) or not budgets:
-        raise ConfigError("compare: need at least one format and one budget")
+    if not (names or refs):
+        raise ConfigError("compare: need at least one format or reference")
     extra_params = OmegaConf.to_container(cc.params, resolve=True) or {}
     knob_over = OmegaConf.to_container(cc.knobs, resolve=True) or {}
     calibrate = OmegaConf.to_container(cc.calibrate, resolve=True) or {}
@@ -258,11 +257,10 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 codec_name,
             )
             probe_codec = None
-    count_code = bool(cfg.budget.count_code)
 
     from formats import get_format
 
-    systems: list[System] = []  # every system, checked before any work
+    out: list[System] = []
     for label in [*refs, *names]:
         reference = label in refs and label not in names
         if reference:
@@ -285,11 +283,23 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
         get_codec(c_name, **c_params)
         knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
         tune = dict(calibrate.get(label) or {})
-        systems.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference, tune))
+        out.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference, tune))
+    return out, probe_codec
 
+
+def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """Search, evaluate and rank; returns one row per (budget, system)."""
+    from harness.runner import run_point
+
+    cc = cfg.compare
+    budgets = _budgets(list(cc.budgets))
+    if not budgets:
+        raise ConfigError("compare: need at least one budget")
+    count_code = bool(cfg.budget.count_code)
+    ranked, probe_codec = systems(cfg)
     ws = search.Workspace(cfg)
     rows: list[dict[str, Any]] = []
-    for sysm in systems:
+    for sysm in ranked:
         p_name, p_params = (sysm.codec, sysm.codec_params) if sysm.reference or not probe_codec else probe_codec
         ident, _ = sweep.point_config(
             point_cfg(cfg, sysm, {**sysm.params, **({sysm.knob.name: 0} if sysm.knob else {})}, 0)
