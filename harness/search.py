@@ -66,7 +66,9 @@ KNOBS: dict[str, Knob] = {
     "lam": Knob("lam", 1e-4, 100.0),
     "bits": Knob("bits", 2, 8, log=False, integer=True),
     "codebook_size": Knob("codebook_size", 2, 65536, integer=True),
-    "num_codebooks": Knob("num_codebooks", 1, 16, log=False, integer=True),
+    # additive: a real number, ⌊x⌋ AQLM codebooks plus a partial one on a share x − ⌊x⌋ of the rows,
+    # so bytes move continuously (one whole codebook is ≈2.35 MB on the 17M-parameter model)
+    "num_codebooks": Knob("num_codebooks", 1, 16, log=False),
     "fraction": Knob("fraction", 1e-4, 0.5),
     "rank": Knob("rank", 1, 512, integer=True),
 }
@@ -208,7 +210,11 @@ def search(
         valid = [(x, p.counted(count_code)) for x, p in seen.items() if p.final_bytes is not None]
         fit = [xb for xb in valid if xb[1] <= budget]
         over = [xb for xb in valid if xb[1] > budget]
-        return (max(fit, key=lambda xb: xb[1]) if fit else None, min(over, key=lambda xb: xb[1]) if over else None)
+        # ties in bytes (a flat stretch of the knob): the probe nearest the other side, so the bracket shrinks
+        return (
+            max(fit, key=lambda xb: (xb[1], direction * xb[0])) if fit else None,
+            min(over, key=lambda xb: (xb[1], direction * xb[0])) if over else None,
+        )
 
     # Expand geometrically from the best probe so far until the budget is bracketed or the range ends.
     edge_more = knob.hi if direction > 0 else knob.lo  # the end with the most bytes
@@ -256,6 +262,8 @@ def search(
             x_new = mid if lo_x < mid < hi_x else knob.snap(fit[0] + (1 if over[0] > fit[0] else -1))
             if not lo_x < x_new < hi_x:
                 break  # nothing representable left between the two
+        if x_new in seen:
+            break  # already probed: the bracket no longer shrinks
         b = ev(x_new)
         if b is None:
             break

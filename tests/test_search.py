@@ -138,3 +138,19 @@ def test_out_of_reach_budget_on_a_non_monotone_knob_stops() -> None:
     assert land.status == "at_limit"
     assert land.counted_bytes == max(int(bytes_at(x)) for x, _ in land.trace)
     assert land.probes <= 24
+
+
+def test_a_flat_stretch_of_a_continuous_knob_ends_the_search() -> None:
+    """Bytes constant over stretches of the knob (a partial codebook that rounds to the same size)
+    used to keep the narrowing loop asking for a value it had already probed, forever."""
+    from harness.search import Knob, Probe, search
+
+    calls = []
+
+    def measure(x: float) -> Probe:
+        calls.append(x)
+        assert len(calls) < 200, "the search does not end"
+        return Probe(x, 1000 * int(x) + 7)
+
+    landing = search(measure, Knob("num_codebooks", 1, 16, log=False), 2.0, 2500, tol=0.0001)
+    assert landing.final_bytes == 2007 and landing.status == "short" and len(calls) <= 24
