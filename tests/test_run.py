@@ -163,3 +163,10 @@ def test_mixed_plan_runs_every_family_in_its_own_format(tiny_bundle: Path, tmp_p
     fmts = {t["name"]: t["format"] for t in r["tensors"]}
     assert fmts["tok_emb.weight"] == "scalar" and fmts["blocks.0.attn.c_q.weight"] == "scalar"
     assert fmts["blocks.0.mlp.fc.weight"] == "sparse_outlier" and r["bytes_by_role"]["outliers"]["bytes"] > 0
+
+
+def test_a_preset_overrides_the_run_defaults(tmp_path: Path) -> None:
+    """experiment=pg_top sets extra_codecs (its per-group serializer) over run.yaml's empty list."""
+    proc = bytegolf("run", "experiment=pg_top", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "name: per_group" in proc.stdout and "top_k: 3" in proc.stdout and "clip_k: 11.5" in proc.stdout
