@@ -48,6 +48,7 @@ from torch import Tensor
 
 from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
 from formats.clustered import check_matrix
+from formats.gptq import inverse_hessian_factor
 from formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
 from harness.errors import ConfigError
 
@@ -71,20 +72,6 @@ class ColumnGrid(Protocol):
         ...
 
 
-def inverse_factor(h: Tensor, damp: float, name: str) -> Tensor:
-    """Upper Cholesky factor U of (H + λI)⁻¹ in fp32, λ = damp·mean diag H (×10 per failed try)."""
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device) * float(torch.diagonal(h).mean())
-    d = damp
-    for _ in range(4):
-        lower, info = torch.linalg.cholesky_ex(h + d * eye)
-        if int(info) == 0:
-            u, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-            if int(info) == 0 and bool(torch.isfinite(u).all()):
-                return u.float()
-        d = d * 10 if d > 0 else 1e-3
-    raise ConfigError(f"GPTQ: Hessian of tensor {name} is not positive definite even with damping")
-
-
 def prepare_gptq(
     t: Tensor, h: Tensor, damp: float, act_order: bool, name: str, device: str
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -103,7 +90,7 @@ def prepare_gptq(
         h = h[perm][:, perm]
     else:
         perm = torch.arange(cols, device=w.device)
-    return w[:, perm], inverse_factor(h, damp, name), perm
+    return w[:, perm], inverse_hessian_factor(h, damp, name), perm
 
 
 @dataclass
