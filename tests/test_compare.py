@@ -23,6 +23,7 @@ def _compare(bundle: Path, out: Path):
         "compare.formats=[scalar,clustered]",
         "compare.references=[]",
         "compare.calibrate.clustered.steps=0",
+        "compare.embedding=null",
         f"compare.budgets=[{BUDGETS[0]},{BUDGETS[1]}]",
         "compare.samples=300",
         "codec=zstd",
