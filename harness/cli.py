@@ -26,8 +26,9 @@ verbs:
   results   DIR... : every result.json under the dirs as one table (DIR/results.parquet and .csv)
   report    DIR : markdown report with frontier plots, rank agreement and reversals (DIR/report/)
 
-Presets: experiment=pg_baseline, experiment=pg_record, experiment=pg_top. Hydra flags (-m, --cfg job, --help) work after run,
-train, compare and allocate. A sweep started again with the same hydra.sweep.dir skips its finished points."""
+Presets: experiment=pg_baseline, experiment=pg_record, experiment=pg_top. Hydra flags (-m, --cfg job,
+--help) work after run, train, compare and allocate. A sweep started again with the same hydra.sweep.dir
+skips its finished points."""
 
 log = logging.getLogger("bytegolf")
 
