@@ -103,6 +103,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     codec_name, codec_params = _params(cfg.codec)
     lay = layout.LayoutConfig(**cfg.layout)
     get_codec(codec_name, **codec_params)  # bad codec settings fail before any work is done
+    extra_serializers = serializers(list(cfg.get("extra_codecs") or []), lay)
 
     with st("load"):
         state = checkpoint.load_state_dict(cfg.model.checkpoint)
@@ -149,7 +150,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         decoded, _ = artifact.read(path)
         artifact.verify_bit_exact(decoded, units)
     with st("extra_codecs"):
-        extra = _extra_codecs(out_dir, units, lay, cfg.get("extra_codecs") or [], decoded)
+        extra = _extra_codecs(out_dir, units, extra_serializers, decoded)
     with st("metrics"):
         tensor_rows = _tensor_metrics(state, decoded, units, grams)
         storage = layout.storage_summary(units, written.manifest["units"], written.blob_stored, written.final_bytes)
@@ -228,25 +229,36 @@ def _finetune(units, ref_model, files: data.DataFiles, cfg: DictConfig) -> tuple
     return finetune(units, ref_model, windows, ft_cfg, cfg.device, seed=cfg.seed)
 
 
-def _extra_codecs(out_dir: Path, units, lay, entries: list[Any], decoded) -> dict[str, dict]:
-    """The same streams through other serializers: bytes only, each file decoded and checked.
-
-    An entry is a codec name (its default settings, the run's layout) or a mapping
-    {name, codec, params, layout} naming a codec with settings and a layout of its own."""
-    out = {}
-    params = sum(v.numel() for v in decoded.values())
+def serializers(
+    entries: list[Any], lay: layout.LayoutConfig
+) -> list[tuple[str, str, dict[str, Any], layout.LayoutConfig]]:
+    """extra_codecs entries as (name, codec, params, layout), checked: a codec name (its defaults, the
+    run's layout) or a mapping {name, codec, params, layout}."""
+    out = []
     for entry in entries:
         if isinstance(entry, str):
-            name, codec, codec_params, entry_lay = entry, entry, get_codec(entry).config(), lay
-        else:
-            e = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
-            unknown = set(e) - {"name", "codec", "params", "layout"}
-            if unknown or "codec" not in e:
-                raise ConfigError(f"extra_codecs entry {e!r}: needs codec (and name, params, layout), not {unknown}")
-            codec, codec_params = str(e["codec"]), dict(e.get("params") or {})
-            name = str(e.get("name") or codec)
-            entry_lay = layout.LayoutConfig(**e["layout"]) if e.get("layout") else lay
-            get_codec(codec, **codec_params)
+            out.append((entry, entry, get_codec(entry).config(), lay))
+            continue
+        e = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
+        unknown = set(e) - {"name", "codec", "params", "layout"}
+        if unknown or "codec" not in e:
+            raise ConfigError(
+                f"extra_codecs entry {e!r}: needs codec (and name, params, layout), not {sorted(unknown)}"
+            )
+        codec, params = str(e["codec"]), dict(e.get("params") or {})
+        get_codec(codec, **params)
+        entry_lay = layout.LayoutConfig(**e["layout"]) if e.get("layout") else lay
+        out.append((str(e.get("name") or codec), codec, params, entry_lay))
+    return out
+
+
+def _extra_codecs(
+    out_dir: Path, units, entries: list[tuple[str, str, dict, layout.LayoutConfig]], decoded
+) -> dict[str, dict]:
+    """The same streams through other serializers (see `serializers`): bytes only, each file decoded and checked."""
+    out = {}
+    params = sum(v.numel() for v in decoded.values())
+    for name, codec, codec_params, entry_lay in entries:
         path = out_dir / f"model.{name}.bgz"
         t0 = time.perf_counter()
         written = artifact.write(path, units, codec, codec_params, entry_lay)

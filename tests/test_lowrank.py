@@ -152,3 +152,21 @@ def test_a_corrupt_permutation_is_an_artifact_error(tmp_path: Path) -> None:
     blobs[perm["blob"]] = bytes(raw)
     with pytest.raises(ArtifactError, match="not a permutation"):
         layout.unpack(manifest["units"], blobs)
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ({"name": "x", "codec": "nope"}, "unknown codec 'nope'"),
+        ({"name": "x"}, "needs codec"),
+        ({"codec": "brotli", "layout": {"grouping": "nope"}}, "unknown layout grouping 'nope'"),
+        ({"codec": "brotli", "layout": {"reorder": "fc"}}, "reorder must be a list"),
+    ],
+)
+def test_an_unknown_serializer_is_a_one_line_error_before_any_work(entry: dict, match: str) -> None:
+    from harness.runner import serializers
+
+    with pytest.raises(ConfigError, match=match) as info:
+        serializers([entry], layout.LayoutConfig())
+    assert "\n" not in str(info.value)
+    assert serializers(["zstd", {"name": "g", "codec": "zpaq"}], layout.LayoutConfig())[1][:2] == ("g", "zpaq")
