@@ -28,6 +28,7 @@ from harness import search, store, sweep
 from harness.analysis import system
 from harness.errors import ConfigError
 from harness.plan import PlanConfig, format_defaults, merge_settings
+from harness.provenance import git_revision, source_hash
 from harness.stats import paired_bootstrap
 
 log = logging.getLogger("bytegolf")
@@ -416,6 +417,8 @@ def _point(
             "code_bytes": landing.code_bytes,
             "cap_bytes": landing.budget,
             "fits_cap": False,
+            "git_revision": git_revision(),
+            "source_hash": source_hash(),
         }
         return store.write_result(d, row, config_hash=chash, **extra)
     with store.claim(d) as owned:
