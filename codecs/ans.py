@@ -27,8 +27,8 @@ from typing import ClassVar
 import constriction
 import numpy as np
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo
-from harness.errors import ConfigError
+from bytegolf.codecs.base import Codec, CodecError, StreamInfo
+from bytegolf.errors import ConfigError
 
 HISTOGRAMS = ("stream", "rows")
 RAW, CONSTANT, STATIC, ROWS = 0, 1, 2, 3

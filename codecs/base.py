@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from harness.errors import ArtifactError
-from harness.registry import instantiate
+from bytegolf.errors import ArtifactError
+from bytegolf.registry import instantiate
 
 
 class CodecError(ArtifactError):
@@ -55,14 +55,14 @@ def check_stream_end(codec: str, out: bytes, raw_size: int, eof: bool, trailing:
 
 
 REGISTRY: dict[str, str] = {
-    "raw": "entropy_codecs.raw:Raw",
-    "zlib": "entropy_codecs.zlib_codec:Zlib",
-    "lzma": "entropy_codecs.lzma_codec:Lzma",
-    "zstd": "entropy_codecs.zstd_codec:Zstd",
-    "brotli": "entropy_codecs.brotli_codec:Brotli",
-    "ans": "entropy_codecs.ans:Ans",
-    "zpaq": "entropy_codecs.zpaq_codec:Zpaq",
-    "best": "entropy_codecs.best:Best",
+    "raw": "bytegolf.codecs.raw:Raw",
+    "zlib": "bytegolf.codecs.zlib_codec:Zlib",
+    "lzma": "bytegolf.codecs.lzma_codec:Lzma",
+    "zstd": "bytegolf.codecs.zstd_codec:Zstd",
+    "brotli": "bytegolf.codecs.brotli_codec:Brotli",
+    "ans": "bytegolf.codecs.ans:Ans",
+    "zpaq": "bytegolf.codecs.zpaq_codec:Zpaq",
+    "best": "bytegolf.codecs.best:Best",
 }
 
 

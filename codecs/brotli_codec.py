@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import brotli
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo
-from harness.errors import ConfigError
+from bytegolf.codecs.base import Codec, CodecError, StreamInfo
+from bytegolf.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import lzma
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo, check_stream_end
-from harness.errors import ConfigError
+from bytegolf.codecs.base import Codec, CodecError, StreamInfo, check_stream_end
+from bytegolf.errors import ConfigError
 
 _DICT_MIN = 4096
 _PRESET_DICT = [1 << k for k in (18, 20, 21, 22, 22, 23, 23, 24, 25, 26)]  # xz(1) presets 0..9

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo
+from bytegolf.codecs.base import Codec, CodecError, StreamInfo
 
 
 @dataclass(frozen=True)

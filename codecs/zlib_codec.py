@@ -6,8 +6,8 @@ import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo, check_stream_end
-from harness.errors import ConfigError
+from bytegolf.codecs.base import Codec, CodecError, StreamInfo, check_stream_end
+from bytegolf.errors import ConfigError
 
 
 @dataclass(frozen=True)

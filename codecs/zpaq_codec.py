@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import zpaq
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo
-from harness.errors import ConfigError
+from bytegolf.codecs.base import Codec, CodecError, StreamInfo
+from bytegolf.errors import ConfigError
 
 _MODEL_MEMORY = 1 << 30  # what libzpaq may allocate for its models at level 5, beyond the output
 _MIN_SECONDS = 30.0

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import zstandard
 
-from entropy_codecs.base import Codec, CodecError, StreamInfo
-from harness.errors import ConfigError
+from bytegolf.codecs.base import Codec, CodecError, StreamInfo
+from bytegolf.errors import ConfigError
 
 _LONG_WINDOW_LOG = 27
 _READ_CHUNK = 1 << 20

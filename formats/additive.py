@@ -74,11 +74,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
-from formats.clustered import CODEBOOK_DTYPES, SCOPES, check_matrix, index_bits, symbol_dtype
-from formats.kmeans import assign, kmeans
-from formats.passthrough import from_numpy, to_numpy, torch_dtype
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
+from bytegolf.formats.clustered import CODEBOOK_DTYPES, SCOPES, check_matrix, index_bits, symbol_dtype
+from bytegolf.formats.kmeans import assign, kmeans
+from bytegolf.formats.passthrough import from_numpy, to_numpy, torch_dtype
 
 OBJECTIVES = ("auto", "mse", "output", "output_blockdiag")
 MODES = {"mse": "mse", "output": "full", "output_blockdiag": "blockdiag"}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.registry import instantiate
+from bytegolf.registry import instantiate
 
 ROLES = ("codes", "codebook", "scales", "zeros", "mask", "outliers", "basis", "lowrank", "perm", "fp")
 
@@ -113,13 +113,13 @@ class Format:
 
 
 REGISTRY: dict[str, str] = {
-    "passthrough": "formats.passthrough:Passthrough",
-    "scalar": "formats.scalar:Scalar",
-    "clustered": "formats.clustered:Clustered",
-    "additive": "formats.additive:Additive",
-    "basis_delta": "formats.basis_delta:BasisDelta",
-    "sparse_outlier": "formats.sparse_outlier:SparseOutlier",
-    "lowrank": "formats.lowrank:LowRank",
+    "passthrough": "bytegolf.formats.passthrough:Passthrough",
+    "scalar": "bytegolf.formats.scalar:Scalar",
+    "clustered": "bytegolf.formats.clustered:Clustered",
+    "additive": "bytegolf.formats.additive:Additive",
+    "basis_delta": "bytegolf.formats.basis_delta:BasisDelta",
+    "sparse_outlier": "bytegolf.formats.sparse_outlier:SparseOutlier",
+    "lowrank": "bytegolf.formats.lowrank:LowRank",
 }
 
 

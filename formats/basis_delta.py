@@ -37,10 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
-from formats.clustered import SCOPES, check_matrix
-from formats.passthrough import from_numpy, to_numpy, torch_dtype
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
+from bytegolf.formats.clustered import SCOPES, check_matrix
+from bytegolf.formats.passthrough import from_numpy, to_numpy, torch_dtype
 
 DEFAULT_BASIS: dict[str, Any] = {"name": "scalar", "bits": 8}
 DEFAULT_COEF: dict[str, Any] = {"name": "scalar", "bits": 8, "clip": "max"}

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
-from formats.kmeans import assign, kmeans
-from formats.passthrough import from_numpy, to_numpy, torch_dtype
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
+from bytegolf.formats.kmeans import assign, kmeans
+from bytegolf.formats.passthrough import from_numpy, to_numpy, torch_dtype
 
 CODEBOOK_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DIMS = (1, 2, 4, 8)

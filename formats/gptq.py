@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
 
 # (column values (rows,), original column index) -> (integer codes (rows,), dequantized values (rows,))
 ColumnQuantizer = Callable[[Tensor, int], tuple[Tensor, Tensor]]

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
 
 STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 _NAMES = {v: k for k, v in STORAGE.items()}

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
-from formats.gptq import gptq_quantize
-from formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
+from bytegolf.formats.gptq import gptq_quantize
+from bytegolf.formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
 
 SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 CLIPS = ("max", "percentile", "sdclip")

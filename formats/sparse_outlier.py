@@ -57,11 +57,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
-from formats.clustered import check_matrix
-from formats.passthrough import from_numpy, to_numpy
-from formats.spqr import SpqrGroups, scalar_in_gptq
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
+from bytegolf.formats.clustered import check_matrix
+from bytegolf.formats.passthrough import from_numpy, to_numpy
+from bytegolf.formats.spqr import SpqrGroups, scalar_in_gptq
 
 LAYOUTS = ("fine", "row", "column", "block")
 SELECTS = ("magnitude", "error", "hessian")

@@ -22,7 +22,7 @@ bytes (passthrough tensors, header, code bytes with budget.count_code) are measu
 cheapest allocation. Each round then writes the chosen artifact for real; when it is over the cap
 (or more than `tol` under), the fixed part is re-measured and the allocation moves (downgrades with
 the least error per byte saved first, then upgrades that fit) for at most `max_rounds` writes.
-The best fitting allocation is evaluated like `bytegolf run` (harness.runner.run_point) into the
+The best fitting allocation is evaluated like `bytegolf run` (bytegolf.runner.run_point) into the
 run directory, with allocation.json, allocation.md and plan.yaml (a plan config for `plan=`).
 """
 
@@ -37,14 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from formats.base import Encoded
-    from harness.layout import LayoutConfig
-    from harness.plan import Assignment, Rule
+    from bytegolf.formats.base import Encoded
+    from bytegolf.layout import LayoutConfig
+    from bytegolf.plan import Assignment, Rule
 
 log = logging.getLogger("bytegolf")
 PROBE = ".probe-allocate.bgz"
@@ -150,7 +150,7 @@ def label(params: dict[str, Any]) -> str:
 
 def check_candidates(fmt: str, fmt_params: dict[str, Any], candidates: Any) -> list[dict[str, Any]]:
     """The candidates as dicts, each accepted by the format over the run's settings."""
-    from formats import get_format
+    from bytegolf.formats import get_format
 
     if not candidates:
         raise ConfigError(f"allocate.candidates is empty: give settings of {fmt}, e.g. [{{bits: 4}}, {{bits: 6}}]")
@@ -170,8 +170,8 @@ def check_candidates(fmt: str, fmt_params: dict[str, Any], candidates: Any) -> l
 
 def unit_bytes(unit: Encoded, codec: str, codec_params: dict[str, Any], lay: LayoutConfig) -> int:
     """Stored bytes of one unit's streams alone, through the layout and codec the artifact writer uses."""
-    from entropy_codecs import get_codec
-    from harness import layout
+    from bytegolf import layout
+    from bytegolf.codecs import get_codec
 
     _, blobs = layout.pack([unit], codec, codec_params, lay)
     return sum(len(get_codec(b.codec, **b.params).compress(b.raw, b.info)) for b in blobs)
@@ -186,7 +186,7 @@ def sensitivity(w: Tensor, gram: Tensor | None, norm: float) -> float:
 
 def objective_error(w: Tensor, w_hat: Tensor, gram: Tensor | None, norm: float) -> float:
     """A tensor's share of the aggregate objective: n·output_error / norm (n·rel_mse / norm without a Gram matrix)."""
-    from harness import metrics
+    from bytegolf import metrics
 
     w, w_hat = w.float(), w_hat.float()
     err = metrics.output_error(w, w_hat, gram) if gram is not None else metrics.rel_mse(w, w_hat)
@@ -214,9 +214,9 @@ def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[d
     import torch
     from tqdm import tqdm
 
-    from harness import artifact, layout
-    from harness.plan import Assignment
-    from harness.runner import _params
+    from bytegolf import artifact, layout
+    from bytegolf.plan import Assignment
+    from bytegolf.runner import _params
 
     fmt, _ = _params(cfg.format)
     codec, codec_params = _params(cfg.codec)
@@ -307,10 +307,10 @@ def land(
 
 def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Measure, allocate, land the artifact within the budget, evaluate; returns the result row."""
-    from entropy_codecs import get_codec
-    from harness import artifact, codebytes, layout, search, store, sweep
-    from harness.plan import make_plan
-    from harness.runner import _params, run_point
+    from bytegolf import artifact, codebytes, layout, search, store, sweep
+    from bytegolf.codecs import get_codec
+    from bytegolf.plan import make_plan
+    from bytegolf.runner import _params, run_point
 
     ac = cfg.allocate
     fmt, fmt_params = _params(cfg.format)
@@ -417,7 +417,7 @@ def plan_rules(
     the user's rules that are still the first match of another float tensor (names in `others`)."""
     import fnmatch
 
-    from harness.plan import Rule
+    from bytegolf.plan import Rule
 
     def first(name: str) -> Rule | None:
         return next((r for r in user if fnmatch.fnmatchcase(name, r.match)), None)

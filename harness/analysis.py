@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import stats
+from bytegolf import stats
 
 PRE = ("rel_mse", "output_error", "nominal_bits_per_weight", "entropy_bound_bytes")
 OUTCOMES = ("final_bytes", "bpb")

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from formats import EncodeContext, Encoded, Format, get_format
-from harness import container, layout
-from harness.correction import LowRankPlan, apply_lowrank
-from harness.errors import ArtifactError, BytegolfError, ConfigError
-from harness.layout import family_key
-from harness.plan import Assignment
+from bytegolf import container, layout
+from bytegolf.correction import LowRankPlan, apply_lowrank
+from bytegolf.errors import ArtifactError, BytegolfError, ConfigError
+from bytegolf.formats import EncodeContext, Encoded, Format, get_format
+from bytegolf.layout import family_key
+from bytegolf.plan import Assignment
 
 ARTIFACT_NAME = "model.bgz"
 

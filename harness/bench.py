@@ -1,6 +1,6 @@
 """Speed benchmark on the default bundle: encode+serialize+decode (RTN, GPTQ) and evaluation tokens/s.
 
-Run: python -m harness.bench [--bundle DIR] [--device cpu] [--windows 16]
+Run: python -m bytegolf.bench [--bundle DIR] [--device cpu] [--windows 16]
 Prints a markdown table; targets (2 CPU cores): RTN round trip ≤ 5 s, GPTQ ≤ 90 s.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from formats import EncodeContext
-from harness import artifact, checkpoint, data, layout, shards, tokenizer
-from harness.calibration import gram_matrices
-from harness.evaluate import evaluate
-from harness.plan import PlanConfig, make_plan
+from bytegolf import artifact, checkpoint, data, layout, shards, tokenizer
+from bytegolf.calibration import gram_matrices
+from bytegolf.evaluate import evaluate
+from bytegolf.formats import EncodeContext
+from bytegolf.plan import PlanConfig, make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from harness.model import GPT, CastedLinear
+from bytegolf.model import GPT, CastedLinear
 
 
 @dataclass

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from harness.errors import DataError
-from harness.model import GPT, ModelConfig
+from bytegolf.errors import DataError
+from bytegolf.model import GPT, ModelConfig
 
 
 def load_state_dict(path: str | Path) -> dict[str, Tensor]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import allocate, compare, sweep
-from harness.errors import BytegolfError
+from bytegolf import allocate, compare, sweep
+from bytegolf.errors import BytegolfError
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "experiments"
@@ -32,7 +32,7 @@ skips its finished points."""
 
 log = logging.getLogger("bytegolf")
 
-# Importing harness.sweep registers the ${repo:}, ${cache:} and ${bytegolf_point:} resolvers (workers
+# Importing bytegolf.sweep registers the ${repo:}, ${cache:} and ${bytegolf_point:} resolvers (workers
 # import it when they unpickle the task, before they compose their job's config).
 
 
@@ -81,7 +81,7 @@ def run_task(cfg: DictConfig) -> dict | None:
     """Hydra task for `bytegolf run`: one point, skipped when its result is already there.
 
     In a sweep a failing point leaves error.json and the sweep goes on (the parent exits 1 at the end)."""
-    from harness.runner import summary_line
+    from bytegolf.runner import summary_line
 
     out = _output_dir()
     try:
@@ -103,7 +103,7 @@ def run_task(cfg: DictConfig) -> dict | None:
 
 def compare_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf compare`."""
-    from harness.compare import run_compare
+    from bytegolf.compare import run_compare
 
     try:
         if cfg.threads > 0:
@@ -118,8 +118,8 @@ def compare_task(cfg: DictConfig) -> None:
 
 def allocate_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf allocate`."""
-    from harness.allocate import describe, run_allocate
-    from harness.runner import summary_line
+    from bytegolf.allocate import describe, run_allocate
+    from bytegolf.runner import summary_line
 
     try:
         if cfg.threads > 0:
@@ -137,9 +137,9 @@ def train_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf train`: build the corpus data if needed, train, write the bundle."""
     import torch
 
-    from harness import data
-    from harness.model import ModelConfig
-    from harness.train import TrainConfig, train
+    from bytegolf import data
+    from bytegolf.model import ModelConfig
+    from bytegolf.train import TrainConfig, train
 
     try:
         if cfg.threads > 0:
@@ -186,7 +186,7 @@ def results_main(args: list[str]) -> None:
     """`bytegolf results DIR... [--out STEM]`: aggregate, save parquet + CSV, print."""
     import argparse
 
-    from harness import store
+    from bytegolf import store
 
     ap = argparse.ArgumentParser(prog="bytegolf results", description="every result.json under DIRs as one table")
     ap.add_argument("dirs", nargs="+", type=Path)
@@ -202,7 +202,7 @@ def report_main(args: list[str]) -> None:
     """`bytegolf report DIR [--out DIR]`: markdown + PNG report of the results under DIR."""
     import argparse
 
-    from harness.report import write_report
+    from bytegolf.report import write_report
 
     ap = argparse.ArgumentParser(prog="bytegolf report", description="markdown report with plots of a results dir")
     ap.add_argument("dir", type=Path)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `bytegolf` console script."""
     import hydra
 
-    from harness import settings
+    from bytegolf import settings
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help") or args[0] not in (*TASKS, *PLAIN):

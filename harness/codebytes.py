@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from entropy_codecs.base import REGISTRY as CODECS
-from formats.base import REGISTRY as FORMATS
-from harness.errors import ConfigError
+from bytegolf.codecs.base import REGISTRY as CODECS
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import REGISTRY as FORMATS
 
 REPO = Path(__file__).resolve().parent.parent
 READ_PATH = (
@@ -35,19 +35,21 @@ READ_PATH = (
     "harness/layout.py",
     "harness/registry.py",
 )
-_PACKAGES = {"harness": "harness", "formats": "formats", "entropy_codecs": "codecs"}
+# import prefix -> repository folder, longest prefix first
+_PACKAGES = (("bytegolf.formats", "formats"), ("bytegolf.codecs", "codecs"), ("bytegolf", "harness"))
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
 def _module_path(module: str) -> str | None:
-    """Repository path of a project module ("formats.scalar" -> "formats/scalar.py"), None if foreign."""
-    top, _, rest = module.partition(".")
-    if top not in _PACKAGES:
-        return None
-    base = Path(_PACKAGES[top], *rest.split(".")) if rest else Path(_PACKAGES[top])
-    for cand in (base.with_suffix(".py"), base / "__init__.py"):
-        if (REPO / cand).is_file():
-            return cand.as_posix()
+    """Repository path of a project module ("bytegolf.formats.scalar" -> "formats/scalar.py"), None if foreign."""
+    for prefix, folder in _PACKAGES:
+        if module == prefix or module.startswith(prefix + "."):
+            rest = module[len(prefix) + 1 :]
+            base = Path(folder, *rest.split(".")) if rest else Path(folder)
+            for cand in (base.with_suffix(".py"), base / "__init__.py"):
+                if (REPO / cand).is_file():
+                    return cand.as_posix()
+            return None
     return None
 
 
@@ -81,7 +83,7 @@ def code_files(format_names: list[str], codec_names: list[str]) -> list[str]:
     """Sorted repository paths of every source file needed to decode those formats and codecs."""
     codecs = set(codec_names)
     if "best" in codecs:  # an artifact never stores "best": any default candidate may have won
-        from entropy_codecs.best import DEFAULT_CANDIDATES
+        from bytegolf.codecs.best import DEFAULT_CANDIDATES
 
         codecs = (codecs - {"best"}) | set(DEFAULT_CANDIDATES)
     todo = [_target_path("format", f, FORMATS) for f in sorted(set(format_names))]
@@ -110,8 +112,8 @@ def code_bytes(format_names: list[str], codec_names: list[str]) -> dict[str, Any
 
 def artifact_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """(formats, codecs) an artifact file uses, from its checked header and manifest alone."""
-    from harness import container
-    from harness.errors import ArtifactError
+    from bytegolf import container
+    from bytegolf.errors import ArtifactError
 
     name = os.fspath(path)
     try:
@@ -122,7 +124,7 @@ def artifact_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     units = manifest.get("units")
     if not isinstance(units, list) or not all(isinstance(u, dict) and isinstance(u.get("format"), str) for u in units):
         raise ArtifactError(f"{name}: manifest 'units' is not a list of units with a format name")
-    from formats import REGISTRY
+    from bytegolf.formats import REGISTRY
 
     def inner(node: Any) -> set[str]:
         """Formats named by nested settings (a wrapper's base, a basis_delta's parts)."""

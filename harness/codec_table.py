@@ -1,6 +1,6 @@
 """Codec × packing × grouping table on a model's int6 codes (Parameter Golf record style).
 
-Run: python -m harness.codec_table --bundle results/default --out results/codecs/table.md
+Run: python -m bytegolf.codec_table --bundle results/default --out results/codecs/table.md
 (or --checkpoint FILE; --out *.csv writes CSV). The model is quantized once like the
 pg_record preset — scalar int6, symmetric, SDClip k = 12.85, one fp16 scale per row; tok_emb int8
 with the percentile clip — but by round to nearest, without Hessians: GPTQ moves individual codes,
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from formats import EncodeContext
-from harness import artifact, checkpoint, container, layout
-from harness.plan import PlanConfig, Rule, make_plan
+from bytegolf import artifact, checkpoint, container, layout
+from bytegolf.formats import EncodeContext
+from bytegolf.plan import PlanConfig, Rule, make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 FORMAT = ("scalar", {"bits": 6, "symmetric": True, "clip": "sdclip", "clip_k": 12.85, "gptq": False})

@@ -4,7 +4,7 @@ For each format (default: every registered format but passthrough, each with its
 from experiments/format/, plus compare.params.<format>; or named variants of one format) and
 each budget, the equal-bytes search (harness/search.py) moves the format's rate knob with
 encode + write probes only. Each landed point is then run like `bytegolf run` from its probe's
-encoding (harness.runner.run_point: the artifact is written, decoded from the file, checked bit
+encoding (bytegolf.runner.run_point: the artifact is written, decoded from the file, checked bit
 for bit and evaluated) into points/<budget>/<format or variant>_<config hash>/result.json, with
 the budget, the knob value and how close it landed. A budget no setting reaches gives a row
 with status does_not_fit. Per budget the lowest bpb wins; every other format gets Δbpb against
@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness import search, store, sweep
-from harness.analysis import system
-from harness.errors import ConfigError
-from harness.plan import PlanConfig, format_defaults, merge_settings
-from harness.provenance import git_revision, source_hash
-from harness.stats import paired_bootstrap
+from bytegolf import search, store, sweep
+from bytegolf.analysis import system
+from bytegolf.errors import ConfigError
+from bytegolf.plan import PlanConfig, format_defaults, merge_settings
+from bytegolf.provenance import git_revision, source_hash
+from bytegolf.stats import paired_bootstrap
 
 log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parent.parent / "experiments" / "experiment"
@@ -77,8 +77,8 @@ class System:
 
     def plan_config(self, value: float | None):
         """plan_at as the PlanConfig the encoder uses."""
-        from harness.correction import LowRankPlan
-        from harness.plan import PlanConfig, Rule
+        from bytegolf.correction import LowRankPlan
+        from bytegolf.plan import PlanConfig, Rule
 
         d = self.plan_at(value)
         rules = [Rule(**r) for r in d.get("rules") or []]
@@ -220,7 +220,7 @@ def point_cfg(
 def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] | None]:
     """Every system the compare ranks, checked before any work, and the probe codec (None: each
     system's own codec)."""
-    from formats import REGISTRY
+    from bytegolf.formats import REGISTRY
 
     cc = cfg.compare
     variants = _variants(OmegaConf.to_container(cc.variants, resolve=True) or {}, REGISTRY)
@@ -243,8 +243,8 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
     if cc.get("probe_codec"):
         pc = _container(cc.probe_codec)
         probe_codec = (str(pc.pop("name")), pc)
-        from entropy_codecs import get_codec
-        from entropy_codecs.best import candidate_spec
+        from bytegolf.codecs import get_codec
+        from bytegolf.codecs.best import candidate_spec
 
         get_codec(probe_codec[0], **probe_codec[1])
         offered = [candidate_spec(c)[0] for c in codec.get("candidates", [])] if codec_name == "best" else []
@@ -259,7 +259,7 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
             )
             probe_codec = None
 
-    from formats import get_format
+    from bytegolf.formats import get_format
 
     out: list[System] = []
     for label in [*refs, *names]:
@@ -279,7 +279,7 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
                 rule = {"match": EMBEDDING, "format": "scalar", "params": dict(embedding)}
                 plan["rules"] = [rule, *(plan.get("rules") or [])]
         instance = get_format(fmt, **params)
-        from entropy_codecs import get_codec
+        from bytegolf.codecs import get_codec
 
         get_codec(c_name, **c_params)
         knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
@@ -290,7 +290,7 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
 
 def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     """Search, evaluate and rank; returns one row per (budget, system)."""
-    from harness.runner import run_point
+    from bytegolf.runner import run_point
 
     cc = cfg.compare
     budgets = _budgets(list(cc.budgets))

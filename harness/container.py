@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from entropy_codecs.base import Codec, StreamInfo, get_codec
-from harness.errors import ArtifactError, ConfigError
+from bytegolf.codecs.base import Codec, StreamInfo, get_codec
+from bytegolf.errors import ArtifactError, ConfigError
 
 MAGIC = b"BYTEGOLF"
 VERSION = 1

@@ -8,7 +8,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import DataError
+from bytegolf.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from formats import EncodeContext, Encoded
-from formats.lowrank import LowRank
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
+from bytegolf.formats import EncodeContext, Encoded
+from bytegolf.formats.lowrank import LowRank
 
 
 @dataclass
 class LowRankPlan:
     """Correct the `top_k` quantized matrices with the largest ‖W − Ŵ‖_F, or every one whose name
     matches `match` (a glob); both empty (top_k 0, match null): no correction. The factors follow
-    formats.lowrank: rank, A at a_bits (groups of a_group_size, 0: per matrix), B at b_bits in groups
+    bytegolf.formats.lowrank: rank, A at a_bits (groups of a_group_size, 0: per matrix), B at b_bits in groups
     of group_size."""
 
     top_k: int = 0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import corpus, shards, tokenizer
-from harness.errors import DataError
+from bytegolf import corpus, shards, tokenizer
+from bytegolf.errors import DataError
 
 log = logging.getLogger(__name__)
 

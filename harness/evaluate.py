@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness.errors import ConfigError
-from harness.model import GPT
-from harness.tokenizer import ByteTables
+from bytegolf.errors import ConfigError
+from bytegolf.model import GPT
+from bytegolf.tokenizer import ByteTables
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from formats import Encoded, Stream, get_format
-from formats.base import Format, Trainable
-from formats.passthrough import from_numpy, to_numpy
-from harness.errors import ConfigError
-from harness.model import GPT, _rms
+from bytegolf.errors import ConfigError
+from bytegolf.formats import Encoded, Stream, get_format
+from bytegolf.formats.base import Format, Trainable
+from bytegolf.formats.passthrough import from_numpy, to_numpy
+from bytegolf.model import GPT, _rms
 
 BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 

@@ -33,7 +33,7 @@ Codecs that code symbols themselves (class attribute `wants_symbols`, e.g. ans) 
 streams one per item ("byte"), whatever `packing` says, with the blob's StreamInfo carrying the
 itemsize and the largest alphabet; float streams still follow `shuffle`.
 
-Codec "best" (entropy_codecs.best) is resolved here, per blob: every candidate compresses the blob
+Codec "best" (bytegolf.codecs.best) is resolved here, per blob: every candidate compresses the blob
 in its preferred packing, the smallest output wins (ties: the earlier candidate), and the blob is
 handed to the container under the winner's own name and parameters.
 """
@@ -49,10 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from entropy_codecs import StreamInfo, get_codec
-from formats.base import Encoded, Stream, TensorSpec
-from harness.container import Blob
-from harness.errors import ArtifactError, ConfigError
+from bytegolf.codecs import StreamInfo, get_codec
+from bytegolf.container import Blob
+from bytegolf.errors import ArtifactError, ConfigError
+from bytegolf.formats.base import Encoded, Stream, TensorSpec
 
 GROUPINGS = ("tensor", "role", "family", "all")
 REORDER_MAX_ROWS = 16_384  # the greedy sort holds a rows × rows distance matrix
@@ -570,7 +570,7 @@ def role_report(
     "packed": bytes in the blob before the codec. The "header" role is the container header plus
     the manifest (final_bytes − Σ blob_stored).
     """
-    from entropy_codecs import bounds
+    from bytegolf.codecs import bounds
 
     roles: dict[str, dict[str, Any]] = {}
     blob_roles: dict[int, dict[str, int]] = {}

@@ -1,4 +1,4 @@
-"""Pre-artifact error measures; the entropy bounds live in entropy_codecs.bounds (re-exported here)."""
+"""Pre-artifact error measures; the entropy bounds live in bytegolf.codecs.bounds (re-exported here)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor
 
-from entropy_codecs.bounds import byte_entropy_bound, entropy_bits, entropy_bound_bytes
+from bytegolf.codecs.bounds import byte_entropy_bound, entropy_bits, entropy_bound_bytes
 
 __all__ = [
     "byte_entropy_bound",

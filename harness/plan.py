@@ -12,16 +12,16 @@ from typing import Any
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from harness.correction import LowRankPlan
-from harness.errors import ConfigError
-from harness.model import CONTROL_PATTERNS
+from bytegolf.correction import LowRankPlan
+from bytegolf.errors import ConfigError
+from bytegolf.model import CONTROL_PATTERNS
 
 FORMAT_YAMLS = Path(__file__).resolve().parent.parent / "experiments" / "format"
 
 
 def format_defaults(name: str) -> dict[str, Any]:
     """A format's settings as `format=<name>` gives them: constructor defaults under its YAML."""
-    from formats import REGISTRY
+    from bytegolf.formats import REGISTRY
 
     if name not in REGISTRY:
         raise ConfigError(f"unknown format {name!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -59,7 +59,7 @@ class Rule:
 class PlanConfig:
     """Small float tensors pass through (control tensors at fp32, others at passthrough_dtype);
     the rest get the run's format unless a rule (first match wins) says otherwise; `lowrank` adds
-    a low-rank correction to chosen tensors after they are encoded (harness.correction)."""
+    a low-rank correction to chosen tensors after they are encoded (bytegolf.correction)."""
 
     passthrough_max_numel: int = 65_536
     passthrough_dtype: str = "fp16"
@@ -108,7 +108,7 @@ def make_plan(
 
 def plan_config(node: Any) -> PlanConfig:
     """A PlanConfig from a plan config node (structured or a plain mapping, e.g. a saved config.yaml)."""
-    from harness.correction import LowRankPlan
+    from bytegolf.correction import LowRankPlan
 
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PlanConfig), node))
     assert isinstance(cfg, PlanConfig)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import analysis
+from bytegolf import analysis
 
 
 def _plt():

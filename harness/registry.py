@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
 
 
 def instantiate(registry: dict[str, str], kind: str, name: str, params: dict[str, Any]) -> Any:

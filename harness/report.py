@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from harness import analysis, plots, store
-from harness.errors import BytegolfError
+from bytegolf import analysis, plots, store
+from bytegolf.errors import BytegolfError
 
 
 def _fmt(v: Any) -> str:
@@ -51,7 +51,7 @@ def _points_table(results: list[dict[str, Any]]) -> str:
 
 
 def _compare_section(results: list[dict[str, Any]], samples: int) -> str:
-    from harness.compare import ranking
+    from bytegolf.compare import ranking
 
     budgets = sorted({int(r["budget_bytes"]) for r in results if r.get("budget_bytes")}, reverse=True)
     if not budgets:

@@ -16,17 +16,17 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from entropy_codecs import get_codec
-from formats import EncodeContext, Encoded
-from harness import artifact, checkpoint, codebytes, container, data, layout, metrics, shards, tokenizer
-from harness.calibration import gram_matrices
-from harness.errors import ConfigError
-from harness.evaluate import EvalResult, evaluate
-from harness.finetune import finetune
-from harness.model import ModelConfig
-from harness.plan import make_plan, plan_config
-from harness.provenance import git_revision, source_hash
-from harness.store import write_json_atomic
+from bytegolf import artifact, checkpoint, codebytes, container, data, layout, metrics, shards, tokenizer
+from bytegolf.calibration import gram_matrices
+from bytegolf.codecs import get_codec
+from bytegolf.errors import ConfigError
+from bytegolf.evaluate import EvalResult, evaluate
+from bytegolf.finetune import finetune
+from bytegolf.formats import EncodeContext, Encoded
+from bytegolf.model import ModelConfig
+from bytegolf.plan import make_plan, plan_config
+from bytegolf.provenance import git_revision, source_hash
+from bytegolf.store import write_json_atomic
 
 log = logging.getLogger("bytegolf")
 REPO = Path(__file__).resolve().parent.parent

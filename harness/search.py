@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
 
 log = logging.getLogger("bytegolf")
 
@@ -282,10 +282,10 @@ class Workspace:
     def __init__(self, cfg) -> None:
         from omegaconf import OmegaConf
 
-        from harness import checkpoint, data
-        from harness.model import ModelConfig
-        from harness.plan import PlanConfig, Rule
-        from harness.runner import _grams
+        from bytegolf import checkpoint, data
+        from bytegolf.model import ModelConfig
+        from bytegolf.plan import PlanConfig, Rule
+        from bytegolf.runner import _grams
 
         self.cfg = cfg
         self.state = checkpoint.load_state_dict(cfg.model.checkpoint)
@@ -311,7 +311,7 @@ class Workspace:
 
     def context(self):
         """The EncodeContext of every encode on this workspace (Gram matrices, device, seed)."""
-        from formats import EncodeContext
+        from bytegolf.formats import EncodeContext
 
         counts = dict.fromkeys(self.grams, self.rows)
         return EncodeContext(hessians=self.grams, hessian_counts=counts, device=self.cfg.device, seed=self.cfg.seed)
@@ -358,8 +358,8 @@ class Encoder:
             return self.cache[value]
         import torch
 
-        from harness import artifact, codebytes, layout
-        from harness.plan import make_plan
+        from bytegolf import artifact, codebytes, layout
+        from bytegolf.plan import make_plan
 
         t0 = time.perf_counter()
         cfg = self.ws.cfg
@@ -392,7 +392,7 @@ class Encoder:
     def _save(self) -> None:
         if self.cache_file is None:
             return
-        from harness.store import write_json_atomic
+        from bytegolf.store import write_json_atomic
 
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         body = {

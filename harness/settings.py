@@ -10,13 +10,13 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from entropy_codecs import REGISTRY as CODECS
-from formats import REGISTRY as FORMATS
-from harness.calibration import CalibConfig
-from harness.finetune import FinetuneConfig
-from harness.layout import LayoutConfig
-from harness.plan import PlanConfig
-from harness.train import TrainConfig
+from bytegolf.calibration import CalibConfig
+from bytegolf.codecs import REGISTRY as CODECS
+from bytegolf.finetune import FinetuneConfig
+from bytegolf.formats import REGISTRY as FORMATS
+from bytegolf.layout import LayoutConfig
+from bytegolf.plan import PlanConfig
+from bytegolf.train import TrainConfig
 
 
 @dataclass

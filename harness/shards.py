@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import DataError
+from bytegolf.errors import DataError
 
 MAGIC = 20240520
 VERSION = 1

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.errors import BytegolfError
+from bytegolf.errors import BytegolfError
 
 log = logging.getLogger("bytegolf")
 

@@ -1,6 +1,6 @@
 """Markdown table of the run directories under a folder: bytes per codec, errors, bpb, time, memory.
 
-Usage: python -m harness.study_table DIR
+Usage: python -m bytegolf.study_table DIR
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness import store
-from harness.errors import BytegolfError
-from harness.provenance import source_hash
+from bytegolf import store
+from bytegolf.errors import BytegolfError
+from bytegolf.provenance import source_hash
 
 log = logging.getLogger("bytegolf")
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def register_resolvers() -> None:
     """${repo:p}, ${cache:p} and ${bytegolf_point:} (the stable point directory name)."""
 
     def cache(p: str) -> str:
-        from harness.runner import cache_dir
+        from bytegolf.runner import cache_dir
 
         return str(cache_dir() / p)
 
@@ -75,8 +75,8 @@ def known_params(kind: str, name: str) -> set[str] | None:
     """Constructor parameters of a registered format or codec (None: unknown name)."""
     import importlib
 
-    from entropy_codecs import REGISTRY as CODECS
-    from formats import REGISTRY as FORMATS
+    from bytegolf.codecs import REGISTRY as CODECS
+    from bytegolf.formats import REGISTRY as FORMATS
 
     registry = FORMATS if kind == "format" else CODECS
     if name not in registry:
@@ -231,7 +231,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any] | None, str]
     (another worker holds the point; result None)."""
     import torch
 
-    from harness.runner import run_point
+    from bytegolf.runner import run_point
 
     multirun = is_multirun()
     conf, dropped = point_config(cfg, drop=multirun)

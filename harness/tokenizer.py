@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from harness.errors import DataError
+from bytegolf.errors import DataError
 
 SPACE = "\u2581"
 BOS_ID = 1

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import checkpoint, data, shards, tokenizer
-from harness.evaluate import autocast, evaluate
-from harness.model import GPT, ModelConfig, param_groups
-from harness.muon import Muon
+from bytegolf import checkpoint, data, shards, tokenizer
+from bytegolf.evaluate import autocast, evaluate
+from bytegolf.model import GPT, ModelConfig, param_groups
+from bytegolf.muon import Muon
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import checkpoint, corpus, shards, tokenizer
-from harness.model import GPT, ModelConfig
+from bytegolf import checkpoint, corpus, shards, tokenizer
+from bytegolf.model import GPT, ModelConfig
 
 TINY = ModelConfig(vocab_size=512, num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2)
 
@@ -52,7 +52,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_texts: list[str])
 
 def roundtrip(fmt, tensors: dict[str, torch.Tensor], ctx=None):
     """Encode and decode; decoded tensors must equal the encoder's reconstruction bit for bit."""
-    from formats.base import EncodeContext
+    from bytegolf.formats.base import EncodeContext
 
     enc = fmt.encode(tensors, ctx or EncodeContext())
     out = fmt.decode(enc)

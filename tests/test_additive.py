@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import formats.additive as additive
-from formats.additive import Additive, aqlm_bits, beam_search, dedupe_dead, partial_bits, partial_size
-from formats.base import EncodeContext, get_format
-from formats.clustered import Clustered
-from harness.errors import ConfigError
-from harness.metrics import rel_mse
+import bytegolf.formats.additive as additive
+from bytegolf.errors import ConfigError
+from bytegolf.formats.additive import Additive, aqlm_bits, beam_search, dedupe_dead, partial_bits, partial_size
+from bytegolf.formats.base import EncodeContext, get_format
+from bytegolf.formats.clustered import Clustered
+from bytegolf.metrics import rel_mse
 from tests.conftest import roundtrip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -294,7 +294,7 @@ def test_codebook_least_squares_matches_a_dense_solve(monkeypatch):
 @pytest.mark.parametrize("objective", ["mse", "output"])
 def test_torch_search_path_agrees_with_faiss(objective, monkeypatch):
     """Without faiss (as on CUDA) the k-means init's torch search gives the same encoding up to ties."""
-    from formats import kmeans
+    from bytegolf.formats import kmeans
 
     w, h = correlated()
     fmt = Additive(num_codebooks=2, codebook_bits=6, max_rounds=2, objective=objective)
@@ -377,7 +377,7 @@ def test_trainable_rebuilds_the_decoded_tensors():
     enc = fmt.encode({"w": w}, EncodeContext(hessians={"w": h}))
     hook = fmt.trainable(enc, "cpu")
     assert set(hook.dtypes) == {"codebooks", "partial_codebook", "0.scales"}
-    from formats.passthrough import from_numpy
+    from bytegolf.formats.passthrough import from_numpy
 
     values = {k: from_numpy(enc.streams[k].data, dt).float() for k, dt in hook.dtypes.items()}
     assert torch.equal(hook.rebuild(values)["w"], fmt.decode(enc)["w"])

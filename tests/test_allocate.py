@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness import allocate, artifact
-from harness.errors import ConfigError
+from bytegolf import allocate, artifact
+from bytegolf.errors import ConfigError
 from tests.test_run import TINY_ARGS, bytegolf
 
 # (bytes, error) per candidate of three items; B's middle point lies above the chord of its neighbours.
@@ -88,8 +88,8 @@ def test_candidates_are_checked() -> None:
 def _cfg(bundle: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from harness import settings
-    from harness.cli import CONFIG_DIR
+    from bytegolf import settings
+    from bytegolf.cli import CONFIG_DIR
 
     settings.register()
     allocate.register()
@@ -103,7 +103,7 @@ def uniform(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """Results of one setting for every quantized tensor: bits=4 and bits=5."""
     from omegaconf import open_dict
 
-    from harness.runner import run_point
+    from bytegolf.runner import run_point
 
     out = {}
     for bits in (4, 5):
@@ -145,8 +145,8 @@ def test_allocation_lands_within_one_percent_and_beats_uniform(uniform: dict, al
 
 
 def test_allocation_files_and_reusable_plan(tiny_bundle: Path, allocated: dict) -> None:
-    from harness.checkpoint import load_state_dict
-    from harness.plan import PlanConfig, Rule, make_plan
+    from bytegolf.checkpoint import load_state_dict
+    from bytegolf.plan import PlanConfig, Rule, make_plan
 
     out, _, r = allocated["between"]
     body = json.loads((out / "allocation.json").read_text())

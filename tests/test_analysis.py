@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import analysis
+from bytegolf import analysis
 
 W = 48
 RNG = np.random.default_rng(0)

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from entropy_codecs import CodecError, StreamInfo, get_codec
-from entropy_codecs.ans import side_info_bytes
-from entropy_codecs.bounds import entropy_bound_bytes
-from harness.errors import ConfigError
+from bytegolf.codecs import CodecError, StreamInfo, get_codec
+from bytegolf.codecs.ans import side_info_bytes
+from bytegolf.codecs.bounds import entropy_bound_bytes
+from bytegolf.errors import ConfigError
 
 RNG = np.random.default_rng(2024)
 

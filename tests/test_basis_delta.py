@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from formats.base import EncodeContext, TensorSpec, get_format
-from formats.basis_delta import BasisDelta
-from harness import artifact, layout
-from harness.errors import ConfigError
-from harness.metrics import rel_mse
-from harness.plan import Assignment
+from bytegolf import artifact, layout
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, TensorSpec, get_format
+from bytegolf.formats.basis_delta import BasisDelta
+from bytegolf.metrics import rel_mse
+from bytegolf.plan import Assignment
 from tests.conftest import roundtrip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -225,7 +225,7 @@ def test_hydra_config_composes_and_overrides_nested_keys():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from harness import settings, sweep  # noqa: F401  (sweep registers the resolvers)
+    from bytegolf import settings, sweep  # noqa: F401  (sweep registers the resolvers)
 
     settings.register()
     overrides = ["format=basis_delta", "format.rank=16", "format.residual.bits=4", "format.coef.bits=6"]

@@ -9,12 +9,12 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from formats import kmeans as km
-from formats.base import EncodeContext, get_format
-from formats.clustered import Clustered, cluscomp_bits, subvectors
-from formats.scalar import Scalar
-from harness.errors import ConfigError
-from harness.metrics import rel_mse
+from bytegolf.errors import ConfigError
+from bytegolf.formats import kmeans as km
+from bytegolf.formats.base import EncodeContext, get_format
+from bytegolf.formats.clustered import Clustered, cluscomp_bits, subvectors
+from bytegolf.formats.scalar import Scalar
+from bytegolf.metrics import rel_mse
 from tests.conftest import roundtrip as shared_roundtrip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -271,8 +271,8 @@ def test_global_scope_mixes_shapes(kw):
 
 def test_global_scope_mixed_shapes_through_the_artifact(tmp_path):
     """The same mixed-shape unit written to an artifact and read back alone, bit for bit."""
-    from harness import artifact, layout
-    from harness.plan import Assignment
+    from bytegolf import artifact, layout
+    from bytegolf.plan import Assignment
 
     g = gen(10)
     state = {n: torch.randn(*shape, generator=g) * 0.03 for n, shape in MIXED.items()}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from formats import EncodeContext, Encoded, Stream, TensorSpec, get_format
-from harness import artifact, codebytes, layout
-from harness.errors import ArtifactError, ConfigError
+from bytegolf import artifact, codebytes, layout
+from bytegolf.errors import ArtifactError, ConfigError
+from bytegolf.formats import EncodeContext, Encoded, Stream, TensorSpec, get_format
 
 READ_PATH = set(codebytes.READ_PATH)
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from entropy_codecs import REGISTRY, CodecError, StreamInfo, get_codec
-from harness.errors import ArtifactError, ConfigError
+from bytegolf.codecs import REGISTRY, CodecError, StreamInfo, get_codec
+from bytegolf.errors import ArtifactError, ConfigError
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("raw", {}),

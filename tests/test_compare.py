@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import artifact, store
+from bytegolf import artifact, store
 from tests.test_run import TINY_ARGS, bytegolf
 
 pytestmark = pytest.mark.slow
@@ -92,9 +92,9 @@ def test_compare_variants_of_one_format_are_systems_of_their_own(tiny_bundle: Pa
 
 
 def test_compare_rejects_a_malformed_variant() -> None:
-    from formats import REGISTRY
-    from harness.compare import _variants
-    from harness.errors import ConfigError
+    from bytegolf.compare import _variants
+    from bytegolf.errors import ConfigError
+    from bytegolf.formats import REGISTRY
 
     with pytest.raises(ConfigError, match=r"variants\.v: need"):
         _variants({"v": {"format": "nope"}}, REGISTRY)
@@ -117,8 +117,8 @@ def test_compare_settings_for_an_unknown_name_fail_before_any_work(tiny_bundle: 
 
 
 def test_rules_that_set_the_knob_move_with_it() -> None:
-    from harness.compare import System
-    from harness.search import knob_for
+    from bytegolf.compare import System
+    from bytegolf.search import knob_for
 
     plan = {"rules": [{"match": "emb", "params": {"bits": 7, "clip_k": 14.0}}, {"match": "q", "params": {"bits": 8}}]}
     sysm = System("r", "scalar", {"clip_k": 11.5}, knob_for("clip_k", 11.5), "brotli", {}, {}, plan, True)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from entropy_codecs import StreamInfo
-from harness.container import MAGIC, VERSION, Blob, read_artifact, stored_sizes, write_artifact
-from harness.errors import ArtifactError, ConfigError
+from bytegolf.codecs import StreamInfo
+from bytegolf.container import MAGIC, VERSION, Blob, read_artifact, stored_sizes, write_artifact
+from bytegolf.errors import ArtifactError, ConfigError
 
 HEADER = struct.Struct("<8sHHII")
 MANIFEST = {"units": "bytes", "layout": {"groups": ["q", "k"], "order": [2, 0, 1]}, "note": "ünïcode ok"}

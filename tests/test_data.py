@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import corpus, data, shards, tokenizer
-from harness.errors import DataError
+from bytegolf import corpus, data, shards, tokenizer
+from bytegolf.errors import DataError
 
 
 def test_shard_roundtrip_and_header(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import torch
 
-from harness.evaluate import evaluate
-from harness.tokenizer import ByteTables
+from bytegolf.evaluate import evaluate
+from bytegolf.tokenizer import ByteTables
 
 
 class Uniform(torch.nn.Module):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from formats import EncodeContext, Encoded, get_format
-from formats.passthrough import from_numpy
-from harness import artifact, checkpoint, data, layout, shards
-from harness.errors import ConfigError
-from harness.finetune import FinetuneConfig, TrainableUnit, finetune, model_loss
-from harness.model import GPT
-from harness.plan import PlanConfig, Rule, make_plan
+from bytegolf import artifact, checkpoint, data, layout, shards
+from bytegolf.errors import ConfigError
+from bytegolf.finetune import FinetuneConfig, TrainableUnit, finetune, model_loss
+from bytegolf.formats import EncodeContext, Encoded, get_format
+from bytegolf.formats.passthrough import from_numpy
+from bytegolf.model import GPT
+from bytegolf.plan import PlanConfig, Rule, make_plan
 
 SEQ, WINDOWS, TRAIN_STEPS = 32, 8, 300
 CLUSTERED = {"codebook_size": 16, "dim": 4}

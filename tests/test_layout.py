@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from entropy_codecs.best import candidate_spec
-from entropy_codecs.bounds import entropy_bound_bytes
-from formats import EncodeContext, Encoded, Stream, TensorSpec
-from harness import artifact, container, layout
-from harness.errors import ArtifactError, ConfigError
-from harness.plan import Assignment
+from bytegolf import artifact, container, layout
+from bytegolf.codecs.best import candidate_spec
+from bytegolf.codecs.bounds import entropy_bound_bytes
+from bytegolf.errors import ArtifactError, ConfigError
+from bytegolf.formats import EncodeContext, Encoded, Stream, TensorSpec
+from bytegolf.plan import Assignment
 
 ALPHABETS = [3, 16, 64, 255, 4096, 1]
 CODECS: list[tuple[str, dict[str, Any]]] = [

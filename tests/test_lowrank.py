@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from formats import EncodeContext, get_format
-from formats.lowrank import LowRank
-from harness import artifact, layout
-from harness.correction import LowRankPlan, apply_lowrank
-from harness.errors import ConfigError
-from harness.plan import PlanConfig, make_plan
+from bytegolf import artifact, layout
+from bytegolf.correction import LowRankPlan, apply_lowrank
+from bytegolf.errors import ConfigError
+from bytegolf.formats import EncodeContext, get_format
+from bytegolf.formats.lowrank import LowRank
+from bytegolf.plan import PlanConfig, make_plan
 
 BASE = {"name": "scalar", "bits": 4, "clip": "sdclip", "clip_k": 3.0}
 PARAMS = {k: v for k, v in BASE.items() if k != "name"}
@@ -136,8 +136,8 @@ def test_reordered_transposed_codes_round_trip_and_count_their_permutation(tmp_p
 
 
 def test_a_corrupt_permutation_is_an_artifact_error(tmp_path: Path) -> None:
-    from harness import container
-    from harness.errors import ArtifactError
+    from bytegolf import container
+    from bytegolf.errors import ArtifactError
 
     state = {"blocks.0.mlp.fc.weight": _matrix(16, 32)}
     plan = make_plan(state, PlanConfig(passthrough_max_numel=0), "scalar", PARAMS)
@@ -164,7 +164,7 @@ def test_a_corrupt_permutation_is_an_artifact_error(tmp_path: Path) -> None:
     ],
 )
 def test_an_unknown_serializer_is_a_one_line_error_before_any_work(entry: dict, match: str) -> None:
-    from harness.runner import serializers
+    from bytegolf.runner import serializers
 
     with pytest.raises(ConfigError, match=match) as info:
         serializers([entry], layout.LayoutConfig())

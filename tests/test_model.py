@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import checkpoint
-from harness.errors import DataError
-from harness.model import GPT, ModelConfig
+from bytegolf import checkpoint
+from bytegolf.errors import DataError
+from bytegolf.model import GPT, ModelConfig
 from tests.conftest import TINY
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from formats.base import EncodeContext, get_format
-from harness.errors import ConfigError
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, get_format
 
 
 def roundtrip(dtype: str, t: torch.Tensor):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.model import GPT, ModelConfig
-from harness.plan import PlanConfig, Rule, make_plan
+from bytegolf.errors import ConfigError
+from bytegolf.model import GPT, ModelConfig
+from bytegolf.plan import PlanConfig, Rule, make_plan
 
 
 def _plan(cfg: PlanConfig) -> dict:
@@ -55,7 +55,7 @@ def test_a_rule_naming_another_format_starts_from_that_formats_yaml_defaults() -
 
 
 def test_merge_settings_merges_inner_format_settings_key_by_key() -> None:
-    from harness.plan import merge_settings
+    from bytegolf.plan import merge_settings
 
     base = {"fraction": 0.01, "base": {"name": "scalar", "bits": 4, "clip": "sdclip"}}
     assert merge_settings(base, {"base": {"bits": 3}}) == {
@@ -67,7 +67,7 @@ def test_merge_settings_merges_inner_format_settings_key_by_key() -> None:
 def test_the_mixed_plan_example_gives_each_family_its_format() -> None:
     from omegaconf import OmegaConf
 
-    from harness.plan import FORMAT_YAMLS
+    from bytegolf.plan import FORMAT_YAMLS
 
     node = OmegaConf.load(FORMAT_YAMLS.parent / "plan" / "mixed.yaml")
     plan = _plan(PlanConfig(rules=[Rule(**r) for r in OmegaConf.to_container(node.rules)]))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import analysis, store
+from bytegolf import analysis, store
 from tests.test_run import TINY_ARGS, bytegolf
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

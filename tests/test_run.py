@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import artifact
+from bytegolf import artifact
 
 TINY_ARGS = [
     "eval.windows=4",
@@ -22,7 +22,7 @@ TINY_ARGS = [
 
 def bytegolf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "bytegolf.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
     )
 
 
@@ -84,7 +84,7 @@ def test_same_config_gives_a_byte_identical_artifact(
 
 
 def test_artifact_decodes_alone(tiny_run: tuple[Path, subprocess.CompletedProcess], tiny_bundle: Path) -> None:
-    from harness import checkpoint
+    from bytegolf import checkpoint
 
     out, _ = tiny_run
     decoded, _ = artifact.read(out / artifact.ARTIFACT_NAME)
@@ -113,7 +113,7 @@ def test_bad_overrides_end_in_a_clear_error(tiny_bundle: Path, tmp_path: Path, o
 
 
 def test_train_builds_a_bundle_that_run_accepts(tmp_path: Path) -> None:
-    from harness import corpus
+    from bytegolf import corpus
 
     root, _ = corpus.stdlib_files()
     pattern = str(root / "json" / "*.py")

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from formats.base import EncodeContext, get_format
-from formats.scalar import Scalar, quantile
-from harness.errors import ConfigError
-from harness.metrics import rel_mse
+from bytegolf.errors import ConfigError
+from bytegolf.formats.base import EncodeContext, get_format
+from bytegolf.formats.scalar import Scalar, quantile
+from bytegolf.metrics import rel_mse
 
 PG_Q = 0.9999984
 PG = {

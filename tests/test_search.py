@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness import search
-from harness.search import KNOBS, Knob, Probe
+from bytegolf import search
+from bytegolf.search import KNOBS, Knob, Probe
 from tests.test_run import TINY_ARGS
 
 CLIP = Knob("clip_k", 1.0, 64.0)  # a continuous log knob over the range these curves are drawn on
@@ -90,7 +90,7 @@ def test_knob_ranges_and_overrides() -> None:
 def tiny_cfg(tiny_bundle: Path):
     from hydra import compose, initialize_config_dir
 
-    from harness import settings, sweep  # noqa: F401  (sweep registers the resolvers)
+    from bytegolf import settings, sweep  # noqa: F401  (sweep registers the resolvers)
 
     settings.register()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -143,7 +143,7 @@ def test_out_of_reach_budget_on_a_non_monotone_knob_stops() -> None:
 def test_a_flat_stretch_of_a_continuous_knob_ends_the_search() -> None:
     """Bytes constant over stretches of the knob (a partial codebook that rounds to the same size)
     used to keep the narrowing loop asking for a value it had already probed, forever."""
-    from harness.search import Knob, Probe, search
+    from bytegolf.search import Knob, Probe, search
 
     calls = []
 

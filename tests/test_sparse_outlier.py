@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from formats import spqr
-from formats.base import EncodeContext, get_format
-from formats.sparse_outlier import LAYOUTS, SparseOutlier, gap_positions, gap_symbols
-from formats.spqr import SpqrGroups
-from harness import artifact, layout
-from harness.errors import ConfigError
-from harness.metrics import output_error, rel_mse
-from harness.plan import Assignment
+from bytegolf import artifact, layout
+from bytegolf.errors import ConfigError
+from bytegolf.formats import spqr
+from bytegolf.formats.base import EncodeContext, get_format
+from bytegolf.formats.sparse_outlier import LAYOUTS, SparseOutlier, gap_positions, gap_symbols
+from bytegolf.formats.spqr import SpqrGroups
+from bytegolf.metrics import output_error, rel_mse
+from bytegolf.plan import Assignment
 from tests.conftest import roundtrip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -401,7 +401,7 @@ def test_hydra_config_composes():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from harness import settings, sweep  # noqa: F401  (sweep registers the resolvers)
+    from bytegolf import settings, sweep  # noqa: F401  (sweep registers the resolvers)
 
     settings.register()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import stats
+from bytegolf import stats
 
 
 def _windows(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +124,7 @@ def test_document_bootstrap_resamples_whole_documents() -> None:
 
 
 def test_sampled_windows_span_the_split_and_know_their_documents() -> None:
-    from harness import data
+    from bytegolf import data
 
     tokens = np.arange(10_001) % 97 + 2
     tokens[::1000] = 1  # a document starts every 1000 tokens

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import store
-from harness.errors import BytegolfError
+from bytegolf import store
+from bytegolf.errors import BytegolfError
 
 
 def test_config_hash_is_stable_and_ignores_threads_and_hydra() -> None:
@@ -75,7 +75,7 @@ def test_collect_on_a_directory_without_results_is_a_clear_error(tmp_path: Path)
 def test_a_source_change_changes_the_point_key(monkeypatch: pytest.MonkeyPatch) -> None:
     from omegaconf import OmegaConf
 
-    from harness import sweep
+    from bytegolf import sweep
 
     cfg = OmegaConf.create({"format": {"name": "scalar", "bits": 6}, "codec": {"name": "zstd"}})
     before, _ = sweep.point_config(cfg)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import store, sweep
+from bytegolf import store, sweep
 from tests.test_run import TINY_ARGS, bytegolf
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
