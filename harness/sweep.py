@@ -96,6 +96,7 @@ def point_config(cfg: DictConfig, drop: bool = True) -> tuple[dict[str, Any], li
             continue
         v = cfg[k]
         out[str(k)] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    out = _portable(out)  # the same point in another clone (or cache dir) has the same key
     out["source"] = source_hash()  # a point computed by other code is another point
     dropped: list[str] = []
     if drop:
@@ -108,6 +109,21 @@ def point_config(cfg: DictConfig, drop: bool = True) -> tuple[dict[str, Any], li
                 node.pop(key)
                 dropped.append(f"{group}.{key}")
     return out, dropped
+
+
+def _portable(node: Any) -> Any:
+    """node with absolute paths under the repository or the cache written as ${repo:...} / ${cache:...}."""
+    if isinstance(node, dict):
+        return {k: _portable(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_portable(v) for v in node]
+    if isinstance(node, str):
+        from bytegolf.runner import cache_dir
+
+        for name, root in (("cache", str(cache_dir())), ("repo", str(REPO))):
+            if node == root or node.startswith(root + "/"):
+                return "${" + name + ":" + node[len(root) + 1 :] + "}"
+    return node
 
 
 def point_name(*, _root_: DictConfig) -> str:

@@ -87,3 +87,19 @@ def test_a_source_change_changes_the_point_key(monkeypatch: pytest.MonkeyPatch) 
 def test_results_from_two_source_trees_are_flagged() -> None:
     assert store.mixed_sources([{"source_hash": "a"}, {"source_hash": "a"}]) == ""
     assert "2 source trees (a, b)" in store.mixed_sources([{"source_hash": "a"}, {"source_hash": "b"}])
+
+
+def test_the_point_key_does_not_depend_on_where_the_clone_lives(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    from bytegolf import sweep
+
+    def key(repo: str) -> str:
+        monkeypatch.setattr(sweep, "REPO", Path(repo))
+        monkeypatch.setenv("BYTEGOLF_CACHE", f"{repo}/.cache/bytegolf")
+        cfg = OmegaConf.create({"bundle": f"{repo}/results/default", "data": {"val": f"{repo}/.cache/bytegolf/v.bin"}})
+        conf, _ = sweep.point_config(cfg)
+        assert conf["bundle"] == "${repo:results/default}" and conf["data"]["val"] == "${cache:v.bin}"
+        return store.config_hash(conf)
+
+    assert key("/tmp/clone_a") == key("/srv/clone_b")
