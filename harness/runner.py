@@ -13,11 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bytegolf import artifact, checkpoint, codebytes, container, data, layout, metrics, shards, tokenizer
-from bytegolf.calibration import gram_matrices
+from bytegolf.calibration import encode_sequential, gram_matrices
 from bytegolf.codecs import get_codec
 from bytegolf.errors import ConfigError
 from bytegolf.evaluate import EvalResult, evaluate
@@ -70,23 +71,50 @@ def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str])
     return r
 
 
+def _calib_windows(files: data.DataFiles, cfg: DictConfig) -> np.ndarray:
+    if not files.train:
+        raise ConfigError(f"calibration needs train shards but none match {cfg.data.train}")
+    return data.windows(shards.read_shards(files.train), cfg.calib.seq_len, cfg.calib.windows)
+
+
 def _grams(model, files: data.DataFiles, cfg: DictConfig, fp: dict[str, str]) -> tuple[dict[str, torch.Tensor], int]:
     if cfg.calib.windows <= 0:
         return {}, 0
-    if not files.train:
-        raise ConfigError(f"calibration needs train shards but none match {cfg.data.train}")
-    path = (
-        cache_dir() / "calib" / f"{_key(fp['checkpoint'], fp['train'], OmegaConf.to_container(cfg.calib))}.safetensors"
-    )
+    calib = {k: v for k, v in OmegaConf.to_container(cfg.calib).items() if k != "sequential"}  # same Grams
+    path = cache_dir() / "calib" / f"{_key(fp['checkpoint'], fp['train'], calib)}.safetensors"
     if path.is_file():
         from safetensors.torch import load_file
 
         g = load_file(str(path))
         return g, int(g.pop("__rows__").item())
-    win = data.windows(shards.read_shards(files.train), cfg.calib.seq_len, cfg.calib.windows)
-    grams, rows = gram_matrices(model, win, cfg.device, cfg.calib.batch_size)
+    grams, rows = gram_matrices(model, _calib_windows(files, cfg), cfg.device, cfg.calib.batch_size)
     checkpoint.save_state_dict({**grams, "__rows__": torch.tensor([rows])}, path)
     return grams, rows
+
+
+def encode_units(
+    cfg: DictConfig,
+    state: dict[str, torch.Tensor],
+    plan: list,
+    ctx: EncodeContext,
+    lowrank,
+    files: data.DataFiles,
+    progress: bool = True,
+) -> list[Encoded]:
+    """The plan's encoding: all at once on the unquantized model's Grams, or block by block with
+    calib.sequential (each block's Grams from the model whose earlier blocks are quantized)."""
+    if not cfg.calib.get("sequential", False) or cfg.calib.windows <= 0:
+        return artifact.encode_state(state, plan, ctx, progress, lowrank)
+    base = ModelConfig(
+        rope_base=cfg.model.rope_base, logit_softcap=cfg.model.logit_softcap, qk_gain_init=cfg.model.qk_gain_init
+    )
+    windows = _calib_windows(files, cfg)
+
+    def grams_of(current: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        model = checkpoint.build_model(current, base)
+        return gram_matrices(model, windows, cfg.device, cfg.calib.batch_size, progress=False)
+
+    return encode_sequential(state, plan, ctx, grams_of, lowrank)
 
 
 def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None) -> dict[str, Any]:
@@ -138,7 +166,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         if units is None:
             counts = dict.fromkeys(grams, rows)
             ctx = EncodeContext(hessians=grams, hessian_counts=counts, device=cfg.device, seed=cfg.seed)
-            units = artifact.encode_state(state, plan, ctx, lowrank=plan_cfg.lowrank)
+            units = encode_units(cfg, state, plan, ctx, plan_cfg.lowrank, files)
         elif [t.name for u in units for t in u.tensors] != [a.name for g in artifact.group_units(plan) for a in g]:
             raise ConfigError("run_point: the given encoding does not cover this plan's tensors")
     with st("finetune"):

@@ -289,7 +289,7 @@ class Workspace:
 
         self.cfg = cfg
         self.state = checkpoint.load_state_dict(cfg.model.checkpoint)
-        files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
+        files = self.files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
         fp = {
             "checkpoint": checkpoint.file_fingerprint(cfg.model.checkpoint),
             "train": data.fingerprint(files.train) if files.train else "none",
@@ -360,6 +360,7 @@ class Encoder:
 
         from bytegolf import artifact, codebytes, layout
         from bytegolf.plan import make_plan
+        from bytegolf.runner import encode_units
 
         t0 = time.perf_counter()
         cfg = self.ws.cfg
@@ -368,9 +369,7 @@ class Encoder:
             torch.manual_seed(cfg.seed)
             plan_cfg = self.plan_at(value) if self.plan_at else self.ws.plan_cfg
             plan = make_plan(self.ws.state, plan_cfg, self.fmt, self.params_at(value))
-            units = artifact.encode_state(
-                self.ws.state, plan, self.ws.context(), progress=False, lowrank=plan_cfg.lowrank
-            )
+            units = encode_units(cfg, self.ws.state, plan, self.ws.context(), plan_cfg.lowrank, self.ws.files, False)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             lay = layout.LayoutConfig(**(self.layout_cfg if self.layout_cfg is not None else cfg.layout))
             written = artifact.write(path, units, self.codec, self.codec_params, lay)

@@ -170,3 +170,11 @@ def test_a_preset_overrides_the_run_defaults(tmp_path: Path) -> None:
     proc = bytegolf("run", "experiment=pg_top", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "name: per_group" in proc.stdout and "top_k: 3" in proc.stdout and "clip_k: 11.5" in proc.stdout
+
+
+def test_sequential_gptq_runs_and_is_recorded(tiny_bundle: Path, tmp_path: Path) -> None:
+    args = ["format.bits=3", "format.gptq=true", "calib.sequential=true", "codec=zstd", f"hydra.run.dir={tmp_path}"]
+    proc = bytegolf("run", f"bundle={tiny_bundle}", *TINY_ARGS, *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["fits_cap"] and r["bpb"] > 0 and "sequential: true" in (tmp_path / ".hydra" / "config.yaml").read_text()
