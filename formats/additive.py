@@ -292,6 +292,7 @@ class Additive(Format):
     weights = sum of codewords × row scale."""
 
     name = "additive"
+    randomized = True  # codebook init (k-means++) and group order draw from ctx.seed
     rate_knob = "num_codebooks"
 
     def __init__(

@@ -102,6 +102,7 @@ class Clustered(Format):
 
     name = "clustered"
     rate_knob = "codebook_size"  # per instance: "lam" when ECVQ is in use
+    randomized = True  # k-means++ init draws from ctx.seed
 
     def __init__(
         self,

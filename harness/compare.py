@@ -10,6 +10,10 @@ the budget, the knob value and how close it landed. A budget no setting reaches 
 with status does_not_fit. Per budget the lowest bpb wins; every other format gets Δbpb against
 the winner with a paired bootstrap CI over the evaluation windows.
 
+Randomized systems (a format with `randomized = True`) are evaluated again at each landing with
+other seeds (compare.seeds), which gives the ranking's seed spread; every system gets
+compare.front_points evaluated points across the budgets' range for its frontier (points/front/).
+
 A compare started again in the same directory (hydra.run.dir=...) reuses the probe caches in
 search/ and skips points whose result.json is there.
 """
@@ -158,6 +162,8 @@ class CompareSettings:
     max_probes: int = 24
     samples: int = 1000
     level: float = 0.95
+    seeds: int = 2  # randomized encoders (k-means, AQLM init) are run with this many seeds at every landing
+    front_points: int = 6  # evaluated points per system across the budgets' range (landings count)
 
 
 def register() -> None:
@@ -359,10 +365,86 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 target = budget - (_counted(row, count_code) - (landing.counted_bytes or 0)) - 1
                 _set_aside(row)
             rows.append(row)
+            if row.get("bpb") is not None and _randomized(sysm):
+                rows.extend(_seed_points(cfg, sysm, enc, landing, out_dir, run_point))
+        if int(cc.get("front_points", 0)) > 0 and sysm.knob is not None:
+            rows.extend(_front(cfg, sysm, enc, budgets, rows, out_dir, run_point))
     _print_ranking(rows, budgets, cc)
     df = store.collect([out_dir / "points"])
     store.save_table(df, out_dir / "results")
     return rows
+
+
+def _randomized(sysm: System) -> bool:
+    """Whether the system's encoder draws random numbers (k-means or codebook initialisation)."""
+    from bytegolf.formats import get_format
+
+    return bool(getattr(get_format(sysm.fmt, **sysm.params), "randomized", False))
+
+
+def _seed_points(
+    cfg: DictConfig, sysm: System, enc: search.Encoder, landing: search.Landing, out_dir: Path, run_point
+) -> list[dict]:
+    """The landed point again with seeds seed+1 .. seed+seeds-1 (not ranked: they give the seed spread)."""
+    out = []
+    for k in range(1, int(cfg.compare.get("seeds", 1))):
+        seeded = replace(landing, status="seed")
+        out.append(_point(cfg, sysm, enc, seeded, out_dir, run_point, seed=int(cfg.seed) + k))
+    return out
+
+
+def _front(
+    cfg: DictConfig,
+    sysm: System,
+    enc: search.Encoder,
+    budgets: list[int],
+    rows: list[dict],
+    out_dir: Path,
+    run_point,
+) -> list[dict]:
+    """Evaluated points that give the system a front of compare.front_points points across the budgets'
+    range (half the smallest budget to the largest; where the system cannot get that small, from its
+    smallest size): for each target, a probe already encoded within 10% of it, else a loose search (5%)
+    to it. They are not ranked (status front)."""
+    count_code = bool(cfg.budget.count_code)
+    n = int(cfg.compare.front_points)
+    mine = [r for r in rows if system(r).removesuffix("@own") == sysm.label and r.get("bpb") is not None]
+    have = [float(_counted(r, count_code)) for r in mine if r.get("status") != "seed"]
+    out: list[dict] = []
+    lo, hi = min(budgets) / 2, float(max(budgets))
+    for _ in range(2):  # the second pass re-grids over what the system can reach
+        grid = np.geomspace(lo, hi, n + 2)[1:-1]
+        far = sorted(grid, key=lambda t: -min((abs(np.log(t / h)) for h in have), default=np.inf))
+        for target in sorted(far[: max(n - len(have), 0)]):
+            landing = _front_landing(cfg, sysm, enc, int(target), count_code)
+            if landing is None or any(abs(np.log(landing.counted_bytes / h)) < np.log(1.02) for h in have):
+                continue  # nothing there, or an evaluated point is already there
+            print(f"{sysm.label} front point: {landing.knob}={landing.value:g} {landing.counted_bytes:,} B", flush=True)
+            out.append(_point(cfg, sysm, enc, landing, out_dir, run_point))
+            have.append(float(landing.counted_bytes))
+        if len(have) >= n or not have:
+            break
+        lo = max(lo, min(have))
+    return out
+
+
+def _front_landing(
+    cfg: DictConfig, sysm: System, enc: search.Encoder, target: int, count_code: bool
+) -> search.Landing | None:
+    """A frontier point near target bytes: a cached probe within 10%, else a 5% search (its smallest
+    size when target is out of reach)."""
+    near = [p for p in enc.cache.values() if p.counted(count_code)]
+    near = [p for p in near if abs(np.log(p.counted(count_code) / target)) < np.log(1.1)]
+    if near:
+        p = min(near, key=lambda p: abs(np.log(p.counted(count_code) / target)))
+        c = p.counted(count_code)
+        knob = enc.knob.name
+        return search.Landing(0, "front", knob, p.value, p.final_bytes, c, p.code_bytes, 1.0, 0, [(p.value, c)])
+    start = sysm.params.get(sysm.knob.name)
+    landing = search.search(enc, sysm.knob, start, target, count_code, 0.05, cfg.compare.max_probes)
+    if landing.value is None or landing.counted_bytes is None:
+        return None
+    return replace(landing, budget=0, status="front", ratio=1.0)
 
 
 def _counted(row: dict[str, Any], count_code: bool) -> int:
@@ -378,15 +460,26 @@ def _set_aside(row: dict[str, Any]) -> None:
 
 
 def _point(
-    cfg: DictConfig, sysm: System, enc: search.Encoder, landing: search.Landing, out_dir: Path, run_point
+    cfg: DictConfig,
+    sysm: System,
+    enc: search.Encoder,
+    landing: search.Landing,
+    out_dir: Path,
+    run_point,
+    seed: int | None = None,
 ) -> dict:
-    """Evaluate a landed point (or record that the budget is out of reach) into its own directory."""
+    """Evaluate a landed point (or record that the budget is out of reach) into its own directory.
+
+    landing.status own: the reference at its own size; front: a frontier point off the budgets;
+    seed: the landing again with another seed (encoded afresh). None of these is ranked."""
     fmt, own = enc.fmt, landing.status == "own"
+    unranked = landing.status in ("own", "front", "seed")
     label = sysm.label + ("@own" if own else "")
     extra = {
         **({"variant": label} if label != fmt else {}),
         "reference": sysm.reference,
-        "budget_bytes": None if own else landing.budget,
+        "budget_bytes": None if unranked else landing.budget,
+        **({"seed_budget": landing.budget} if landing.status == "seed" else {}),
         "status": landing.status,
         "landed_ratio": landing.ratio,
         "counted_bytes": landing.counted_bytes,
@@ -398,9 +491,12 @@ def _point(
     }
     params = enc.params_at(landing.value) if landing.value is not None else dict(enc.params)
     pc = point_cfg(cfg, sysm, params, landing.budget, landing.value)
+    if seed is not None:
+        pc.seed = seed
     conf, _ = sweep.point_config(pc, drop=False)
     chash = store.config_hash(conf)
-    d = out_dir / "points" / ("own" if own else str(landing.budget)) / f"{label}_{chash}"
+    where = {"own": "own", "front": "front"}.get(landing.status, str(landing.budget))
+    d = out_dir / "points" / where / f"{label}_{chash}"
     done = store.finished(d, chash)
     if done is not None:
         print(f"  finished already in {d}; skipped", flush=True)
@@ -424,8 +520,9 @@ def _point(
     with store.claim(d) as owned:
         if not owned:
             raise ConfigError(f"{d} is being evaluated by another process (claim {d / store.CLAIM})")
-        result = run_point(pc, d, units=enc.units.pop(landing.value, None))
-    if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec:
+        reuse = enc.units.pop(landing.value, None) if seed is None else None
+        result = run_point(pc, d, units=reuse)
+    if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec and seed is None:
         log.warning(
             "%s: the evaluated artifact has %d B, the search probe had %d B (encoding is not deterministic)",
             fmt,
@@ -446,7 +543,7 @@ def ranking(rows: list[dict[str, Any]], budget: int, samples: int, level: float)
     out = []
     best = ok[0] if ok else None
     for r in ok:
-        entry = {"row": r, "delta": None}
+        entry = {"row": r, "delta": None, "spread": seed_spread(rows, r, budget)}
         if r is not best and best is not None:
             a, b = np.asarray(r["window_nll"]), np.asarray(best["window_nll"])
             if a.shape == b.shape and r["window_bytes"] == best["window_bytes"]:
@@ -460,6 +557,26 @@ def ranking(rows: list[dict[str, Any]], budget: int, samples: int, level: float)
     return out
 
 
+def seed_spread(rows: list[dict[str, Any]], row: dict[str, Any], budget: int) -> float | None:
+    """max − min bpb over a landing and its other-seed points (None: the system is not randomized)."""
+    seeds = [
+        r["bpb"]
+        for r in rows
+        if r.get("status") == "seed" and r.get("seed_budget") == budget and system(r) == system(row) and r.get("bpb")
+    ]
+    values = [*seeds, row["bpb"]]
+    return max(values) - min(values) if seeds else None
+
+
+def separable(entry: dict[str, Any], best: dict[str, Any]) -> bool:
+    """A Δbpb counts as a win when its CI excludes 0 and it is larger than either side's seed spread."""
+    d = entry.get("delta")
+    if d is None or not d.significant:
+        return False
+    spread = max(entry.get("spread") or 0.0, best.get("spread") or 0.0)
+    return abs(d.delta) > spread
+
+
 def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfig) -> None:
     for budget in budgets:
         ranked = ranking(rows, budget, cc.samples, cc.level)
@@ -471,9 +588,10 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
                 line = f"{system(r):<16} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
             else:
                 cmp = "best" if d is None and e is ranked[0] else (f"Δbpb {d}" if d else "Δbpb n/a (windows differ)")
+                seeds = f"  seeds ±{e['spread'] / 2:.4f}" if e.get("spread") is not None else ""
                 line = (
                     f"{system(r):<16} {knob:<22} {r['counted_bytes']:>12,} B {r['counted_bytes'] / budget:.4f}× "
-                    f"bpb {r['bpb']:.4f}  {cmp}  [{r['status']}]"
+                    f"bpb {r['bpb']:.4f}  {cmp}{seeds}  [{r['status']}]"
                 )
             print("  " + line, flush=True)
         fitted = [e for e in ranked if e["row"].get("bpb") is not None]
@@ -489,6 +607,8 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
                 flush=True,
             )
         win = system(fitted[0]["row"])
-        ties = [system(e["row"]) for e in fitted[1:] if e["delta"] is None or not e["delta"].significant]
-        verdict = f"winner: {win}" + (f" (not separable from {', '.join(ties)} at {cc.level:.0%})" if ties else "")
+        ties = [system(e["row"]) for e in fitted[1:] if not separable(e, fitted[0])]
+        verdict = f"winner: {win}" + (
+            f" (not separable from {', '.join(ties)} at {cc.level:.0%} or within the seed spread)" if ties else ""
+        )
         print("  " + verdict, flush=True)

@@ -13,6 +13,7 @@ from tests.test_run import TINY_ARGS, bytegolf
 pytestmark = pytest.mark.slow
 
 BUDGETS = (30_000, 1_000)
+ONE_POINT = ["compare.front_points=0", "compare.seeds=1"]  # only the landings (the tests below count points)
 
 
 def _compare(bundle: Path, out: Path):
@@ -20,6 +21,7 @@ def _compare(bundle: Path, out: Path):
         "compare",
         f"bundle={bundle}",
         *TINY_ARGS,
+        *ONE_POINT,
         "compare.formats=[scalar,clustered]",
         "compare.references=[]",
         "compare.calibrate.clustered.steps=0",
@@ -73,6 +75,7 @@ def test_compare_variants_of_one_format_are_systems_of_their_own(tiny_bundle: Pa
         "compare",
         f"bundle={tiny_bundle}",
         *TINY_ARGS,
+        *ONE_POINT,
         "+compare.variants={s3: {format: scalar, params: {bits: 3}}, s5: {format: scalar, params: {bits: 5}}}",
         "compare.formats=[s3,s5]",
         "compare.references=[]",
@@ -134,6 +137,7 @@ def test_compare_ranks_a_reference_export_at_its_own_size_and_at_the_budget(tiny
         "compare",
         f"bundle={tiny_bundle}",
         *TINY_ARGS,
+        *ONE_POINT,
         "compare.formats=[scalar]",
         "compare.references=[pg_top]",
         f"compare.budgets=[{budget}]",
@@ -192,6 +196,7 @@ def test_a_calibrated_system_that_grows_past_the_budget_lands_again_below_it(tin
         "compare",
         f"bundle={tiny_bundle}",
         *TINY_ARGS,
+        *ONE_POINT,
         "compare.formats=[clustered]",
         "compare.references=[]",
         "compare.calibrate.clustered.steps=30",
@@ -208,3 +213,54 @@ def test_a_calibrated_system_that_grows_past_the_budget_lands_again_below_it(tin
         if r is not ranked[0]:  # landings that calibration pushed over are set aside, never ranked
             assert r["status"] == "over_budget" and r["final_bytes"] > budget
     assert ("over the budget after calibration" in proc.stdout) == (len(rows) > 1)
+
+
+def test_randomized_systems_get_a_seed_spread_and_every_system_a_front(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "front"
+    budget = BUDGETS[0]
+    proc = bytegolf(
+        "compare",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        "compare.formats=[scalar,clustered]",
+        "compare.references=[]",
+        "compare.calibrate.clustered.steps=0",
+        "compare.embedding=null",
+        "compare.front_points=4",
+        "compare.seeds=2",
+        f"compare.budgets=[{budget}]",
+        "compare.samples=300",
+        "codec=zstd",
+        f"hydra.run.dir={out}",
+        cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(p.read_text()) for p in out.glob(f"points/*/*/{store.RESULT}")]
+    by = {f: [r for r in rows if r["format"] == f] for f in ("scalar", "clustered")}
+    seeds = [r for r in rows if r["status"] == "seed"]
+    assert [r["format"] for r in seeds] == ["clustered"] and seeds[0]["seed_budget"] == budget  # k-means only
+    assert seeds[0]["budget_bytes"] is None and seeds[0]["bpb"] > 0
+    landing = next(r for r in by["clustered"] if r.get("budget_bytes") == budget)
+    assert seeds[0]["knob_value"] == landing["knob_value"] and seeds[0]["bpb"] != landing["bpb"]
+    spread = abs(seeds[0]["bpb"] - landing["bpb"])
+    assert f"seeds ±{spread / 2:.4f}" in proc.stdout
+    for fmt, rs in by.items():
+        front = [r for r in rs if r["status"] == "front"]
+        assert all(r["budget_bytes"] is None for r in front)
+        sizes = sorted({r["counted_bytes"] for r in rs if r["status"] != "seed"})
+        assert len(sizes) >= 4, (fmt, sizes)  # the landing plus front points across [budget / 2, budget]
+        assert sizes[0] < 0.8 * budget and sizes[-1] <= budget
+    ranked = [r for r in rows if r.get("budget_bytes") == budget]
+    assert sorted(r["format"] for r in ranked) == ["clustered", "scalar"]
+
+
+def test_a_delta_inside_the_seed_spread_is_not_a_win() -> None:
+    from bytegolf.compare import separable
+    from bytegolf.stats import PairedDelta
+
+    best = {"spread": 0.004}
+    clear = {"delta": PairedDelta(0.010, 0.006, 0.014, 0.001, 1000, 0.95), "spread": None}
+    inside = {"delta": PairedDelta(0.003, 0.001, 0.005, 0.01, 1000, 0.95), "spread": None}
+    ci_zero = {"delta": PairedDelta(0.010, -0.001, 0.02, 0.08, 1000, 0.95), "spread": None}
+    assert separable(clear, best) and not separable(inside, best) and not separable(ci_zero, {})
+    assert separable(inside, {"spread": None})
