@@ -25,16 +25,27 @@ def _colors(names: list[str]) -> dict[str, Any]:
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
-def frontier(
-    results: list[dict[str, Any]], y: str, ylabel: str, path: Path, logy: bool = False, clip: float | None = None
-) -> Path:
-    """Every point per format (faint) and its Pareto front (line) on (final bytes, y); caps as vertical lines.
+def _ref_bpbs(results: list[dict[str, Any]]) -> list[float]:
+    """The unquantized model's bpb the points carry (ref_bpb), one value per distinct model (4 decimals)."""
+    vals = [v for r in results if np.isfinite(v := analysis._num(r, "ref_bpb"))]
+    by: dict[float, list[float]] = {}
+    for v in vals:
+        by.setdefault(round(v, 4), []).append(v)
+    return [float(np.median(v)) for _, v in sorted(by.items())]
 
-    clip: the y axis ends at clip × the lowest y; points above it are drawn on the top edge with their value."""
+
+def _mb(b: float) -> str:
+    return f"{b / 1e6:g} MB"
+
+
+def frontier_figure(results: list[dict[str, Any]], y: str, ylabel: str, logy: bool = False, clip: float | None = None):
+    """The frontier plot as a matplotlib Figure (see `frontier`); its artists carry gids: "front:<system>",
+    "cap:<bytes>", "ref_bpb", "reference:<label>" (the marker) and its text "reference_label:<label>"."""
     plt = _plt()
-    groups = analysis.by_format(results)
+    refs = [r for r in results if analysis.is_reference_export(r)]
+    groups = analysis.by_format([r for r in results if not analysis.is_reference_export(r)])
     colors = _colors(list(groups))
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.4))
     for name, rs in groups.items():
         xs = np.array([analysis._num(r, "final_bytes") for r in rs])
         ys = np.array([analysis._num(r, y) for r in rs])
@@ -42,13 +53,43 @@ def frontier(
         f = analysis.front(rs, y)
         fx = [analysis._num(r, "final_bytes") for r in f]
         fy = [analysis._num(r, y) for r in f]
-        ax.plot(fx, fy, "-o", ms=4, lw=1.6, color=colors[name], label=f"{name} ({len(rs)} points)")
+        (line,) = ax.plot(fx, fy, "-o", ms=4, lw=1.6, color=colors[name], label=f"{name} ({len(rs)} points)")
+        line.set_gid(f"front:{name}")
+    last_x, depth = -1.0, 0
+    for k, r in enumerate(sorted(refs, key=lambda r: analysis._num(r, "final_bytes"))):
+        x, v, lab = analysis._num(r, "final_bytes"), analysis._num(r, y), analysis.system(r)
+        if not (np.isfinite(x) and np.isfinite(v)):
+            continue
+        depth = depth + 1 if x < 1.15 * last_x else 0  # stack the labels of exports at about the same size
+        last_x = x
+        pts = ax.scatter(
+            [x], [v], marker="*", s=160, color="black", edgecolor="white", lw=0.6, zorder=5,
+            label="Parameter Golf reference exports" if k == 0 else None,
+        )  # fmt: skip
+        pts.set_gid(f"reference:{lab}")
+        t = ax.annotate(
+            lab, (x, v), xytext=(8, 10 + 12 * depth), textcoords="offset points", fontsize=8, fontweight="bold",
+            arrowprops={"arrowstyle": "-", "color": "0.3", "lw": 0.6, "shrinkB": 5}, zorder=6,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+        )  # fmt: skip
+        t.set_gid(f"reference_label:{lab}")
     caps = sorted({int(c) for r in results for c in (r.get("cap_bytes"), r.get("budget_bytes")) if c})
     for i, cap in enumerate(caps):
-        ax.axvline(cap, color="0.35", ls="--", lw=1, label="cap / budget" if i == 0 else None)
+        ln = ax.axvline(cap, color="0.35", ls="--", lw=1, label="byte cap / budget" if i == 0 else None)
+        ln.set_gid(f"cap:{cap}")
+        ax.annotate(
+            _mb(cap), (cap, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2), textcoords="offset points",
+            ha="center", va="bottom", fontsize=8, color="0.3",
+        )  # fmt: skip
+    ref_bpbs = _ref_bpbs(results) if y == "bpb" else []
+    for i, v in enumerate(ref_bpbs):
+        ln = ax.axhline(
+            v, color="tab:red", ls=":", lw=1.3, label=f"unquantized model ({v:.4f} bpb)" if i == 0 else None
+        )
+        ln.set_gid("ref_bpb")
     ys_all = [v for r in results if np.isfinite(v := analysis._num(r, y))]
     if clip and ys_all and max(ys_all) > clip * min(ys_all):
-        lo, top = min(ys_all), clip * min(ys_all)
+        lo, top = min([*ys_all, *ref_bpbs]), clip * min(ys_all)
         ax.set_ylim(lo - 0.03 * (top - lo), top)
         off = sorted((r for r in results if analysis._num(r, y) > top), key=lambda r: analysis._num(r, "final_bytes"))
         last_x, depth = -1.0, 0
@@ -56,6 +97,7 @@ def frontier(
             x = analysis._num(r, "final_bytes")
             depth = depth + 1 if x < 1.08 * last_x else 0  # stack the labels of points at about the same size
             last_x = x
+            c = colors.get(analysis.system(r), "black")
             ax.annotate(
                 f"{analysis._num(r, y):.2f}",
                 (x, top),
@@ -63,20 +105,38 @@ def frontier(
                 textcoords="offset points",
                 ha="center",
                 fontsize=7,
-                color=colors[analysis.system(r)],
-                arrowprops={"arrowstyle": "-|>", "color": colors[analysis.system(r)]},
+                color=c,
+                arrowprops={"arrowstyle": "-|>", "color": c},
             )
-        ax.set_title(f"{y} vs final bytes (lines: Pareto front per format; off-scale values on the top edge)")
+        ax.set_title(
+            f"{y} vs final bytes (lines: Pareto front per format; off-scale values on the top edge)",
+            fontsize=10,
+            pad=16,
+        )
     else:
-        ax.set_title(f"{y} vs final bytes (lines: Pareto front per format)")
+        ax.set_title(f"{y} vs final bytes (lines: Pareto front per format)", fontsize=10, pad=16)
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("final artifact size (bytes, log scale)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
+    return fig
+
+
+def frontier(
+    results: list[dict[str, Any]], y: str, ylabel: str, path: Path, logy: bool = False, clip: float | None = None
+) -> Path:
+    """Every point per format (faint) and its Pareto front (line) on (final bytes, y), written to path as PNG.
+
+    Also drawn: the byte caps / budgets (dashed vertical lines, labelled in MB), the Parameter Golf
+    reference exports (black stars, labelled) and, for y = bpb, the unquantized model's bpb (dotted
+    horizontal line). clip: the y axis ends at clip × the lowest y; points above it are drawn on the
+    top edge with their value."""
+    plt = _plt()
+    fig = frontier_figure(results, y, ylabel, logy, clip)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -1,4 +1,5 @@
-"""Statistics for comparing points: paired bootstrap, Kendall tau-b, Pareto fronts, BD-rate.
+"""Statistics for comparing points: paired bootstrap, multiple-comparison correction, Kendall tau-b,
+Pareto fronts, BD-rate.
 
 Paired bootstrap (Koehn 2004, as sacrebleu does it): draw N resamples of the evaluation windows
 with replacement, the same indices for every system; each resample gives each system's ratio
@@ -7,9 +8,13 @@ token). The CI on the difference is the percentile interval of the resampled dif
 two-sided p-value counts the resampled differences, centred on their mean (the null
 hypothesis), whose magnitude reaches the observed one: p = (c + 1) / (N + 1).
 
-BD-rate (Bjøntegaard): log-rate as a function of distortion, interpolated by pchip over the
-distortion range both curves cover, averaged; exp(mean difference) − 1 in percent (positive:
-the test curve needs more bytes for the same quality). NaN where the ranges do not overlap.
+Multiple comparisons: where a report scans many pairs and lists those with a small p, the p-values
+are adjusted over the whole family of tests made: Holm (1979) step-down, which controls the
+family-wise error rate under any dependence (the default), or Benjamini–Hochberg (1995) step-up,
+which controls the false discovery rate. Adjusted p-values are monotone in the raw ones and
+capped at 1; a claim is significant where its adjusted p ≤ α.
+
+BD-rate (Bjøntegaard): see bytegolf.bdrate; `bd_rate` here is its NaN-returning form.
 """
 
 from __future__ import annotations
@@ -129,32 +134,69 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def _curve(rate: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distortion ascending, log rate) with one rate (the smallest) per distortion value."""
-    r, d = np.asarray(rate, dtype=np.float64), np.asarray(dist, dtype=np.float64)
-    ok = np.isfinite(r) & np.isfinite(d) & (r > 0)
-    r, d = r[ok], d[ok]
-    best: dict[float, float] = {}
-    for ri, di in zip(r, d, strict=True):
-        best[di] = min(ri, best.get(di, math.inf))
-    ds = np.array(sorted(best))
-    return ds, np.log(np.array([best[v] for v in ds]))
+CORRECTIONS = ("holm", "bh", "none")
+
+
+def _finite_order(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(p, dtype=np.float64)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError(f"p-values must lie in [0, 1], got {p[(p < 0) | (p > 1)].tolist()}")
+    idx = np.flatnonzero(np.isfinite(p))
+    return p, idx[np.argsort(p[idx], kind="stable")]
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error rate), in the input order.
+
+    The i-th smallest of m finite p-values becomes max over j ≤ i of min(1, (m − j + 1)·p_(j));
+    NaN entries stay NaN and do not count in m."""
+    p, order = _finite_order(p)
+    out = np.full(p.shape, np.nan)
+    m = len(order)
+    if m:
+        stepped = (m - np.arange(m)) * p[order]
+        out[order] = np.minimum(1.0, np.maximum.accumulate(stepped))
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg step-up adjusted p-values (false discovery rate), in the input order.
+
+    The i-th smallest of m finite p-values becomes min over j ≥ i of min(1, m·p_(j)/j); NaN entries
+    stay NaN and do not count in m."""
+    p, order = _finite_order(p)
+    out = np.full(p.shape, np.nan)
+    m = len(order)
+    if m:
+        stepped = m * p[order] / np.arange(1, m + 1)
+        out[order] = np.minimum(1.0, np.minimum.accumulate(stepped[::-1])[::-1])
+    return out
+
+
+def adjust_pvalues(p: np.ndarray, method: str = "holm") -> np.ndarray:
+    """Adjusted p-values of one family of tests: method "holm" (default), "bh" or "none"."""
+    if method == "holm":
+        return holm(p)
+    if method == "bh":
+        return benjamini_hochberg(p)
+    if method == "none":
+        return _finite_order(p)[0].copy()
+    raise ValueError(f"unknown multiple-comparison correction {method!r}; use one of {', '.join(CORRECTIONS)}")
+
+
+def correction_name(method: str) -> str:
+    """How a report names the correction."""
+    return {"holm": "Holm (family-wise error rate)", "bh": "Benjamini–Hochberg (false discovery rate)"}.get(
+        method, "none"
+    )
 
 
 def bd_rate(rate_a: np.ndarray, dist_a: np.ndarray, rate_b: np.ndarray, dist_b: np.ndarray) -> float:
-    """Bjøntegaard delta rate of curve b against anchor a, in percent (NaN without overlap).
+    """Bjøntegaard delta rate of curve b against anchor a, in percent; NaN where bytegolf.bdrate.bd_rate
+    raises (fewer than two Pareto points, or no overlap). Distortion: smaller is better."""
+    from bytegolf import bdrate
 
-    Each curve needs at least two points; log rate must be a function of distortion (pass Pareto
-    fronts). Distortion may be any quality axis (bpb, rel_mse, SQNR): only its order matters."""
-    from scipy.interpolate import PchipInterpolator
-
-    da, la = _curve(rate_a, dist_a)
-    db, lb = _curve(rate_b, dist_b)
-    if len(da) < 2 or len(db) < 2:
+    try:
+        return bdrate.bd_rate(rate_a, dist_a, rate_b, dist_b)
+    except bdrate.FrontError:
         return math.nan
-    lo, hi = max(da[0], db[0]), min(da[-1], db[-1])
-    if not hi > lo:
-        return math.nan
-    ia = PchipInterpolator(da, la).integrate(lo, hi)
-    ib = PchipInterpolator(db, lb).integrate(lo, hi)
-    return float((math.exp((ib - ia) / (hi - lo)) - 1.0) * 100.0)

@@ -136,3 +136,36 @@ def test_sampled_windows_span_the_split_and_know_their_documents() -> None:
     assert np.array_equal(sampled, again)
     everything, _ = data.sample_windows(tokens, 100, 0, seed=3)
     assert everything.shape == (100, 101)
+
+
+def test_holm_on_a_textbook_example() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 → ×4, ×3, ×2, ×1 = 0.02, 0.03, 0.06, 0.04 → running max 0.02, 0.03, 0.06, 0.06
+    got = stats.holm(np.array([0.01, 0.04, 0.03, 0.005]))
+    assert got == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_benjamini_hochberg_on_a_textbook_example() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 → ×4/1, ×4/2, ×4/3, ×4/4 = 0.02, 0.02, 0.04, 0.04 → running min from the top: same
+    got = stats.benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.005]))
+    assert got == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    # a step-up case: 0.04·3/2 = 0.06 is lowered to the 0.045·3/3 = 0.045 above it
+    assert stats.benjamini_hochberg(np.array([0.001, 0.04, 0.045])) == pytest.approx([0.003, 0.045, 0.045])
+
+
+def test_adjusted_p_values_are_monotone_capped_and_keep_nan() -> None:
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0, 0.2, size=30)
+    order = np.argsort(p)
+    for method in ("holm", "bh"):
+        adj = stats.adjust_pvalues(p, method)
+        assert np.all(adj >= p - 1e-15) and np.all(adj <= 1.0)
+        assert np.all(np.diff(adj[order]) >= -1e-15)  # same order as the raw p-values
+    assert stats.holm(np.array([0.5, 0.6]))[1] == 1.0  # 2 × 0.6 capped at 1
+    got = stats.holm(np.array([0.01, math.nan, 0.02]))
+    assert math.isnan(got[1]) and got[[0, 2]] == pytest.approx([0.02, 0.02])  # m = 2: NaN is not a test
+    assert stats.adjust_pvalues(np.array([0.01, 0.02]), "none") == pytest.approx([0.01, 0.02])
+    assert stats.holm(np.array([])).shape == (0,)
+    with pytest.raises(ValueError, match="unknown multiple-comparison correction"):
+        stats.adjust_pvalues(np.array([0.1]), "bonferroni-ish")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        stats.holm(np.array([1.5]))
