@@ -1,9 +1,20 @@
-"""`bytegolf allocate`: per-tensor settings of one format, chosen to minimise output error under a byte cap.
+"""`bytegolf allocate`: per-tensor formats and settings, chosen to minimise output error under a byte cap.
 
 Every unit the plan gives to the run's format (a tensor, or a family when the format's scope says
 so; passthrough tensors and tensors that rules give to other formats stay as they are) is encoded
-at every candidate setting (`allocate.candidates`, each over the format's settings). Per unit and
-candidate two numbers are measured:
+at every candidate that applies to it. A candidate is a format and settings:
+
+  allocate.candidates  a list of mappings: settings of the run's format ({bits: 4}), or of a named
+                       format ({format: clustered, codebook_size: 256}, over that format's
+                       `format=<name>` defaults), optionally restricted to tensors by name glob(s)
+                       ({format: scalar, bits: 8, match: "tok_emb*"}; a unit takes a candidate when
+                       each of its tensors matches one of the globs);
+  allocate.knob        candidates along a format's rate knob, one mapping or a list of them:
+                       {format: F (default the run's), name: K (default F's rate knob), values: [..]
+                       or steps: N over the knob's range from bytegolf.search (lo, hi, log, integer
+                       override it), params: {..} (settings under the knob), match: ..}.
+
+Per unit and candidate two numbers are measured:
 
   bytes  the unit's streams alone through the run's layout and codec (what the artifact writer
          stores for them, without the container header; with layout.grouping role or all, units
@@ -15,28 +26,31 @@ candidate two numbers are measured:
          matrix (or none collected: calib.windows=0) count nᵢ·rel_mseᵢ / Σ nᵢ instead. The
          sensitivity of a tensor is its weight on the raw error: nᵢ / (Σ nᵢ · tr(W H Wᵀ)).
 
-Allocation is greedy on marginal error per byte over each unit's lower convex hull of
-(bytes, error) (candidates above it or dominated are never chosen): start at the cheapest point,
-take the upgrade with the largest Δerror/Δbytes that still fits, stop when none fits. The fixed
-bytes (passthrough tensors, header, code bytes with budget.count_code) are measured by writing the
-cheapest allocation. Each round then writes the chosen artifact for real; when it is over the cap
-(or more than `tol` under), the fixed part is re-measured and the allocation moves (downgrades with
-the least error per byte saved first, then upgrades that fit) for at most `max_rounds` writes.
+The allocation itself is bytegolf.allocation.allocate: the greedy on each unit's lower convex hull,
+then an exact branch and bound that finds the least-error allocation within the bytes (proven
+optimal unless its frontier grows beyond allocate.max_states). The fixed bytes (passthrough tensors,
+header, code bytes with budget.count_code) are measured by writing the cheapest allocation. Each
+round then writes the chosen artifact for real; when it is over the cap (or more than `tol` under),
+the fixed part is re-measured and the allocation is solved again for at most `max_rounds` writes.
 The best fitting allocation is evaluated like `bytegolf run` (bytegolf.runner.run_point) into the
-run directory, with allocation.json, allocation.md and plan.yaml (a plan config for `plan=`).
+run directory, with allocation.json, allocation.md and plan.yaml (a plan config for `plan=`: a rule
+per allocated tensor naming its format and settings).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from bytegolf.allocation import MAX_STATES, allocate, lower_hull, slope
 from bytegolf.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,12 +66,17 @@ PROBE = ".probe-allocate.bgz"
 
 @dataclass
 class AllocateSettings:
-    """candidates: settings of the run's format, each over its parameters (e.g. [{bits: 4}, {bits: 6}]);
-    tol: the artifact should land within (1 - tol)·budget; max_rounds: artifact writes to correct the prediction."""
+    """candidates: settings of the run's format or of a named format, each optionally restricted by `match`
+    (e.g. [{bits: 4}, {format: clustered, codebook_size: 256, match: "blocks.*.mlp.*"}]); knob: candidates
+    along a rate knob ({name: clip_k, values: [8, 12]}, or a list of such); tol: the artifact should land
+    within (1 - tol)·budget; max_rounds: artifact writes to correct the prediction; max_states: the exact
+    search's frontier limit (beyond it the greedy answer stands, reported as not proven optimal)."""
 
     candidates: list[Any] = field(default_factory=list)
+    knob: Any = None
     tol: float = 0.01
     max_rounds: int = 5
+    max_states: int = MAX_STATES
 
 
 def register() -> None:
@@ -66,61 +85,208 @@ def register() -> None:
     ConfigStore.instance().store(name="base_allocate", node=AllocateSettings, package="allocate")
 
 
-# ------------------------------------------------------------------ the greedy on convex hulls
+# ------------------------------------------------------------------ candidates
 
 
-def lower_hull(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (bytes, error) points on their lower convex hull, cheapest first, error strictly falling."""
-    hull: list[int] = []
-    for i in sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1], i)):
-        x, y = points[i]
-        if hull and y >= points[hull[-1]][1]:
-            continue  # costs as much or more and is no better
-        while len(hull) >= 2:
-            (x0, y0), (x1, y1) = points[hull[-2]], points[hull[-1]]
-            if (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0) > 0:
-                break
-            hull.pop()  # on or above the chord from its left neighbour to the new point
-        hull.append(i)
-    return hull
+def label(params: dict[str, Any]) -> str:
+    """Settings as text: bits=4,clip_k=8 (nested settings dotted: base.bits=3)."""
+
+    def flat(d: dict[str, Any], pre: str) -> list[str]:
+        return [x for k, v in d.items() for x in (flat(v, f"{pre}{k}.") if isinstance(v, dict) else [f"{pre}{k}={v}"])]
+
+    return ",".join(flat(params, "")) or "defaults"
 
 
-def _slope(points: Sequence[tuple[float, float]], a: int, b: int) -> float:
-    """Error saved per byte going from point a to the richer point b."""
-    return (points[a][1] - points[b][1]) / (points[b][0] - points[a][0])
+@dataclass
+class Candidate:
+    """One format and settings a unit may take.
+
+    params: the settings given, over the run's (per tensor, as the plan gives them) for the run's
+    format, else over `settings` (the named format's defaults, already merged); match: globs, a unit
+    takes the candidate when each of its tensors matches one (none: every unit); named: whether the
+    user named the format (labels then show it); source: where it came from, for error messages."""
+
+    format: str
+    params: dict[str, Any]
+    match: list[str] = field(default_factory=list)
+    named: bool = False
+    source: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        text = (f"{self.format}:" if self.named else "") + label(self.params)
+        return text + (f"@{'|'.join(self.match)}" if self.match else "")
+
+    def applies(self, names: list[str]) -> bool:
+        return not self.match or all(any(fnmatch.fnmatchcase(n, m) for m in self.match) for n in names)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "params": self.params, "match": self.match}
 
 
-def allocate_greedy(
-    tables: Sequence[Sequence[tuple[float, float]]], budget: float, start: Sequence[int] | None = None
-) -> list[int]:
-    """One candidate per item (its index in the item's table of (bytes, error)) with Σ bytes ≤ budget.
+def _setting_names(fmt: str) -> set[str] | None:
+    """The settings a format's constructor takes (None: it takes any keyword)."""
+    import importlib
 
-    From `start` (candidate indices on the hulls; default: each item's cheapest), downgrades the step
-    with the least error per byte saved while over the budget, then takes the upgrade with the most
-    error per byte that fits until none does. Raises ConfigError when even the cheapest choice is over."""
-    hulls = [lower_hull(t) for t in tables]
-    pos = [0] * len(tables) if start is None else [h.index(s) for h, s in zip(hulls, start, strict=True)]
-    total = sum(t[h[p]][0] for t, h, p in zip(tables, hulls, pos, strict=True))
-    while total > budget:
-        down = [
-            (_slope(t, h[p - 1], h[p]), i) for i, (t, h, p) in enumerate(zip(tables, hulls, pos, strict=True)) if p > 0
-        ]
-        if not down:
-            raise ConfigError(f"does not fit: cheapest allocation is {total:,.0f} bytes (budget {budget:,.0f})")
-        _, i = min(down)
-        total -= tables[i][hulls[i][pos[i]]][0] - tables[i][hulls[i][pos[i] - 1]][0]
-        pos[i] -= 1
-    while True:
-        up = []
-        for i, (t, h, p) in enumerate(zip(tables, hulls, pos, strict=True)):
-            if p + 1 < len(h) and total + t[h[p + 1]][0] - t[h[p]][0] <= budget:
-                up.append((-_slope(t, h[p], h[p + 1]), t[h[p + 1]][0] - t[h[p]][0], i))
-        if not up:
-            break
-        _, step, i = min(up)
-        total += step
-        pos[i] += 1
-    return [h[p] for h, p in zip(hulls, pos, strict=True)]
+    from bytegolf.formats import REGISTRY
+
+    module, cls = REGISTRY[fmt].split(":")
+    params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name != "self"}
+
+
+def _known_format(fmt: str, where: str) -> None:
+    from bytegolf.formats import REGISTRY
+
+    if fmt not in REGISTRY:
+        raise ConfigError(f"{where}: unknown format {fmt!r}; known: {', '.join(sorted(REGISTRY))}")
+
+
+def _match(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    globs = [value] if isinstance(value, str) else value
+    if not isinstance(globs, list) or not globs or not all(isinstance(g, str) and g for g in globs):
+        raise ConfigError(f"{where}: match must be a glob or a list of globs over tensor names, got {value!r}")
+    return list(globs)
+
+
+def _candidate(fmt: str, fmt_params: dict[str, Any], c: Any, where: str, named: bool | None = None) -> Candidate:
+    """One candidate mapping checked: known format, known settings, accepted by the format, same scope."""
+    from bytegolf.formats import get_format
+    from bytegolf.plan import format_defaults, merge_settings
+
+    if not isinstance(c, dict):
+        raise ConfigError(f"{where}: {c!r} is not a mapping of {fmt} settings")
+    params = dict(c)
+    cf = params.pop("format", None)
+    match = _match(params.pop("match", None), where)
+    cand_fmt = fmt if cf is None else str(cf)
+    _known_format(cand_fmt, where)
+    names = _setting_names(cand_fmt)
+    unknown = sorted(set(params) - names) if names is not None else []
+    if unknown:
+        raise ConfigError(
+            f"{where}: format {cand_fmt} has no setting {', '.join(map(repr, unknown))} "
+            f"(its settings: {', '.join(sorted(names or ()))})"
+        )
+    base = dict(fmt_params) if cand_fmt == fmt else format_defaults(cand_fmt)
+    settings = merge_settings(base, params)
+    cand = Candidate(cand_fmt, params, match, cf is not None if named is None else named, where)
+    try:
+        get_format(cand_fmt, **settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{where} {cand.label} is rejected by format {cand_fmt}: {exc}") from None
+    run_scope = fmt_params.get("scope", "tensor")
+    if settings.get("scope", "tensor") != run_scope:
+        raise ConfigError(
+            f"{where}: scope {settings.get('scope', 'tensor')} cannot differ from the run format's ({run_scope}); "
+            "units are the run format's"
+        )
+    if cand_fmt != fmt:
+        cand.settings = settings
+    return cand
+
+
+KNOB_KEYS = {"format", "name", "values", "steps", "lo", "hi", "log", "integer", "params", "match"}
+
+
+def knob_values(knob: Any, steps: int) -> list[int | float]:
+    """`steps` values spread evenly over a bytegolf.search.Knob's range (log or linear), snapped, distinct."""
+    if steps < 1:
+        raise ConfigError(f"allocate.knob: steps must be >= 1, got {steps}")
+    if steps == 1:
+        ts = [(knob.t(knob.lo) + knob.t(knob.hi)) / 2]
+    else:
+        ts = [knob.t(knob.lo) + i * (knob.t(knob.hi) - knob.t(knob.lo)) / (steps - 1) for i in range(steps)]
+    out: list[int | float] = []
+    for t in ts:
+        v = knob.value(knob.snap(knob.x(t)))
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def knob_candidates(fmt: str, fmt_params: dict[str, Any], spec: Any, where: str = "allocate.knob") -> list[Candidate]:
+    """Candidates along one rate knob (see the module docstring), its range from bytegolf.search.knob_for."""
+    from bytegolf import search
+    from bytegolf.formats import get_format
+    from bytegolf.plan import format_defaults, merge_settings
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: {spec!r} is not a mapping (keys: {', '.join(sorted(KNOB_KEYS))})")
+    unknown = sorted(set(spec) - KNOB_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (use {', '.join(sorted(KNOB_KEYS))})")
+    named = spec.get("format") is not None
+    kfmt = str(spec["format"]) if named else fmt
+    _known_format(kfmt, where)
+    params = spec.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: params must be a mapping of {kfmt} settings, got {params!r}")
+    settings = merge_settings(dict(fmt_params) if kfmt == fmt else format_defaults(kfmt), params)
+    name = spec.get("name")
+    if name is None:
+        try:
+            name = get_format(kfmt, **settings).rate_knob
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: format {kfmt} rejects params {label(params)}: {exc}") from None
+        if name is None:
+            raise ConfigError(f"{where}: format {kfmt} has no rate knob; give allocate.knob.name")
+    path = str(name).split(".")
+    node: Any = merge_settings(format_defaults(kfmt), settings)
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            own = get_format(kfmt, **settings).rate_knob
+            raise ConfigError(f"{where}: format {kfmt} has no knob {name!r} (its rate knob: {own})")
+        node = node[part]
+    default = node
+    if spec.get("values") is not None:
+        values = spec["values"]
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: values must be a non-empty list, got {values!r}")
+        if "steps" in spec or any(k in spec for k in ("lo", "hi", "log", "integer")):
+            raise ConfigError(f"{where}: give values, or steps with the range (lo, hi, log, integer), not both")
+    else:
+        override = {k: spec[k] for k in ("lo", "hi", "log", "integer") if spec.get(k) is not None}
+        knob = search.knob_for(path[-1], default, override)
+        assert knob is not None
+        values = knob_values(knob, int(spec.get("steps") or 6))
+    out = []
+    for v in values:
+        leaf: dict[str, Any] = {path[-1]: v}
+        for part in reversed(path[:-1]):
+            leaf = {part: leaf}
+        c = {**merge_settings(params, leaf), **({"format": kfmt} if named else {})}
+        if spec.get("match") is not None:
+            c["match"] = spec["match"]
+        out.append(_candidate(fmt, fmt_params, c, f"{where} {name}={v}", named=named))
+    return out
+
+
+def check_candidates(fmt: str, fmt_params: dict[str, Any], candidates: Any, knob: Any = None) -> list[Candidate]:
+    """The candidates of `allocate.candidates` then of `allocate.knob` (a mapping or a list), checked, distinct."""
+    import json
+
+    knobs = [] if knob is None else knob if isinstance(knob, list) else [knob]
+    if not candidates and not knobs:
+        raise ConfigError(
+            f"allocate.candidates is empty: give settings of {fmt}, e.g. [{{bits: 4}}, {{bits: 6}}], "
+            "or allocate.knob={name: ..., values: [...]}"
+        )
+    out = [_candidate(fmt, fmt_params, c, f"allocate.candidates[{i}]") for i, c in enumerate(candidates or [])]
+    for i, spec in enumerate(knobs):
+        out += knob_candidates(fmt, fmt_params, spec, "allocate.knob" + (f"[{i}]" if len(knobs) > 1 else ""))
+    seen, distinct = set(), []
+    for c in out:
+        key = json.dumps([c.format, c.params, c.match], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(c)
+    return distinct
 
 
 # ------------------------------------------------------------------ measuring units
@@ -128,7 +294,8 @@ def allocate_greedy(
 
 @dataclass
 class Unit:
-    """One allocatable unit: its tensors and, per candidate, stored bytes, objective error and encoding."""
+    """One allocatable unit: its tensors and, per option, stored bytes, objective error and encoding;
+    options[p] is the candidate of table position p (empty: position p is candidate p)."""
 
     names: list[str]
     numel: int
@@ -137,35 +304,15 @@ class Unit:
     bytes: list[int] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)
     encoded: list[Encoded] = field(default_factory=list)
+    options: list[int] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)  # candidate → why the format refused this unit
 
     @property
     def table(self) -> list[tuple[float, float]]:
         return list(zip(self.bytes, self.errors, strict=True))
 
-
-def label(params: dict[str, Any]) -> str:
-    """A candidate as text: bits=4,clip_k=8."""
-    return ",".join(f"{k}={v}" for k, v in params.items()) or "defaults"
-
-
-def check_candidates(fmt: str, fmt_params: dict[str, Any], candidates: Any) -> list[dict[str, Any]]:
-    """The candidates as dicts, each accepted by the format over the run's settings."""
-    from bytegolf.formats import get_format
-
-    if not candidates:
-        raise ConfigError(f"allocate.candidates is empty: give settings of {fmt}, e.g. [{{bits: 4}}, {{bits: 6}}]")
-    out = []
-    for i, c in enumerate(candidates):
-        if not isinstance(c, dict):
-            raise ConfigError(f"allocate.candidates[{i}]: {c!r} is not a mapping of {fmt} settings")
-        if "scope" in c:
-            raise ConfigError(f"allocate.candidates[{i}]: scope cannot differ between candidates")
-        try:
-            get_format(fmt, **{**fmt_params, **c})
-        except ConfigError as exc:
-            raise ConfigError(f"allocate.candidates[{i}] {label(c)} is rejected by format {fmt}: {exc}") from None
-        out.append(dict(c))
-    return out
+    def candidate(self, p: int) -> int:
+        return self.options[p] if self.options else p
 
 
 def unit_bytes(unit: Encoded, codec: str, codec_params: dict[str, Any], lay: LayoutConfig) -> int:
@@ -209,8 +356,17 @@ class Measured:
         return [s for s in self.slots if isinstance(s, Unit)]
 
 
-def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[dict[str, Any]]) -> Measured:
-    """Encode every unit of the run's format at every candidate; bytes through the run's layout and codec."""
+def unit_settings(a: Assignment, fmt: str, cand: Candidate) -> dict[str, Any]:
+    """A tensor's settings under a candidate: over what the plan gave it for the run's format, else the
+    named format's defaults with the candidate's settings (what make_plan gives the rule plan_rules writes)."""
+    from bytegolf.plan import merge_settings
+
+    return merge_settings(a.params, cand.params) if cand.format == fmt else dict(cand.settings)
+
+
+def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[Candidate]) -> Measured:
+    """Encode every unit of the run's format at every candidate that applies to it; bytes through the
+    run's layout and codec. A candidate the format refuses on a unit is skipped there (with a warning)."""
     import torch
     from tqdm import tqdm
 
@@ -234,6 +390,7 @@ def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[d
     with_gram = [n for n in quantized if gram(n) is not None]
     norm = float(sum(ws.state[n].numel() for n in (with_gram or quantized)) or 1)
     out = Measured([], 0, "output_error" if with_gram else "rel_mse")
+    used = [False] * len(candidates)
     for group in tqdm(artifact.group_units(plan), desc="measure", unit="unit", leave=False):
         names = [a.name for a in group]
         if group[0].format != fmt:
@@ -245,34 +402,62 @@ def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[d
         sens = [sensitivity(ws.state[n], gram(n), norm) for n in names]
         numel = sum(ws.state[n].numel() for n in names)
         u = Unit(names, numel, sum(sens) / len(sens), all(gram(n) is not None for n in names))
-        for c in candidates:
+        applies = [i for i, c in enumerate(candidates) if c.applies(names)]
+        if not applies:
+            globs = sorted({m for c in candidates for m in c.match})
+            raise ConfigError(f"allocate: no candidate applies to tensor {names[0]} (candidates match only {globs})")
+        for i in applies:
+            c = candidates[i]
+            used[i] = True
             try:
-                enc = encode([Assignment(a.name, a.format, {**a.params, **c}) for a in group])
+                enc = encode([Assignment(a.name, c.format, unit_settings(a, fmt, c)) for a in group])
             except ConfigError as exc:
-                raise ConfigError(f"allocate: candidate {label(c)} on {names[0]}: {exc}") from None
+                u.skipped[i] = str(exc)
+                log.warning("allocate: %s skipped on %s: %s", c.label, names[0], exc)
+                continue
             assert enc.recon is not None
             u.errors.append(sum(objective_error(ws.state[n], enc.recon[n], gram(n), norm) for n in names))
             enc.recon = None
             u.bytes.append(unit_bytes(enc, codec, codec_params, lay))
             u.encoded.append(enc)
+            u.options.append(i)
+        if not u.options:
+            i, why = next(iter(u.skipped.items()))
+            raise ConfigError(
+                f"allocate: every candidate fails on tensor {names[0]}, e.g. {candidates[i].label}: {why}"
+            )
         log.info(
             "measured %s (%s params): %s",
             names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}",
             f"{numel:,}",
-            " | ".join(f"{label(c)} {b:,} B {e:.3e}" for c, b, e in zip(candidates, u.bytes, u.errors, strict=True)),
+            " | ".join(
+                f"{candidates[i].label} {b:,} B {e:.3e}" for i, b, e in zip(u.options, u.bytes, u.errors, strict=True)
+            ),
         )
         out.slots.append(u)
     if not out.units:
         raise ConfigError(f"allocate: the plan gives no tensor to format {fmt}")
+    for c, hit in zip(candidates, used, strict=True):
+        if not hit:
+            raise ConfigError(f"{c.source}: match {c.match} matches no tensor the plan gives to format {fmt}")
     return out
 
 
 def land(
-    units: list[Unit], write: Callable[[list[int]], int], budget: int, tol: float, max_rounds: int
+    units: list[Unit],
+    write: Callable[[list[int]], int],
+    budget: int,
+    tol: float,
+    max_rounds: int,
+    max_states: int = MAX_STATES,
 ) -> tuple[list[int], int, list[dict[str, Any]]]:
-    """The allocation (candidate index per unit) whose written artifact fits the budget with the least
-    predicted error, its counted bytes, and the rounds (predicted vs written bytes). write(choice) writes
-    the artifact of an allocation and returns its counted bytes."""
+    """The allocation (table position per unit) whose written artifact fits the budget with the least
+    predicted error, its counted bytes, and the rounds (predicted vs written bytes, whether the allocation
+    was proven optimal for its byte target). write(choice) writes the artifact of an allocation and
+    returns its counted bytes. Each round solves for the budget less the overhead the last write showed
+    (counted minus predicted bytes); it stops within tol of the budget, after max_rounds writes, or when
+    the solution is one written before (the overhead depends on the allocation, so the corrections could
+    otherwise alternate between two allocations)."""
     tables = [u.table for u in units]
 
     def predicted(choice: list[int]) -> tuple[int, float]:
@@ -284,18 +469,24 @@ def land(
     if counted > budget:
         raise ConfigError(f"does not fit: cheapest allocation is {counted:,} bytes (budget {budget:,})")
     overhead = counted - predicted(choice)[0]  # other units, header, code bytes
-    rounds = [{"predicted_bytes": counted, "counted_bytes": counted, "objective": predicted(choice)[1]}]
+    rounds = [{"predicted_bytes": counted, "counted_bytes": counted, "objective": predicted(choice)[1], "exact": True}]
     best = (choice, counted)
+    written = [choice]
     for _ in range(max_rounds):
-        new = allocate_greedy(tables, budget - overhead, start=choice)
-        if new == choice:
-            break
-        choice = new
+        sol = allocate(tables, budget - overhead, start=choice, max_states=max_states)
+        if sol.choice in written:
+            break  # its bytes are known already: moving again would cycle between the corrections
+        written.append(sol.choice)
+        choice = sol.choice
         pb, pe = predicted(choice)
         counted = write(choice)
-        rounds.append({"predicted_bytes": pb + overhead, "counted_bytes": counted, "objective": pe})
+        rounds.append({"predicted_bytes": pb + overhead, "counted_bytes": counted, "objective": pe, "exact": sol.exact})
         log.info(
-            "allocation round %d: predicted %s B, written %s B", len(rounds) - 1, f"{pb + overhead:,}", f"{counted:,}"
+            "allocation round %d: predicted %s B, written %s B%s",
+            len(rounds) - 1,
+            f"{pb + overhead:,}",
+            f"{counted:,}",
+            "" if sol.exact else " (search stopped at allocate.max_states: greedy answer, not proven optimal)",
         )
         if counted <= budget and pe < predicted(best[0])[1]:
             best = (choice, counted)
@@ -315,10 +506,16 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     ac = cfg.allocate
     fmt, fmt_params = _params(cfg.format)
     codec, codec_params = _params(cfg.codec)
-    candidates = check_candidates(fmt, fmt_params, OmegaConf.to_container(ac.candidates, resolve=True))
+    knob = ac.get("knob")
+    knob = OmegaConf.to_container(knob, resolve=True) if isinstance(knob, DictConfig | ListConfig) else knob
+    candidates = check_candidates(fmt, fmt_params, OmegaConf.to_container(ac.candidates, resolve=True), knob)
     budget, count_code, tol = int(cfg.budget.cap_bytes), bool(cfg.budget.count_code), float(ac.tol)
-    if budget <= 0 or not 0 < tol < 1 or int(ac.max_rounds) < 1:
-        raise ConfigError("allocate: need budget.cap_bytes > 0, 0 < allocate.tol < 1 and allocate.max_rounds >= 1")
+    max_states = int(ac.get("max_states", MAX_STATES))
+    if budget <= 0 or not 0 < tol < 1 or int(ac.max_rounds) < 1 or max_states < 1:
+        raise ConfigError(
+            "allocate: need budget.cap_bytes > 0, 0 < allocate.tol < 1, allocate.max_rounds >= 1 "
+            "and allocate.max_states >= 1"
+        )
     lay = layout.LayoutConfig(**cfg.layout)
     get_codec(codec, **codec_params)
     if "finetune" in cfg and cfg.finetune.steps > 0:
@@ -341,8 +538,8 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             probe.unlink(missing_ok=True)
         return final + code
 
-    choice, probed, rounds = land(units, write, budget, tol, int(ac.max_rounds))
-    chosen = [candidates[c] for c in choice]
+    choice, probed, rounds = land(units, write, budget, tol, int(ac.max_rounds), max_states)
+    chosen = [candidates[u.candidate(p)] for u, p in zip(units, choice, strict=True)]
 
     allocated = {n for u in units for n in u.names}
     others = [n for n, t in ws.state.items() if n not in allocated and t.is_floating_point()]
@@ -350,7 +547,7 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     with open_dict(pc):
         pc.pop("allocate", None)
         pc.plan.rules = plan_rules(ws.plan_cfg.rules, others, fmt, units, chosen)
-    _write_plan(out_dir / "plan.yaml", pc, budget)
+    _write_plan(out_dir / "plan.yaml", pc, budget, sorted({c.format for c in chosen}))
     result = run_point(pc, out_dir)
 
     counted = result["final_bytes"] + (result["code_bytes"] if count_code else 0)
@@ -363,6 +560,7 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     pb = sum(u.bytes[c] for u, c in zip(units, choice, strict=True))
     pe = sum(u.errors[c] for u, c in zip(units, choice, strict=True))
     status, reason = _status(units, choice, counted, budget, tol)
+    landed = next((r for r in rounds if r["counted_bytes"] == probed and r["objective"] == pe), rounds[-1])
     summary = {
         "budget_bytes": budget,
         "count_code": count_code,
@@ -372,17 +570,20 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "landed_ratio": counted / budget,
         "objective": m.objective,
         "predicted_error": pe,
+        "exact": landed["exact"],
         "allocated_bytes": pb,
         "other_unit_bytes": m.other_bytes,
         "overhead_bytes": counted - pb - m.other_bytes,
         "rounds": rounds,
-        "settings": _histogram(chosen),
+        "settings": _histogram([c.label for c in chosen]),
+        "formats": _histogram([c.format for c in chosen]),
     }
     conf, _ = sweep.point_config(pc, drop=False)
     result = store.write_result(out_dir, result, config_hash=store.config_hash(conf), allocation=summary)
     rows = _rows(units, choice, candidates)
     body = {**summary, "format": fmt, "format_params": fmt_params, "codec": codec, "codec_params": codec_params}
-    body |= {"candidates": candidates, "achieved": {k: result[k] for k in ("output_error", "rel_mse", "bpb")}}
+    body |= {"candidates": [c.as_dict() for c in candidates]}
+    body |= {"achieved": {k: result[k] for k in ("output_error", "rel_mse", "bpb")}}
     store.write_json_atomic(out_dir / "allocation.json", {**body, "units": rows})
     (out_dir / "allocation.md").write_text(_markdown(body, rows, result))
     log.info("allocation: %s", describe(summary))
@@ -395,11 +596,11 @@ def _status(units: list[Unit], choice: list[int], counted: int, budget: int, tol
         return "over", f"{counted:,} B is over the budget"
     if counted >= (1 - tol) * budget:
         return "ok", ""
-    steps = []
+    steps = []  # per unit, the fewest extra bytes that buy less error
     for u, c in zip(units, choice, strict=True):
-        h = lower_hull(u.table)
-        if h.index(c) + 1 < len(h):
-            steps.append(u.bytes[h[h.index(c) + 1]] - u.bytes[c])
+        ups = [b - u.bytes[c] for b, e in u.table if e < u.errors[c] and b > u.bytes[c]]
+        if ups:
+            steps.append(min(ups))
     if not steps:
         return "short", f"the richest allocation ({counted:,} B) is smaller than the budget"
     return "short", f"no upgrade fits: the smallest next step is {min(steps):,} B, {budget - counted:,} B are left"
@@ -410,14 +611,11 @@ def _literal(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def plan_rules(
-    user: list[Rule], others: list[str], fmt: str, units: list[Unit], chosen: list[dict[str, Any]]
-) -> list[Rule]:
-    """A rule per allocated tensor (its setting over what the user's first matching rule gave it), then
-    the user's rules that are still the first match of another float tensor (names in `others`)."""
-    import fnmatch
-
-    from bytegolf.plan import Rule
+def plan_rules(user: list[Rule], others: list[str], fmt: str, units: list[Unit], chosen: list[Candidate]) -> list[Rule]:
+    """A rule per allocated tensor naming its format and settings (for the run's format, its setting over
+    what the user's first matching rule gave it), then the user's rules that are still the first match of
+    another float tensor (names in `others`)."""
+    from bytegolf.plan import Rule, merge_settings
 
     def first(name: str) -> Rule | None:
         return next((r for r in user if fnmatch.fnmatchcase(name, r.match)), None)
@@ -425,49 +623,61 @@ def plan_rules(
     out = []
     for u, c in zip(units, chosen, strict=True):
         for n in u.names:
-            r = first(n)
-            out.append(Rule(_literal(n), fmt, {**(dict(r.params) if r else {}), **c}))
+            if c.format == fmt:
+                r = first(n)
+                out.append(Rule(_literal(n), fmt, merge_settings(dict(r.params) if r else {}, c.params)))
+            else:
+                out.append(Rule(_literal(n), c.format, dict(c.params)))
     used = {id(r) for r in map(first, others) if r is not None}
     return out + [r for r in user if id(r) in used]
 
 
-def _write_plan(path: Path, pc: DictConfig, budget: int) -> None:
+def _write_plan(path: Path, pc: DictConfig, budget: int, formats: list[str]) -> None:
     """The plan as a config-group file: copy it to experiments/plan/NAME.yaml and run with plan=NAME."""
     node = OmegaConf.to_container(pc.plan, resolve=True)
     assert isinstance(node, dict)
     head = (
-        f"# Mixed-precision plan from `bytegolf allocate` at {budget:,} B ({pc.format.name}, {pc.codec.name}).\n"
-        "# Reuse: copy to experiments/plan/NAME.yaml and run `bytegolf run plan=NAME` with the same format and codec.\n"
+        f"# Mixed-precision plan from `bytegolf allocate` at {budget:,} B "
+        f"(run format {pc.format.name}; formats chosen: {', '.join(formats)}; codec {pc.codec.name}).\n"
+        "# Reuse: copy to experiments/plan/NAME.yaml and run `bytegolf run plan=NAME` with the same format settings\n"
+        "# and codec (rules for the run's format give settings over the run's; other formats' over their defaults).\n"
     )
     path.write_text(head + OmegaConf.to_yaml(OmegaConf.create({"defaults": ["base_plan", "_self_"], **node})))
 
 
-def _histogram(chosen: list[dict[str, Any]]) -> dict[str, int]:
+def _histogram(labels: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for c in chosen:
-        out[label(c)] = out.get(label(c), 0) + 1
+    for x in labels:
+        out[x] = out.get(x, 0) + 1
     return dict(sorted(out.items()))
 
 
-def _rows(units: list[Unit], choice: list[int], candidates: list[dict]) -> list[dict]:
+def _rows(units: list[Unit], choice: list[int], candidates: list[Candidate]) -> list[dict]:
     rows = []
-    for u, c in zip(units, choice, strict=True):
-        h = lower_hull(u.table)
-        p = h.index(c)
+    for u, p in zip(units, choice, strict=True):
+        t = u.table
+        h = lower_hull(t)
+        below = [q for q in h if t[q][0] < t[p][0] and t[q][1] > t[p][1]]  # cheaper hull points, worse error
+        c = candidates[u.candidate(p)]
         rows.append(
             {
                 "tensors": u.names,
                 "params": u.numel,
-                "setting": candidates[c],
-                "bytes": u.bytes[c],
-                "error": u.errors[c],
+                "format": c.format,
+                "setting": c.params,
+                "label": c.label,
+                "bytes": u.bytes[p],
+                "error": u.errors[p],
                 "sensitivity": u.sensitivity,
                 "gram": u.gram,
-                "slope": _slope(u.table, h[p - 1], c) if p > 0 else None,
+                "on_hull": p in h,
+                "slope": slope(t, below[-1], p) if below else None,
                 "candidates": [
-                    {"setting": cand, "bytes": b, "error": e, "on_hull": i in h}
-                    for i, (cand, b, e) in enumerate(zip(candidates, u.bytes, u.errors, strict=True))
+                    {"candidate": u.candidate(q), "label": candidates[u.candidate(q)].label}
+                    | {"bytes": b, "error": e, "on_hull": q in h}
+                    for q, (b, e) in enumerate(t)
                 ],
+                "skipped": {candidates[i].label: why for i, why in u.skipped.items()},
             }
         )
     return rows
@@ -477,15 +687,17 @@ def describe(s: dict[str, Any]) -> str:
     """One line: where the allocation landed and what it chose."""
     hist = ", ".join(f"{k} ×{v}" for k, v in s["settings"].items())
     why = f" ({s['reason']})" if s["reason"] else ""
+    proof = "" if s.get("exact", True) else " (greedy, not proven optimal)"
     return (
         f"{s['counted_bytes']:,} B = {s['landed_ratio']:.4f} × budget {s['budget_bytes']:,} B [{s['status']}]{why}; "
-        f"{hist}; predicted {s['objective']} {s['predicted_error']:.4e}"
+        f"{hist}; predicted {s['objective']} {s['predicted_error']:.4e}{proof}"
     )
 
 
 def _markdown(body: dict[str, Any], rows: list[dict], result: dict[str, Any]) -> str:
+    formats = ", ".join(body.get("formats") or [body["format"]])
     lines = [
-        f"# Allocation: {body['format']} + {body['codec']} at {body['budget_bytes']:,} B",
+        f"# Allocation: {formats} + {body['codec']} at {body['budget_bytes']:,} B",
         "",
         describe(body),
         "",
@@ -493,15 +705,17 @@ def _markdown(body: dict[str, Any], rows: list[dict], result: dict[str, Any]) ->
         f"output_error {result['output_error']:.4e}, bpb {result['bpb']:.4f} (Δ {result['delta_bpb']:+.4f}).",
         "",
         "error: the tensor's share of the aggregate objective; sensitivity: its weight on tr(ΔW H ΔWᵀ) "
-        "(on ‖ΔW‖² without a Gram matrix); slope: error saved per byte by the last upgrade taken.",
+        "(on ‖ΔW‖² without a Gram matrix); slope: error saved per byte from the richest cheaper point on the "
+        "unit's convex hull to the chosen one (a chosen point off the hull is marked *).",
         "",
         "| tensor | params | setting | bytes | error | sensitivity | slope |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         name = r["tensors"][0] + (f" +{len(r['tensors']) - 1}" if len(r["tensors"]) > 1 else "")
-        slope = f"{r['slope']:.3e}" if r["slope"] is not None else "-"
+        slope_ = f"{r['slope']:.3e}" if r["slope"] is not None else "-"
         sens = f"{r['sensitivity']:.3e}" + ("" if r["gram"] else " (F)")
-        cells = [name, f"{r['params']:,}", label(r["setting"]), f"{r['bytes']:,}", f"{r['error']:.3e}", sens, slope]
+        setting = r["label"] + ("" if r["on_hull"] else " *")
+        cells = [name, f"{r['params']:,}", setting, f"{r['bytes']:,}", f"{r['error']:.3e}", sens, slope_]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
