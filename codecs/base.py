@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bytegolf.errors import ArtifactError
-from bytegolf.registry import instantiate
+from bytegolf.registry import Registry, instantiate
 
 
 class CodecError(ArtifactError):
@@ -54,7 +54,7 @@ def check_stream_end(codec: str, out: bytes, raw_size: int, eof: bool, trailing:
     return out
 
 
-REGISTRY: dict[str, str] = {
+BUILTIN: dict[str, str] = {
     "raw": "bytegolf.codecs.raw:Raw",
     "zlib": "bytegolf.codecs.zlib_codec:Zlib",
     "lzma": "bytegolf.codecs.lzma_codec:Lzma",
@@ -64,6 +64,9 @@ REGISTRY: dict[str, str] = {
     "zpaq": "bytegolf.codecs.zpaq_codec:Zpaq",
     "best": "bytegolf.codecs.best:Best",
 }
+
+# The built-ins plus the `bytegolf.codecs` entry points of installed distributions (a built-in wins a clash).
+REGISTRY = Registry("codec", "bytegolf.codecs", BUILTIN, base=Codec)
 
 
 def get_codec(name: str, **params: Any) -> Codec:

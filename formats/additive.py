@@ -75,7 +75,7 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
-from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable, meta_int
 from bytegolf.formats.clustered import CODEBOOK_DTYPES, SCOPES, check_matrix, index_bits, symbol_dtype
 from bytegolf.formats.kmeans import assign, kmeans
 from bytegolf.formats.passthrough import from_numpy, to_numpy, torch_dtype
@@ -714,7 +714,7 @@ class Additive(Format):
 
     def decode(self, enc: Encoded) -> dict[str, Tensor]:
         meta = enc.meta
-        mm, kk, g = int(meta["num_codebooks"]), 2 ** int(meta["codebook_bits"]), int(meta["group_size"])
+        mm, kk, g = int(meta["num_codebooks"]), 2 ** meta_int(meta, "codebook_bits", 0, 32), int(meta["group_size"])
         cb = from_numpy(enc.streams["codebooks"].data, CODEBOOK_DTYPES[meta["codebook_dtype"]]).float()
         cb = cb.reshape(mm, kk, g)
         out = {}

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bytegolf.registry import instantiate
+from bytegolf.errors import ArtifactError
+from bytegolf.registry import Registry, instantiate
 
 ROLES = ("codes", "codebook", "scales", "zeros", "mask", "outliers", "basis", "lowrank", "perm", "fp")
 
@@ -112,7 +113,16 @@ class Format:
         return None
 
 
-REGISTRY: dict[str, str] = {
+def meta_int(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    """meta[key] checked to be an int in lo..hi (ArtifactError otherwise): decoders must not trust a file's numbers
+    (a huge `bits` makes 2**bits a hang)."""
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ArtifactError(f"meta {key} must be an integer in {lo}..{hi}, got {value!r}")
+    return value
+
+
+BUILTIN: dict[str, str] = {
     "passthrough": "bytegolf.formats.passthrough:Passthrough",
     "scalar": "bytegolf.formats.scalar:Scalar",
     "clustered": "bytegolf.formats.clustered:Clustered",
@@ -121,6 +131,9 @@ REGISTRY: dict[str, str] = {
     "sparse_outlier": "bytegolf.formats.sparse_outlier:SparseOutlier",
     "lowrank": "bytegolf.formats.lowrank:LowRank",
 }
+
+# The built-ins plus the `bytegolf.formats` entry points of installed distributions (a built-in wins a clash).
+REGISTRY = Registry("format", "bytegolf.formats", BUILTIN, base=Format)
 
 
 def get_format(name: str, **params: Any) -> Format:

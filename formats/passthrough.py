@@ -2,6 +2,11 @@
 
 Parameter Golf's rule for small tensors: float tensors are stored fp16 (control tensors fp32)
 and cast back to their original dtype on load; non-float tensors pass through exactly.
+
+A tensor whose values fp16 cannot hold (the cast would turn them into Inf: |x| >= 65520) is
+stored in fp32 instead, whole; the dtype actually used is the unit's meta "storage", and
+"widened_from": "fp16" says it was widened. Values beyond fp32/bf16 range (only a float64
+tensor has them) and NaN or Inf in the input are errors naming the tensor.
 """
 
 from __future__ import annotations
@@ -10,11 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bytegolf.errors import ConfigError
+from bytegolf.errors import ConfigError, DataError
 from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
 
 STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 _NAMES = {v: k for k, v in STORAGE.items()}
+_WIDER = {torch.float16: torch.float32}  # layouts store fp16/fp32 (bf16 as its bits); fp32 has bf16's range
 
 
 def single_tensor(fmt: str, tensors: dict[str, Tensor]) -> tuple[str, Tensor]:
@@ -63,19 +69,30 @@ class Passthrough(Format):
     def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
         name, t = single_tensor(self.name, tensors)
         t = t.detach().cpu()
+        meta: dict[str, str] = {}
         if not t.is_floating_point():
-            storage, stored = "raw", t
+            stored = t
+            meta["storage"] = "raw"
         else:
             target = t.dtype if self.dtype == "keep" else STORAGE[self.dtype]
             if target not in _NAMES:
                 raise ConfigError(f"passthrough: tensor {name} has unsupported dtype {t.dtype}")
-            storage, stored = _NAMES[target], t.to(target)
-        data = to_numpy(stored)
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                raise DataError(f"tensor {name} holds {int((~finite).sum())} NaN/Inf value(s) of {t.numel()}")
+            stored = t.to(target)
+            if target in _WIDER and not bool(torch.isfinite(stored).all()):  # the cast overflowed: widen
+                meta["widened_from"] = _NAMES[target]
+                target = _WIDER[target]
+                stored = t.to(target)
+            if not bool(torch.isfinite(stored).all()):
+                raise DataError(f"tensor {name}: values beyond the range of {_NAMES[target]} (max |x| {t.abs().max()})")
+            meta["storage"] = _NAMES[target]
         return Encoded(
             format=self.name,
             tensors=[TensorSpec.of(name, t)],
-            streams={"fp": Stream(data, "fp")},
-            meta={"storage": storage},
+            streams={"fp": Stream(to_numpy(stored), "fp")},
+            meta=meta,
             recon={name: stored.to(t.dtype)},
             nominal_bits=float(t.numel() * stored.element_size() * 8),
         )

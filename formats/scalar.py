@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
-from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable, meta_int
 from bytegolf.formats.gptq import gptq_quantize
 from bytegolf.formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
 
@@ -319,7 +319,7 @@ class Scalar(Format):
     def decode(self, enc: Encoded) -> dict[str, Tensor]:
         (spec,) = enc.tensors
         meta = enc.meta
-        bits, n = int(meta["bits"]), int(meta["group_size"])
+        bits, n = meta_int(meta, "bits", 1, 32), int(meta["group_size"])
         scale = from_numpy(enc.streams["scales"].data, SCALE_DTYPES[meta["scale_dtype"]]).float()
         codes = torch.from_numpy(np.ascontiguousarray(enc.streams["codes"].data).astype(np.int32))
         zero = None

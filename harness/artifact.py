@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from bytegolf import container, layout
+from bytegolf import container, layout, reshape
 from bytegolf.correction import LowRankPlan, apply_lowrank
-from bytegolf.errors import ArtifactError, BytegolfError, ConfigError
+from bytegolf.errors import ArtifactError, BytegolfError, ConfigError, DataError
 from bytegolf.formats import EncodeContext, Encoded, Format, get_format
 from bytegolf.layout import family_key
 from bytegolf.plan import Assignment
@@ -49,6 +49,20 @@ def group_units(plan: list[Assignment]) -> list[list[Assignment]]:
     return list(groups.values())
 
 
+def check_finite(tensors: dict[str, Tensor]) -> None:
+    """DataError naming every float tensor that holds NaN or Inf (bytegolf stores finite weights only)."""
+    bad = []
+    for name, t in tensors.items():
+        if t.is_floating_point() or t.is_complex():
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                nan = int(torch.isnan(t).sum())
+                bad.append(f"{name} ({nan} NaN, {int((~finite).sum()) - nan} Inf of {t.numel()} values)")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"non-finite weights in tensor {', '.join(bad[:5])}{more}; fix or drop them in the checkpoint")
+
+
 def encode_state(
     state: dict[str, Tensor],
     plan: list[Assignment],
@@ -57,7 +71,8 @@ def encode_state(
     lowrank: LowRankPlan | None = None,
 ) -> list[Encoded]:
     """Encode the state dict unit by unit (a unit is one tensor or a family sharing structure),
-    then add the plan's low-rank corrections."""
+    then add the plan's low-rank corrections. NaN or Inf in any planned tensor fails first, naming it."""
+    check_finite({a.name: state[a.name] for a in plan if a.name in state})
     cache: dict[str, Format] = {}
     units = []
     for group in tqdm(group_units(plan), desc="encode", unit="unit", disable=not progress, leave=False):
@@ -66,13 +81,14 @@ def encode_state(
         if key not in cache:
             cache[key] = get_format(a.format, **a.params)
         try:
-            enc = cache[key].encode({g.name: state[g.name] for g in group}, ctx)
+            tensors, shapes = reshape.fold({g.name: state[g.name] for g in group}, a.format)
+            enc = cache[key].encode(tensors, ctx)
         except BytegolfError:
             raise
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"{a.format} could not encode {', '.join(g.name for g in group)}: {exc}") from None
         enc.meta = {**enc.meta, "params": cache[key].config()}
-        units.append(enc)
+        units.append(reshape.record(enc, shapes))
     if lowrank is not None and lowrank.active:
         units, _ = apply_lowrank(state, units, lowrank, ctx)
     return units
@@ -125,7 +141,7 @@ def read(path: Path) -> tuple[dict[str, Tensor], list[Encoded]]:
             t = tensors.get(spec.name)
             if t is None or tuple(t.shape) != spec.shape:
                 raise ArtifactError(f"{path}: unit {ui} decoded {spec.name} with the wrong shape")
-            out[spec.name] = t
+            out[spec.name] = reshape.unfold(spec.name, t, unit.meta)
     return out, units
 
 
@@ -135,6 +151,11 @@ def verify_bit_exact(decoded: dict[str, Tensor], units: list[Encoded]) -> None:
         for spec in unit.tensors:
             rec = (unit.recon or {}).get(spec.name)
             got = decoded.get(spec.name)
+            if rec is not None and rec.is_floating_point() and not bool(torch.isfinite(rec).all()):
+                raise ArtifactError(
+                    f"the {unit.format} reconstruction of {spec.name} holds NaN or Inf: the format produced "
+                    "non-finite values (a stored value overflowed its dtype?)"
+                )
             if rec is None or got is None or rec.dtype != got.dtype or not torch.equal(rec, got):
                 raise ArtifactError(
                     f"decode(encode(W)) differs from the {unit.format} reconstruction for {spec.name}: "

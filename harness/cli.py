@@ -25,15 +25,37 @@ verbs:
             evaluated (e.g. allocate budget.cap_bytes=8e6 codec=zstd 'allocate.candidates=[{bits:4},{bits:6}]')
   results   DIR... : every result.json under the dirs as one table (DIR/results.parquet and .csv)
   report    DIR : markdown report with frontier plots, rank agreement and reversals (DIR/report/)
+  inspect   ARTIFACT : every stream's format, role, codec, stored and raw bytes and entropy bound; totals by role
+  decode    ARTIFACT OUT.safetensors : the artifact's decoded weights (decoded as evaluation decodes them)
 
 Presets: experiment=pg_baseline, experiment=pg_record, experiment=pg_top. Hydra flags (-m, --cfg job,
---help) work after run, train, compare and allocate. A sweep started again with the same hydra.sweep.dir
-skips its finished points."""
+--help) work after run, train, compare and allocate; results, report, inspect and decode take no overrides.
+A sweep started again with the same hydra.sweep.dir skips its finished points."""
 
 log = logging.getLogger("bytegolf")
 
 # Importing bytegolf.sweep registers the ${repo:}, ${cache:} and ${bytegolf_point:} resolvers (workers
 # import it when they unpickle the task, before they compose their job's config).
+
+
+def _plugins(group: str) -> dict[str, str]:
+    """Formats or codecs that entry points of other distributions register: name -> target."""
+    from bytegolf.codecs import REGISTRY as CODECS
+    from bytegolf.formats import REGISTRY as FORMATS
+
+    return {"format": FORMATS, "codec": CODECS}[group].plugins() if group in ("format", "codec") else {}
+
+
+def _store_plugins() -> None:
+    """Entry-point formats and codecs without a YAML become config choices (format=NAME) with their schema."""
+    from hydra.core.config_store import ConfigStore
+
+    from bytegolf.settings import _schema
+
+    for group in ("format", "codec"):
+        for name, target in _plugins(group).items():
+            if not (CONFIG_DIR / group / f"{name}.yaml").is_file():
+                ConfigStore.instance().store(group=group, name=name, node=_schema(group, name, target))
 
 
 def _check_choices(overrides: list[str]) -> None:
@@ -42,7 +64,7 @@ def _check_choices(overrides: list[str]) -> None:
         key, sep, value = ov.lstrip("+~").partition("=")
         if not sep or "." in key or "/" in key or not (CONFIG_DIR / key).is_dir():
             continue
-        known = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
+        known = sorted({p.stem for p in (CONFIG_DIR / key).glob("*.yaml")} | set(_plugins(key)))
         for choice in value.split(","):
             if choice and choice != "null" and choice not in known:
                 raise BytegolfError(f"unknown {key} {choice!r}; known: {', '.join(known)}")
@@ -213,7 +235,21 @@ def report_main(args: list[str]) -> None:
     print(f"report: {path}")
 
 
-PLAIN = {"results": results_main, "report": report_main}
+def inspect_main(args: list[str]) -> None:
+    """`bytegolf inspect ARTIFACT`."""
+    from bytegolf.inspect import inspect_main as main_
+
+    main_(args)
+
+
+def decode_main(args: list[str]) -> None:
+    """`bytegolf decode ARTIFACT OUT.safetensors`."""
+    from bytegolf.inspect import decode_main as main_
+
+    main_(args)
+
+
+PLAIN = {"results": results_main, "report": report_main, "inspect": inspect_main, "decode": decode_main}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     compare.register()
     allocate.register()
     try:
+        _store_plugins()
         _check_choices(overrides)
         _check_groups(verb, TASKS[verb][0], overrides)
         if verb == "run" and ("-m" in overrides or "--multirun" in overrides):

@@ -70,12 +70,20 @@ def _imports(path: str) -> set[str]:
     return found
 
 
-def _target_path(kind: str, name: str, registry: dict[str, str]) -> str:
+def _target_path(kind: str, name: str, registry) -> str:
+    """Source file of a registered format or codec: a repository path, or (a plugin's) an absolute one."""
     if name not in registry:
         raise ConfigError(f"code bytes: unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
-    path = _module_path(registry[name].split(":")[0])
+    module = registry[name].split(":")[0]
+    path = _module_path(module)
     if path is None:
-        raise ConfigError(f"code bytes: {kind} {name!r} has no source file in the repository")
+        import importlib.util
+
+        spec = importlib.util.find_spec(module)
+        origin = spec.origin if spec is not None else None
+        if origin is None or not origin.endswith(".py"):
+            raise ConfigError(f"code bytes: {kind} {name!r} has no Python source file ({module})")
+        return origin
     return path
 
 
@@ -105,7 +113,8 @@ def code_bytes(format_names: list[str], codec_names: list[str]) -> dict[str, Any
     for path in files:
         content = (REPO / path).read_bytes()
         raw += len(content)
-        parts.append(f"{path}\n{len(content)}\n".encode() + content)
+        label = f"plugin/{Path(path).name}" if Path(path).is_absolute() else path  # the same on every machine
+        parts.append(f"{label}\n{len(content)}\n".encode() + content)
     packed = lzma.compress(b"".join(parts), format=lzma.FORMAT_RAW, filters=_FILTERS)
     return {"code_bytes": len(packed), "raw_code_bytes": raw, "files": files, "compression": "lzma2-9e"}
 
