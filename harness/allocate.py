@@ -702,7 +702,12 @@ def _markdown(body: dict[str, Any], rows: list[dict], result: dict[str, Any]) ->
         describe(body),
         "",
         f"Result: {result['final_bytes']:,} B final, rel_mse {result['rel_mse']:.4e}, "
-        f"output_error {result['output_error']:.4e}, bpb {result['bpb']:.4f} (Δ {result['delta_bpb']:+.4f}).",
+        f"output_error {result['output_error']:.4e}, "
+        + (
+            f"bpb {result['bpb']:.4f} (Δ {result['delta_bpb']:+.4f})."
+            if result.get("bpb") is not None
+            else "bpb not measured."
+        ),
         "",
         "error: the tensor's share of the aggregate objective; sensitivity: its weight on tr(ΔW H ΔWᵀ) "
         "(on ‖ΔW‖² without a Gram matrix); slope: error saved per byte from the richest cheaper point on the "

@@ -18,7 +18,8 @@ USAGE = """usage: bytegolf VERB [hydra overrides...]
 verbs:
   run       one point: quantize, write the artifact, decode it, evaluate (format=scalar format.bits=6 codec=brotli);
             -m sweeps (e.g. run -m format=scalar,clustered codec=zstd,brotli format.bits=3,4,6 hydra/launcher=joblib)
-  train     train the default model and write a bundle (e.g. train.steps=700)
+  train     train the default model and write a bundle (e.g. train.steps=700); with rate.init=CKPT finetune
+            it storage-natively: export quantizer in the loop + rate.lam × code bits (e.g. rate.lam=0.5)
   compare   every format at equal final bytes per budget, evaluated, winners with bootstrap CIs
             (e.g. compare compare.budgets=[8e6,4e6] compare.formats=[scalar,clustered])
   allocate  per-tensor settings of one format (mixed precision) that minimise output error within the budget,
@@ -163,6 +164,8 @@ def train_task(cfg: DictConfig) -> None:
     from bytegolf.model import ModelConfig
     from bytegolf.train import TrainConfig, train
 
+    if cfg.get("rate") is not None and cfg.rate.get("init"):
+        return _rate_task(cfg)
     try:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -193,6 +196,35 @@ def train_task(cfg: DictConfig) -> None:
     print(
         f"bundle {out}: val_loss {stats['val_loss']:.4f} val_bpb {stats['val_bpb']:.4f} "
         f"({stats['steps']} steps, {stats['tokens_seen']:,} tokens, {stats['train_seconds'] / 60:.1f} min)"
+    )
+
+
+def _rate_task(cfg: DictConfig) -> None:
+    """`bytegolf train rate.init=CKPT ...`: storage-native finetuning of a checkpoint (bytegolf.ratetrain)."""
+    import torch
+
+    from bytegolf import checkpoint, data, shards
+    from bytegolf.ratetrain import RateConfig, rate_finetune
+
+    try:
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        settings = {k: v for k, v in OmegaConf.to_container(cfg.rate, resolve=True).items() if k != "init"}
+        rcfg = RateConfig(**settings)
+        files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
+        if not files.train:
+            raise BytegolfError(f"rate: no train shards match {cfg.data.train}")
+        model = checkpoint.build_model(checkpoint.load_state_dict(cfg.rate.init))
+        out = Path(cfg.out) if cfg.out else _output_dir() / "bundle"
+        stats = rate_finetune(model, shards.read_shards(files.train), rcfg, out, cfg.device)
+    except (BytegolfError, TypeError) as exc:
+        log.error("error: %s", exc)
+        raise SystemExit(2) from None
+    last = stats["history"][-1] if stats["history"] else {"loss": float("nan"), "code_bits_per_weight": float("nan")}
+    print(
+        f"rate-finetuned {out / 'model.safetensors'}: lam {rcfg.lam} {stats['steps']} steps "
+        f"({stats['tokens_seen']:,} tokens, {stats['seconds'] / 60:.1f} min); last loss {last['loss']:.4f}, "
+        f"codes {last['code_bits_per_weight']:.3f} bits/weight"
     )
 
 

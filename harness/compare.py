@@ -21,6 +21,8 @@ search/ and skips points whose result.json is there.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parent.parent / "experiments" / "experiment"
 REFERENCES = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports, always ranked
 EMBEDDING = "tok_emb.weight"  # the tied embedding, which compare.embedding (scalar settings) quantizes
+WAIT_S = 5.0  # seconds between looks at a point another compare is evaluating
 WRAPPERS = ("passthrough", "lowrank")  # formats that are not systems of their own by default
 
 
@@ -304,6 +307,13 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
         raise ConfigError("compare: need at least one budget")
     count_code = bool(cfg.budget.count_code)
     ranked, probe_codec = systems(cfg)
+    tuned = [s.label for s in ranked if int((s.finetune or {}).get("steps", 0) or 0) > 0]
+    model_name = str(cfg.model.get("name", "gpt") or "gpt")
+    if tuned and model_name != "gpt":
+        raise ConfigError(
+            f"compare.calibrate asks block calibration of {', '.join(tuned)}, which only model=gpt has; "
+            f"with model={model_name} set compare.calibrate.<system>.steps=0"
+        )
     ws = search.Workspace(cfg)
     rows: list[dict[str, Any]] = []
     for sysm in ranked:
@@ -358,7 +368,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 log.info("%s at %s B: %s", sysm.label, f"{budget:,}", landing.describe())
                 print(f"{sysm.label} at {budget:,} B: {landing.describe()}", flush=True)
                 row = _point(cfg, sysm, enc, landing, out_dir, run_point)
-                over = _counted(row, count_code) - budget if row.get("bpb") is not None else 0
+                over = _counted(row, count_code) - budget if evaluated(row) else 0
                 if over <= 0:
                     break
                 print(f"  {over:,} B over the budget after calibration: searching again below it", flush=True)
@@ -408,7 +418,7 @@ def _front(
     to it. They are not ranked (status front)."""
     count_code = bool(cfg.budget.count_code)
     n = int(cfg.compare.front_points)
-    mine = [r for r in rows if system(r).removesuffix("@own") == sysm.label and r.get("bpb") is not None]
+    mine = [r for r in rows if system(r).removesuffix("@own") == sysm.label and evaluated(r)]
     have = [float(_counted(r, count_code)) for r in mine if r.get("status") != "seed"]
     out: list[dict] = []
     lo, hi = min(budgets) / 2, float(max(budgets))
@@ -517,34 +527,60 @@ def _point(
             "source_hash": source_hash(),
         }
         return store.write_result(d, row, config_hash=chash, **extra)
-    with store.claim(d) as owned:
-        if not owned:
-            raise ConfigError(f"{d} is being evaluated by another process (claim {d / store.CLAIM})")
-        reuse = enc.units.pop(landing.value, None) if seed is None else None
-        result = run_point(pc, d, units=reuse)
-    if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec and seed is None:
-        log.warning(
-            "%s: the evaluated artifact has %d B, the search probe had %d B (encoding is not deterministic)",
-            fmt,
-            result["final_bytes"],
-            landing.final_bytes,
-        )
-    counted = _counted(result, bool(cfg.budget.count_code))  # the evaluated file's bytes are what count
-    extra.update(counted_bytes=counted, landed_ratio=counted / landing.budget if landing.budget else 1.0)
-    return store.write_result(d, result, config_hash=chash, **extra)
+    while True:  # a point another compare on this directory is evaluating: wait for its result
+        with store.claim(d) as owned:
+            if owned:
+                done = store.finished(d, chash)  # finished between our check and our claim
+                if done is not None:
+                    return done
+                reuse = enc.units.pop(landing.value, None) if seed is None else None
+                result = run_point(pc, d, units=reuse)
+                if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec and seed is None:
+                    log.warning(
+                        "%s: the evaluated artifact has %d B, the search probe had %d B (encoding is not "
+                        "deterministic)",
+                        fmt,
+                        result["final_bytes"],
+                        landing.final_bytes,
+                    )
+                counted = _counted(result, bool(cfg.budget.count_code))  # the evaluated file's bytes count
+                extra.update(counted_bytes=counted, landed_ratio=counted / landing.budget if landing.budget else 1.0)
+                return store.write_result(d, result, config_hash=chash, **extra)
+        print(f"  {d.name} is being evaluated by another process; waiting for its result", flush=True)
+        while store.finished(d, chash) is None and store.is_claimed(d):
+            time.sleep(WAIT_S)
+        done = store.finished(d, chash)
+        if done is not None:
+            return done
+
+
+def evaluated(row: dict[str, Any]) -> bool:
+    """Whether a row is a written, measured point: it has a bpb, or its model has none (model=weights)."""
+    return row.get("bpb") is not None or row.get("bpb_measured") is False
+
+
+def rank_key(row: dict[str, Any]) -> tuple[str, float]:
+    """What a row is ranked by: bpb, else (bpb not measured) output_error where measured, else rel_mse."""
+    if row.get("bpb") is not None:
+        return "bpb", float(row["bpb"])
+    err = row.get("output_error")
+    if err is not None and not math.isnan(float(err)):
+        return "output_error", float(err)
+    return "rel_mse", float(row.get("rel_mse") if row.get("rel_mse") is not None else math.inf)
 
 
 def ranking(rows: list[dict[str, Any]], budget: int, samples: int, level: float) -> list[dict[str, Any]]:
     """Rows of one budget (the reference exports at their own size included where they fit), best bpb
-    first, each with Δbpb against the best and its bootstrap CI."""
+    first (bpb not measured: lowest output_error, else rel_mse, first), each with Δbpb against the best
+    and its bootstrap CI."""
     here = [r for r in rows if r.get("budget_bytes") == budget]
     here += [r for r in rows if r.get("status") == "own" and (r.get("counted_bytes") or 0) <= budget]
-    ok = sorted((r for r in here if r.get("bpb") is not None), key=lambda r: r["bpb"])
+    ok = sorted((r for r in here if evaluated(r)), key=lambda r: (rank_key(r)[0] != "bpb", rank_key(r)[1]))
     out = []
     best = ok[0] if ok else None
     for r in ok:
-        entry = {"row": r, "delta": None, "spread": seed_spread(rows, r, budget)}
-        if r is not best and best is not None:
+        entry = {"row": r, "delta": None, "spread": seed_spread(rows, r, budget) if r.get("bpb") is not None else None}
+        if r is not best and best is not None and r.get("bpb") is not None and best.get("bpb") is not None:
             a, b = np.asarray(r["window_nll"]), np.asarray(best["window_nll"])
             if a.shape == b.shape and r["window_bytes"] == best["window_bytes"]:
                 docs = r.get("window_docs")
@@ -553,7 +589,7 @@ def ranking(rows: list[dict[str, Any]], budget: int, samples: int, level: float)
                 entry["delta_windows"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level)
                 entry["by"] = "documents" if groups is not None else "windows"
         out.append(entry)
-    out.extend({"row": r, "delta": None} for r in here if r.get("bpb") is None)
+    out.extend({"row": r, "delta": None} for r in here if not evaluated(r))
     return out
 
 
@@ -584,8 +620,15 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
         for e in ranked:
             r, d = e["row"], e["delta"]
             knob = f"{r['knob']}={r['knob_value']:g}" if r.get("knob") else "-"
-            if r.get("bpb") is None:
+            if not evaluated(r):
                 line = f"{system(r):<16} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
+            elif r.get("bpb") is None:
+                by, v = rank_key(r)
+                cmp = "best" if e is ranked[0] else ""
+                line = (
+                    f"{system(r):<16} {knob:<22} {r['counted_bytes']:>12,} B {r['counted_bytes'] / budget:.4f}× "
+                    f"{by} {v:.4e} (bpb not measured)  {cmp}  [{r['status']}]"
+                )
             else:
                 cmp = "best" if d is None and e is ranked[0] else (f"Δbpb {d}" if d else "Δbpb n/a (windows differ)")
                 seeds = f"  seeds ±{e['spread'] / 2:.4f}" if e.get("spread") is not None else ""
@@ -594,7 +637,7 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
                     f"bpb {r['bpb']:.4f}  {cmp}{seeds}  [{r['status']}]"
                 )
             print("  " + line, flush=True)
-        fitted = [e for e in ranked if e["row"].get("bpb") is not None]
+        fitted = [e for e in ranked if evaluated(e["row"])]
         if not fitted:
             print("  no format fits this budget")
             continue
@@ -607,6 +650,9 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
                 flush=True,
             )
         win = system(fitted[0]["row"])
+        if fitted[0]["row"].get("bpb") is None:
+            print(f"  winner: {win} (lowest {rank_key(fitted[0]['row'])[0]}; bpb not measured)", flush=True)
+            continue
         ties = [system(e["row"]) for e in fitted[1:] if not separable(e, fitted[0])]
         verdict = f"winner: {win}" + (
             f" (not separable from {', '.join(ties)} at {cc.level:.0%} or within the seed spread)" if ties else ""

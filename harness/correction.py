@@ -34,11 +34,14 @@ class LowRankPlan:
 
 
 def _candidates(units: list[Encoded]) -> list[int]:
-    """Units that hold one quantized matrix (passthrough and multi-tensor units cannot be wrapped)."""
+    """Units that hold one quantized matrix (passthrough, multi-tensor and reshaped units cannot be wrapped)."""
     return [
         i
         for i, u in enumerate(units)
-        if u.format not in ("passthrough", LowRank.name) and len(u.tensors) == 1 and len(u.tensors[0].shape) == 2
+        if u.format not in ("passthrough", LowRank.name)
+        and len(u.tensors) == 1
+        and len(u.tensors[0].shape) == 2
+        and "reshape" not in u.meta
     ]
 
 

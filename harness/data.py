@@ -70,15 +70,11 @@ def build_corpus_data(
     return DataFiles(tok_path, [out / "train_000000.bin"], [out / "val_000000.bin"])
 
 
-def sample_windows(
-    tokens: np.ndarray, seq_len: int, count: int = 0, seed: int | None = None, bos: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """`count` non-overlapping windows (0, or more than there are: all) and the document each starts
-    in (documents begin at BOS): the first ones (seed None) or a seeded sample drawn across all of
-    `tokens`, kept in order."""
-    n = (tokens.size - 1) // seq_len
+def window_starts(n_tokens: int, seq_len: int, count: int = 0, seed: int | None = None) -> np.ndarray:
+    """First-token positions of the windows `sample_windows` cuts (multiples of seq_len, in order)."""
+    n = (n_tokens - 1) // seq_len
     if n <= 0:
-        raise DataError(f"{tokens.size} tokens are too few for one window of {seq_len}")
+        raise DataError(f"{n_tokens} tokens are too few for one window of {seq_len}")
     pick = np.arange(n)
     if 0 < count < n:
         pick = (
@@ -86,10 +82,23 @@ def sample_windows(
             if seed is not None
             else pick[:count]
         )
-    starts = pick * seq_len
-    doc = np.cumsum(tokens == bos)[starts]
+    return (pick * seq_len).astype(np.int64)
+
+
+def sample_windows(
+    tokens: np.ndarray, seq_len: int, count: int = 0, seed: int | None = None, bos: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` non-overlapping windows (0, or more than there are: all) and the document each starts
+    in (documents begin at BOS): the first ones (seed None) or a seeded sample drawn across all of
+    `tokens`, kept in order."""
+    starts = window_starts(tokens.size, seq_len, count, seed)
     idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
-    return tokens[idx].astype(np.int64), doc.astype(np.int64)
+    return tokens[idx].astype(np.int64), window_docs(tokens, starts, bos)
+
+
+def window_docs(tokens: np.ndarray, starts: np.ndarray, bos: int = 1) -> np.ndarray:
+    """The document (count of BOS tokens up to and including it) each window starting at `starts` begins in."""
+    return np.cumsum(tokens == bos)[starts].astype(np.int64)
 
 
 def windows(tokens: np.ndarray, seq_len: int, count: int | None = None) -> np.ndarray:

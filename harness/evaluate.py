@@ -1,24 +1,45 @@
-"""Validation loss, perplexity and bits-per-byte on fixed non-overlapping windows."""
+"""Validation loss, perplexity and bits-per-byte on fixed windows, optionally sliding, with fidelity to a reference.
+
+Blocks and windows. The scored tokens are the targets of n non-overlapping *blocks* of seq_len
+targets (the windows `data.sample_windows` cuts). By default each block is also the window the
+model sees, so a token's context starts at its block's start. With a stride s < seq_len (sliding
+evaluation, as Parameter Golf records do with stride 64) every run of consecutive blocks is
+covered by windows of seq_len tokens that start s tokens apart: the run's first window scores all
+its seq_len targets, every later one only its last s (the last window of a run ends at the run's
+end and scores what is left), so every token is scored exactly once, with at least seq_len − s
+tokens of context once past the run's first window. The scored tokens, and hence the byte
+count bpb divides by, are the same for every stride; per-block NLL sums (window_nll) stay aligned
+with the blocks for paired statistics.
+
+With a `reference` model, both models run in lockstep on the same windows (twice the compute) and
+the result carries llama.cpp-style KL-divergence statistics of the evaluated model against the
+reference over the scored tokens (see bytegolf.fidelity).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+from bytegolf import data
 from bytegolf.errors import ConfigError
-from bytegolf.model import GPT
+from bytegolf.fidelity import FidelityAccumulator
 from bytegolf.tokenizer import ByteTables
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BYTE_CHUNK = 4096  # blocks whose byte counts are computed at once
 
 
 @dataclass
 class EvalResult:
-    """Totals plus per-window NLL sums (nats) and byte counts, for paired statistics."""
+    """Totals plus per-block NLL sums (nats) and byte counts, for paired statistics; `kld`: the
+    fidelity statistics against the reference model (bytegolf.fidelity.summarize) when one was given."""
 
     loss: float
     ppl: float
@@ -27,6 +48,89 @@ class EvalResult:
     bytes: int
     window_nll: list[float] = field(repr=False)
     window_bytes: list[int] = field(repr=False)
+    kld: dict[str, float] | None = None
+
+
+@dataclass
+class Windows:
+    """Windows of seq_len+1 tokens cut from `tokens` at `starts`; window j scores its targets from
+    index score_from[j] on. Scored targets are credited to blocks: block b holds the seq_len targets
+    at stream positions block_first[b] .. block_first[b] + seq_len − 1."""
+
+    tokens: np.ndarray
+    starts: np.ndarray
+    score_from: np.ndarray
+    block_first: np.ndarray
+    seq_len: int
+
+    @classmethod
+    def from_array(cls, windows: np.ndarray) -> Windows:
+        """Non-overlapping windows of shape (n, seq_len+1), each its own block, scored in full."""
+        if windows.ndim != 2 or windows.shape[1] < 2:
+            raise ConfigError(f"evaluation windows must have shape (n, seq_len+1), got {windows.shape}")
+        n, width = windows.shape
+        starts = np.arange(n, dtype=np.int64) * width
+        return cls(windows.reshape(-1), starts, np.zeros(n, dtype=np.int64), starts + 1, width - 1)
+
+    @classmethod
+    def sliding(cls, tokens: np.ndarray, block_starts: np.ndarray, seq_len: int, stride: int | None = None) -> Windows:
+        """Windows over the blocks of seq_len+1 tokens at `block_starts` (first-token positions, ascending),
+        `stride` tokens apart within each run of consecutive blocks (None: seq_len, the blocks themselves)."""
+        stride = seq_len if stride is None else stride
+        if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 0 < stride <= seq_len:
+            raise ConfigError(f"eval.stride must be an integer in 1..{seq_len} (eval.seq_len) or null, got {stride!r}")
+        block_starts = np.asarray(block_starts, dtype=np.int64).reshape(-1)
+        if block_starts.size == 0:
+            raise ConfigError("evaluation needs at least one window")
+        if np.any(np.diff(block_starts) < seq_len) or block_starts[0] < 0 or block_starts[-1] + seq_len >= tokens.size:
+            raise ConfigError("evaluation blocks must be ascending, non-overlapping and inside the token stream")
+        breaks = np.flatnonzero(np.diff(block_starts) != seq_len) + 1
+        starts, score_from = [], []
+        for run in np.split(block_starts, breaks):
+            a, rest = int(run[0]), (run.size - 1) * seq_len  # targets after the run's first window
+            q, r = divmod(rest, stride)
+            starts.append(a + stride * np.arange(q + 1, dtype=np.int64))
+            score_from.append(np.r_[0, np.full(q, seq_len - stride, dtype=np.int64)])
+            if r:
+                starts.append(np.array([a + rest], dtype=np.int64))
+                score_from.append(np.array([seq_len - r], dtype=np.int64))
+        return cls(tokens, np.concatenate(starts), np.concatenate(score_from), block_starts + 1, seq_len)
+
+    def __len__(self) -> int:
+        return int(self.starts.size)
+
+    @property
+    def scored_tokens(self) -> int:
+        """Targets scored over all windows (each block's seq_len targets once)."""
+        return int((self.seq_len - self.score_from).sum())
+
+    def batch(self, i: int, j: int) -> np.ndarray:
+        """Windows i..j-1 as an int64 array of shape (j−i, seq_len+1)."""
+        idx = self.starts[i:j, None] + np.arange(self.seq_len + 1)[None, :]
+        return self.tokens[idx].astype(np.int64)
+
+    def block_bytes(self, tables: ByteTables) -> np.ndarray:
+        """Bytes each block's targets stand for (each target given the stream token before it; tables with
+        `at(positions)`, bytegolf.evaldata.StreamBytes, give bytes per stream position instead)."""
+        out = []
+        offs = np.arange(self.seq_len)[None, :]
+        for i in range(0, self.block_first.size, BYTE_CHUNK):
+            pos = self.block_first[i : i + BYTE_CHUNK, None] + offs
+            if hasattr(tables, "at"):
+                out.append(tables.at(pos).sum(1))
+                continue
+            out.append(tables.count(self.tokens[pos - 1].astype(np.int64), self.tokens[pos].astype(np.int64)).sum(1))
+        return np.concatenate(out)
+
+
+def eval_windows(tokens: np.ndarray, eval_cfg: Any) -> tuple[Windows, np.ndarray]:
+    """The evaluation windows an `eval` config asks for (seq_len, windows, sample/seed, stride) over a
+    validation stream, and the document each block starts in."""
+    seq_len = int(eval_cfg.seq_len)
+    seed = int(eval_cfg.get("seed", 0)) if eval_cfg.get("sample", False) else None
+    starts = data.window_starts(tokens.size, seq_len, int(eval_cfg.windows), seed)
+    stride = eval_cfg.get("stride", None)
+    return Windows.sliding(tokens, starts, seq_len, stride), data.window_docs(tokens, starts)
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -38,27 +142,69 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 
 @torch.inference_mode()
 def evaluate(
-    model: GPT,
-    windows: np.ndarray,
+    model: torch.nn.Module,
+    windows: np.ndarray | Windows,
     tables: ByteTables,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     batch_size: int = 8,
     progress: bool = True,
+    reference: torch.nn.Module | None = None,
 ) -> EvalResult:
-    """Evaluate on windows of shape (n, seq_len+1); loss is the mean NLL per token in nats."""
+    """Evaluate on windows (an array of shape (n, seq_len+1): non-overlapping, or `Windows`); loss is the
+    mean NLL per scored token in nats. With `reference`, also the KL-divergence statistics against it."""
     device = torch.device(device)
+    w = windows if isinstance(windows, Windows) else Windows.from_array(windows)
+    if batch_size < 1:
+        raise ConfigError(f"eval.batch_size must be at least 1, got {batch_size}")
     model.eval().to(device)
-    nll_sums: list[float] = []
-    byte_counts = tables.count(windows[:, :-1], windows[:, 1:]).sum(axis=1)
-    bar = tqdm(range(0, len(windows), batch_size), desc="eval", unit="batch", disable=not progress, leave=False)
+    fid = None
+    if reference is not None:
+        if not (hasattr(model, "logits") and hasattr(reference, "logits")):
+            raise ConfigError("eval.kld needs models that expose logits(ids)")
+        reference.eval().to(device)
+        fid = FidelityAccumulator()
+    seq = w.seq_len
+    pos = torch.arange(seq, device=device)[None, :]
+    block_nll = np.zeros(w.block_first.size, dtype=np.float64)
+    scored = 0
+    bar = tqdm(range(0, len(w), batch_size), desc="eval", unit="batch", disable=not progress, leave=False)
     for start in bar:
-        chunk = torch.from_numpy(windows[start : start + batch_size]).to(device)
+        stop = min(start + batch_size, len(w))
+        chunk = torch.from_numpy(w.batch(start, stop)).to(device)
+        ids, targets = chunk[:, :-1], chunk[:, 1:]
         with autocast(device, precision):
-            nll = model.token_nll(chunk[:, :-1], chunk[:, 1:])
-        nll_sums.extend(nll.double().sum(dim=1).cpu().tolist())
-    tokens = int(windows.shape[0] * (windows.shape[1] - 1))
-    total_nll = math.fsum(nll_sums)
+            if fid is None:
+                nll = model.token_nll(ids, targets)
+            else:
+                logits = model.logits(ids).float()
+                ref_logits = reference.logits(ids).float()
+                nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+                nll = nll.view_as(targets)
+        # the scored targets of a window lie in one block or straddle two: split them at the boundary
+        first = w.starts[start:stop] + 1  # stream position of each window's target 0
+        frm = w.score_from[start:stop]
+        b0 = np.searchsorted(w.block_first, first + frm, side="right") - 1
+        b1 = np.searchsorted(w.block_first, first + seq - 1, side="right") - 1
+        cut = np.where(b1 != b0, w.block_first[b1] - first, seq)
+        frm_t = torch.from_numpy(frm).to(device)[:, None]
+        cut_t = torch.from_numpy(cut).to(device)[:, None]
+        nll_d = nll.double()
+        head = torch.where((pos >= frm_t) & (pos < cut_t), nll_d, 0.0).sum(dim=1).cpu().numpy()
+        np.add.at(block_nll, b0, head)
+        split = np.flatnonzero(b1 != b0)
+        if split.size:
+            tail = torch.where(pos >= cut_t, nll_d, 0.0).sum(dim=1).cpu().numpy()
+            np.add.at(block_nll, b1[split], tail[split])
+        scored += int((seq - frm).sum())
+        if fid is not None:
+            mask = pos >= frm_t
+            fid.update(ref_logits[mask], logits[mask], targets[mask])
+    byte_counts = w.block_bytes(tables)
+    tokens = w.block_first.size * seq
+    if scored != tokens:  # cannot happen for windows built here; a hand-made Windows may be inconsistent
+        raise ConfigError(f"evaluation windows score {scored} tokens, but their blocks hold {tokens}")
+    total_nll = math.fsum(block_nll.tolist())
     total_bytes = int(byte_counts.sum())
     loss = total_nll / tokens
     return EvalResult(
@@ -67,6 +213,7 @@ def evaluate(
         bpb=total_nll / math.log(2) / total_bytes,
         tokens=tokens,
         bytes=total_bytes,
-        window_nll=nll_sums,
+        window_nll=block_nll.tolist(),
         window_bytes=[int(b) for b in byte_counts],
+        kld=fid.summary() if fid is not None else None,
     )

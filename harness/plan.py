@@ -15,6 +15,7 @@ from torch import Tensor
 from bytegolf.correction import LowRankPlan
 from bytegolf.errors import ConfigError
 from bytegolf.model import CONTROL_PATTERNS
+from bytegolf.reshape import check_mode
 
 FORMAT_YAMLS = Path(__file__).resolve().parent.parent / "experiments" / "format"
 
@@ -59,10 +60,17 @@ class Rule:
 class PlanConfig:
     """Small float tensors pass through (control tensors at fp32, others at passthrough_dtype);
     the rest get the run's format unless a rule (first match wins) says otherwise; `lowrank` adds
-    a low-rank correction to chosen tensors after they are encoded (bytegolf.correction)."""
+    a low-rank correction to chosen tensors after they are encoded (bytegolf.correction).
+
+    vectors: 1-D float tensors above passthrough_max_numel (biases, norms of a wide model) pass through
+    at passthrough_dtype whatever their size ("passthrough"), or get the run's format ("format").
+    reshape: how a tensor that is not a matrix (a weight bank (L, out, in), a conv kernel) is given to
+    a matrix format: "fold" its leading dims into rows (bytegolf.reshape; recorded in the artifact)."""
 
     passthrough_max_numel: int = 65_536
     passthrough_dtype: str = "fp16"
+    vectors: str = "passthrough"
+    reshape: str = "fold"
     control_patterns: list[str] = field(default_factory=lambda: list(CONTROL_PATTERNS))
     rules: list[Rule] = field(default_factory=list)
     lowrank: LowRankPlan = field(default_factory=LowRankPlan)
@@ -83,6 +91,10 @@ def make_plan(
     """Assign every tensor of the state dict, in state-dict order."""
     rules = [r if isinstance(r, Rule) else Rule(**r) for r in cfg.rules]
     used = [False] * len(rules)
+    vectors = getattr(cfg, "vectors", "passthrough")
+    if vectors not in ("passthrough", "format"):
+        raise ConfigError(f"plan.vectors must be passthrough or format, got {vectors!r}")
+    check_mode(getattr(cfg, "reshape", "fold"))
     plan = []
     for name, t in state.items():
         if not t.is_floating_point():
@@ -98,6 +110,8 @@ def make_plan(
         elif t.numel() <= cfg.passthrough_max_numel:
             control = any(p in name for p in cfg.control_patterns)
             plan.append(Assignment(name, "passthrough", {"dtype": "fp32" if control else cfg.passthrough_dtype}))
+        elif t.ndim <= 1 and vectors == "passthrough":
+            plan.append(Assignment(name, "passthrough", {"dtype": cfg.passthrough_dtype}))
         else:
             plan.append(Assignment(name, format_name, dict(format_params)))
     unused = [r.match for r, u in zip(rules, used, strict=True) if not u]

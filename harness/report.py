@@ -183,6 +183,11 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
         f"{len(results)} points ({len(ev)} evaluated, {len(results) - len(ev)} not evaluated: "
         f"over their budget); formats: {', '.join(formats)}; codecs: {', '.join(codecs)}.\n"
     )
+    if any(r.get("bpb_measured") is False for r in results):
+        md.append(
+            "**bpb was not measured**: the model adapter has no model to evaluate (model=weights); points "
+            "are compared by weight error and bytes, and rankings order by output_error (else rel_mse).\n"
+        )
     mixed = store.mixed_sources(results)
     if mixed:
         warnings.warn(mixed, stacklevel=2)

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bytegolf import artifact, checkpoint, codebytes, container, data, layout, metrics, shards, tokenizer
-from bytegolf.calibration import encode_sequential, gram_matrices
+from bytegolf import adapters, artifact, checkpoint, codebytes, container, evaldata, layout, metrics
+from bytegolf.calibration import encode_sequential
 from bytegolf.codecs import get_codec
 from bytegolf.errors import ConfigError
 from bytegolf.evaluate import EvalResult, evaluate
 from bytegolf.finetune import finetune
 from bytegolf.formats import EncodeContext, Encoded
-from bytegolf.model import ModelConfig
 from bytegolf.plan import make_plan, plan_config
 from bytegolf.provenance import git_revision, source_hash
 from bytegolf.store import write_json_atomic
@@ -62,7 +61,11 @@ def _params(node: DictConfig) -> tuple[str, dict[str, Any]]:
 
 
 def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) -> EvalResult:
-    path = cache_dir() / "ref" / f"{_key(fp, OmegaConf.to_container(cfg.eval), cfg.device)}.json"
+    ev = OmegaConf.to_container(cfg.eval)
+    ev.pop("kld", None)  # the reference's own eval does not depend on it
+    if ev.get("stride", None) is None:
+        ev.pop("stride", None)  # keys from before sliding evaluation stay valid
+    path = cache_dir() / "ref" / f"{_key(fp, ev, cfg.device)}.json"
     if path.is_file():
         return EvalResult(**json.loads(path.read_text()))
     r = evaluate(model, windows, tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size)
@@ -71,23 +74,28 @@ def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str])
     return r
 
 
-def _calib_windows(files: data.DataFiles, cfg: DictConfig) -> np.ndarray:
-    if not files.train:
-        raise ConfigError(f"calibration needs train shards but none match {cfg.data.train}")
-    return data.windows(shards.read_shards(files.train), cfg.calib.seq_len, cfg.calib.windows)
+def _calib_windows(ed: evaldata.EvalData, cfg: DictConfig) -> np.ndarray:
+    return ed.calib_windows(cfg.calib.seq_len, cfg.calib.windows)
 
 
-def _grams(model, files: data.DataFiles, cfg: DictConfig, fp: dict[str, str]) -> tuple[dict[str, torch.Tensor], int]:
-    if cfg.calib.windows <= 0:
+def _grams(
+    ad: adapters.ModelAdapter, model, ed: evaldata.EvalData | None, cfg: DictConfig, fp: dict[str, str]
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The calibration Gram matrices (cached by checkpoint, calibration data and settings); none for an
+    adapter without a model (model=weights)."""
+    if cfg.calib.windows <= 0 or model is None or ed is None:
         return {}, 0
     calib = {k: v for k, v in OmegaConf.to_container(cfg.calib).items() if k != "sequential"}  # same Grams
-    path = cache_dir() / "calib" / f"{_key(fp['checkpoint'], fp['train'], calib)}.safetensors"
+    parts = [fp["checkpoint"], fp["train"], calib]
+    if ad.name != "gpt":  # the same weights under other code (or another tokenizer) are another model
+        parts += [ad.name, fp.get("code"), fp.get("tokenizer")]
+    path = cache_dir() / "calib" / f"{_key(*parts)}.safetensors"
     if path.is_file():
         from safetensors.torch import load_file
 
         g = load_file(str(path))
         return g, int(g.pop("__rows__").item())
-    grams, rows = gram_matrices(model, _calib_windows(files, cfg), cfg.device, cfg.calib.batch_size)
+    grams, rows = ad.grams(model, _calib_windows(ed, cfg), cfg.device, cfg.calib.batch_size)
     checkpoint.save_state_dict({**grams, "__rows__": torch.tensor([rows])}, path)
     return grams, rows
 
@@ -98,21 +106,20 @@ def encode_units(
     plan: list,
     ctx: EncodeContext,
     lowrank,
-    files: data.DataFiles,
+    ed: evaldata.EvalData | None,
     progress: bool = True,
 ) -> list[Encoded]:
     """The plan's encoding: all at once on the unquantized model's Grams, or block by block with
     calib.sequential (each block's Grams from the model whose earlier blocks are quantized)."""
     if not cfg.calib.get("sequential", False) or cfg.calib.windows <= 0:
         return artifact.encode_state(state, plan, ctx, progress, lowrank)
-    base = ModelConfig(
-        rope_base=cfg.model.rope_base, logit_softcap=cfg.model.logit_softcap, qk_gain_init=cfg.model.qk_gain_init
-    )
-    windows = _calib_windows(files, cfg)
+    ad = adapters.get_adapter(cfg.model)
+    if not ad.evaluates or ed is None:
+        raise ConfigError(f"calib.sequential needs a model to calibrate; model={ad.name} has none")
+    windows = _calib_windows(ed, cfg)
 
     def grams_of(current: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
-        model = checkpoint.build_model(current, base)
-        return gram_matrices(model, windows, cfg.device, cfg.calib.batch_size, progress=False)
+        return ad.grams(ad.build(current), windows, cfg.device, cfg.calib.batch_size, progress=False)
 
     return encode_sequential(state, plan, ctx, grams_of, lowrank)
 
@@ -134,30 +141,15 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     extra_serializers = serializers(list(cfg.get("extra_codecs") or []), lay)
 
     with st("load"):
-        state = checkpoint.load_state_dict(cfg.model.checkpoint)
-        base = ModelConfig(
-            rope_base=cfg.model.rope_base, logit_softcap=cfg.model.logit_softcap, qk_gain_init=cfg.model.qk_gain_init
-        )
-        ref_model = checkpoint.build_model(state, base)
-        files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
-        sp = tokenizer.load_tokenizer(files.tokenizer)
-        tables = tokenizer.byte_tables(sp, ref_model.cfg.vocab_size)
-        val, val_docs = data.sample_windows(
-            shards.read_shards(files.val),
-            cfg.eval.seq_len,
-            cfg.eval.windows,
-            cfg.eval.get("seed", 0) if cfg.eval.get("sample", False) else None,
-        )
-        fp = {
-            "checkpoint": checkpoint.file_fingerprint(cfg.model.checkpoint),
-            "tokenizer": checkpoint.file_fingerprint(files.tokenizer),
-            "val": data.fingerprint(files.val),
-            "train": data.fingerprint(files.train) if files.train else "none",
-        }
+        ad = adapters.get_adapter(cfg.model)
+        state = ad.load_state()
+        ref_model = ad.build(state)
+        ed = evaldata.load(cfg, ad, ref_model) if ref_model is not None else None
+        fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(ed.fingerprints if ed else {})}
     with st("eval_reference"):
-        ref = _reference_eval(ref_model, val, tables, cfg, fp)
+        ref = _reference_eval(ref_model, ed.val, ed.tables, cfg, fp) if ed else None
     with st("calibrate"):
-        grams, rows = _grams(ref_model, files, cfg, fp)
+        grams, rows = _grams(ad, ref_model, ed, cfg, fp)
     with st("plan"):
         plan_cfg = plan_config(cfg.plan)
         plan = make_plan(state, plan_cfg, fmt_name, fmt_params)
@@ -166,11 +158,11 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         if units is None:
             counts = dict.fromkeys(grams, rows)
             ctx = EncodeContext(hessians=grams, hessian_counts=counts, device=cfg.device, seed=cfg.seed)
-            units = encode_units(cfg, state, plan, ctx, plan_cfg.lowrank, files)
+            units = encode_units(cfg, state, plan, ctx, plan_cfg.lowrank, ed)
         elif [t.name for u in units for t in u.tensors] != [a.name for g in artifact.group_units(plan) for a in g]:
             raise ConfigError("run_point: the given encoding does not cover this plan's tensors")
     with st("finetune"):
-        units, ft_report = _finetune(units, ref_model, files, cfg)
+        units, ft_report = _finetune(units, ref_model, ed, cfg, ad)
     path = out_dir / artifact.ARTIFACT_NAME
     with st("write"):
         written = artifact.write(path, units, codec_name, codec_params, lay)
@@ -184,8 +176,13 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         storage = layout.storage_summary(units, written.manifest["units"], written.blob_stored, written.final_bytes)
         code = codebytes.artifact_code_bytes(path)
     with st("eval"):
-        model = checkpoint.build_model(decoded, base)
-        res = evaluate(model, val, tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size)
+        res = None
+        if ed is not None:
+            model = ad.build(decoded)
+            reference = ref_model if cfg.eval.get("kld", False) else None  # lockstep: KLD needs both models' logits
+            res = evaluate(
+                model, ed.val, ed.tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size, reference=reference
+            )
 
     params = sum(t.numel() for t in state.values())
     total_bytes = written.final_bytes + code["code_bytes"]
@@ -212,19 +209,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         "rel_mse": metrics.weighted_mean([r["rel_mse"] for r in quantized], weights),
         "sqnr_db": metrics.weighted_mean([r["sqnr_db"] for r in quantized], weights),
         "output_error": metrics.weighted_mean([r["output_error"] for r in quantized], weights),
-        "val_loss": res.loss,
-        "ppl": res.ppl,
-        "bpb": res.bpb,
-        "ref_val_loss": ref.loss,
-        "ref_bpb": ref.bpb,
-        "delta_bpb": res.bpb - ref.bpb,
-        "eval_tokens": res.tokens,
-        "eval_bytes": res.bytes,
-        "eval_precision": cfg.eval.precision,
-        "window_nll": res.window_nll,
-        "window_bytes": res.window_bytes,
-        "ref_window_nll": ref.window_nll,
-        "window_docs": val_docs.tolist(),
+        **(_eval_fields(res, ref, ed, cfg) if res is not None and ref is not None else _unmeasured(ad)),
         **storage,
         "tensors": tensor_rows,
         "seconds": round(time.perf_counter() - t_start, 3),
@@ -245,15 +230,51 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     return result
 
 
-def _finetune(units, ref_model, files: data.DataFiles, cfg: DictConfig) -> tuple[list, dict]:
+def _eval_fields(res: EvalResult, ref: EvalResult, ed: evaldata.EvalData, cfg: DictConfig) -> dict[str, Any]:
+    """result.json's evaluation fields."""
+    return {
+        "val_loss": res.loss,
+        "ppl": res.ppl,
+        "bpb": res.bpb,
+        "ref_val_loss": ref.loss,
+        "ref_bpb": ref.bpb,
+        "delta_bpb": res.bpb - ref.bpb,
+        "eval_tokens": res.tokens,
+        "eval_bytes": res.bytes,
+        "eval_precision": cfg.eval.precision,
+        "eval_stride": cfg.eval.get("stride", None),
+        "kld": res.kld,
+        "window_nll": res.window_nll,
+        "window_bytes": res.window_bytes,
+        "ref_window_nll": ref.window_nll,
+        "window_docs": ed.val_docs.tolist(),
+    }
+
+
+def _unmeasured(ad: adapters.ModelAdapter) -> dict[str, Any]:
+    """result.json's evaluation fields for an adapter without a model: null, and why."""
+    keys = ("val_loss", "ppl", "bpb", "ref_val_loss", "ref_bpb", "delta_bpb", "kld", "window_nll", "window_bytes")
+    return {
+        **dict.fromkeys(keys),
+        "bpb_measured": False,
+        "bpb_not_measured": f"model={ad.name} has no model to evaluate: weight error and bytes only",
+    }
+
+
+def _finetune(units, ref_model, ed: evaldata.EvalData | None, cfg: DictConfig, ad: adapters.ModelAdapter):
     """ClusComp-style block calibration of codebooks and scales (codes frozen), when finetune.steps > 0."""
     if "finetune" not in cfg or cfg.finetune.steps <= 0:
         return units, {"steps": 0}
+    if not ad.blockwise:
+        raise ConfigError(
+            f"finetune.steps > 0 (block calibration) needs the built-in model's blocks; model={ad.name} has none "
+            "(set finetune.steps=0)"
+        )
     ft_cfg = OmegaConf.to_object(cfg.finetune)
     n_win = ft_cfg.windows or cfg.calib.windows
-    if not files.train or n_win <= 0:
+    if ed is None or ed.files is None or not ed.files.train or n_win <= 0:
         raise ConfigError("finetune needs train shards and windows > 0 (finetune.windows or calib.windows)")
-    windows = data.windows(shards.read_shards(files.train), cfg.calib.seq_len, n_win)
+    windows = ed.calib_windows(cfg.calib.seq_len, n_win)
     return finetune(units, ref_model, windows, ft_cfg, cfg.device, seed=cfg.seed)
 
 
@@ -342,11 +363,18 @@ def summary_line(r: dict[str, Any]) -> str:
     )
     over = r.get("bytes_over_bound")
     bound = f"; {over:.3f}× the entropy bound" if over else ""
+    k = r.get("kld")
+    kld = f" KLD {k['mean']:.4g}±{k['se']:.2g} top-1 {k['top1_agreement']:.1%}" if k else ""
+    bpb = (
+        f"bpb {r['bpb']:.4f} (Δ {r['delta_bpb']:+.4f} vs {r['ref_bpb']:.4f})"
+        if r.get("bpb") is not None
+        else "bpb not measured"
+    )
     return (
         f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B (+{r['code_bytes']:,} B code; "
         f"{r['bits_per_weight']:.3f} bits/weight, "
         f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} output_err {r['output_error']:.3e} "
-        f"bpb {r['bpb']:.4f} (Δ {r['delta_bpb']:+.4f} vs {r['ref_bpb']:.4f})"
+        f"{bpb}{kld}"
         f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s\n"
         f"  bytes by role: {shares}{bound}{extra}"
     )

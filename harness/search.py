@@ -282,26 +282,19 @@ class Workspace:
     def __init__(self, cfg) -> None:
         from omegaconf import OmegaConf
 
-        from bytegolf import checkpoint, data
-        from bytegolf.model import ModelConfig
+        from bytegolf import adapters, evaldata
         from bytegolf.plan import PlanConfig, Rule
         from bytegolf.runner import _grams
 
         self.cfg = cfg
-        self.state = checkpoint.load_state_dict(cfg.model.checkpoint)
-        files = self.files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
-        fp = {
-            "checkpoint": checkpoint.file_fingerprint(cfg.model.checkpoint),
-            "train": data.fingerprint(files.train) if files.train else "none",
-        }
+        self.adapter = ad = adapters.get_adapter(cfg.model)
+        self.state = ad.load_state()
+        model = ad.build(self.state) if cfg.calib.windows > 0 or ad.blockwise else None
+        self.data = evaldata.load(cfg, ad, model) if model is not None else None
+        fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(self.data.fingerprints if self.data else {})}
         self.fingerprint = fp["checkpoint"]
         if cfg.calib.windows > 0:
-            base = ModelConfig(
-                rope_base=cfg.model.rope_base,
-                logit_softcap=cfg.model.logit_softcap,
-                qk_gain_init=cfg.model.qk_gain_init,
-            )
-            self.grams, self.rows = _grams(checkpoint.build_model(self.state, base), files, cfg, fp)
+            self.grams, self.rows = _grams(ad, model, self.data, cfg, fp)
         else:
             self.grams, self.rows = {}, 0
         plan_cfg = OmegaConf.to_object(cfg.plan)
@@ -369,7 +362,7 @@ class Encoder:
             torch.manual_seed(cfg.seed)
             plan_cfg = self.plan_at(value) if self.plan_at else self.ws.plan_cfg
             plan = make_plan(self.ws.state, plan_cfg, self.fmt, self.params_at(value))
-            units = encode_units(cfg, self.ws.state, plan, self.ws.context(), plan_cfg.lowrank, self.ws.files, False)
+            units = encode_units(cfg, self.ws.state, plan, self.ws.context(), plan_cfg.lowrank, self.ws.data, False)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             lay = layout.LayoutConfig(**(self.layout_cfg if self.layout_cfg is not None else cfg.layout))
             written = artifact.write(path, units, self.codec, self.codec_params, lay)

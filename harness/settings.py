@@ -21,11 +21,19 @@ from bytegolf.train import TrainConfig
 
 @dataclass
 class ModelSettings:
-    """A checkpoint (safetensors or torch state dict) and the settings its tensors do not carry.
+    """A model adapter (`name`: gpt, module, hf, weights; bytegolf.adapters), its checkpoint (safetensors or
+    torch state dict) and the settings its tensors do not carry.
 
-    The shape fields are used by `train`; `run` reads the shape off the checkpoint."""
+    The shape fields are used by `train`; `run` reads the shape off the checkpoint. module: `file`, `build`,
+    `logits` / `nll` (method names); hf: `path` (a save_pretrained directory)."""
 
     checkpoint: str = MISSING
+    name: str = "gpt"
+    file: str | None = None
+    build: str | None = None
+    logits: str | None = "forward"
+    nll: str | None = None
+    path: str | None = None
     num_layers: int = 9
     model_dim: int = 512
     num_heads: int = 8
@@ -38,11 +46,13 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    """Tokenizer and shard globs; with `build`, `train` first makes them from `corpus` (glob; null: stdlib)."""
+    """Tokenizer and shard globs (kind text: globs of raw text files); with `build`, `train` first makes them from
+    `corpus` (glob; null: stdlib)."""
 
-    tokenizer: str = MISSING
-    train: str = MISSING
+    tokenizer: str | None = MISSING
+    train: str | None = MISSING
     val: str = MISSING
+    kind: str = "shards"  # shards (Parameter Golf token files) or text (raw text files: bytegolf.evaldata)
     corpus: str | None = None
     build: bool = False
     vocab_size: int = 1024
@@ -52,7 +62,9 @@ class DataSettings:
 @dataclass
 class EvalSettings:
     """Non-overlapping validation windows (windows=0: all): the first ones, or with `sample` a sample
-    drawn across all validation files with `seed`."""
+    drawn across all validation files with `seed`. stride (null: the windows as they are): sliding
+    evaluation, windows `stride` tokens apart each scoring its last `stride` tokens (bytegolf.evaluate);
+    kld: also KL divergence and top-1 agreement against the unquantized model (a second forward pass)."""
 
     windows: int = 64
     seq_len: int = 1024
@@ -60,6 +72,8 @@ class EvalSettings:
     precision: str = "fp32"
     sample: bool = False
     seed: int = 0
+    stride: int | None = None
+    kld: bool = False
 
 
 @dataclass

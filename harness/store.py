@@ -110,6 +110,12 @@ def _claim_is_live(path: Path) -> bool:
     return True
 
 
+def is_claimed(out_dir: Path) -> bool:
+    """Whether a live worker holds out_dir's claim (a dead or stale taker's claim does not count)."""
+    path = out_dir / CLAIM
+    return path.exists() and _claim_is_live(path)
+
+
 @contextlib.contextmanager
 def claim(out_dir: Path) -> Iterator[bool]:
     """Try to own out_dir while a point runs there: yields True when owned (a heartbeat keeps the

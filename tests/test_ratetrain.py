@@ -78,3 +78,18 @@ def test_bad_rate_settings_are_one_line_errors(tiny_bundle: Path, tmp_path: Path
         rate_finetune(_model(tiny_bundle), tokens, RateConfig(min_numel=1024, seq_len=64), tmp_path / "b")
     with pytest.raises(ConfigError, match="lam >= 0"):
         rate_finetune(_model(tiny_bundle), tokens, RateConfig(lam=-1), tmp_path / "c")
+
+
+def test_bytegolf_train_with_rate_init_finetunes_a_checkpoint(tiny_bundle: Path, tmp_path: Path) -> None:
+    from tests.test_run import bytegolf
+
+    args = [f"data.tokenizer={tiny_bundle}/tokenizer.model", f"data.train={tiny_bundle}/train_*.bin"]
+    args += [f"data.val={tiny_bundle}/val_*.bin", f"rate.init={tiny_bundle}/model.safetensors", "rate.lam=0.5"]
+    args += ["rate.steps=3", "rate.seq_len=64", "rate.batch_seqs=2", "rate.min_numel=1024", f"out={tmp_path / 'o'}"]
+    proc = bytegolf("train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rate-finetuned" in proc.stdout and "3 steps" in proc.stdout
+    state = checkpoint.load_state_dict(tmp_path / "o" / "model.safetensors")
+    before = checkpoint.load_state_dict(tiny_bundle / "model.safetensors")
+    fc = "blocks.0.mlp.fc.weight"
+    assert set(state) == set(before) and not torch.equal(state[fc], before[fc])
