@@ -165,6 +165,7 @@ class CompareSettings:
     max_probes: int = 24
     samples: int = 1000
     level: float = 0.95
+    rank_by: str = "bpb"  # bpb, or kld (mean KL(ref||quant) per token; needs eval.kld=true)
     seeds: int = 2  # randomized encoders (k-means, AQLM init) are run with this many seeds at every landing
     front_points: int = 6  # evaluated points per system across the budgets' range (landings count)
 
@@ -306,6 +307,10 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     if not budgets:
         raise ConfigError("compare: need at least one budget")
     count_code = bool(cfg.budget.count_code)
+    if cc.get("rank_by", "bpb") not in ("bpb", "kld"):
+        raise ConfigError(f"compare.rank_by must be bpb or kld, got {cc.rank_by!r}")
+    if cc.get("rank_by") == "kld" and not cfg.eval.get("kld", False):
+        raise ConfigError("compare.rank_by=kld needs eval.kld=true (the KL divergence is measured in evaluation)")
     ranked, probe_codec = systems(cfg)
     tuned = [s.label for s in ranked if int((s.finetune or {}).get("steps", 0) or 0) > 0]
     model_name = str(cfg.model.get("name", "gpt") or "gpt")
@@ -559,8 +564,11 @@ def evaluated(row: dict[str, Any]) -> bool:
     return row.get("bpb") is not None or row.get("bpb_measured") is False
 
 
-def rank_key(row: dict[str, Any]) -> tuple[str, float]:
-    """What a row is ranked by: bpb, else (bpb not measured) output_error where measured, else rel_mse."""
+def rank_key(row: dict[str, Any], by: str = "bpb") -> tuple[str, float]:
+    """What a row is ranked by: bpb (or, with by="kld", its mean KLD), else (bpb not measured)
+    output_error where measured, else rel_mse."""
+    if by == "kld" and row.get("kld"):
+        return "kld", float(row["kld"]["mean"])
     if row.get("bpb") is not None:
         return "bpb", float(row["bpb"])
     err = row.get("output_error")
@@ -569,13 +577,15 @@ def rank_key(row: dict[str, Any]) -> tuple[str, float]:
     return "rel_mse", float(row.get("rel_mse") if row.get("rel_mse") is not None else math.inf)
 
 
-def ranking(rows: list[dict[str, Any]], budget: int, samples: int, level: float) -> list[dict[str, Any]]:
+def ranking(
+    rows: list[dict[str, Any]], budget: int, samples: int, level: float, by: str = "bpb"
+) -> list[dict[str, Any]]:
     """Rows of one budget (the reference exports at their own size included where they fit), best bpb
-    first (bpb not measured: lowest output_error, else rel_mse, first), each with Δbpb against the best
-    and its bootstrap CI."""
+    (by="kld": lowest mean KLD) first (bpb not measured: lowest output_error, else rel_mse, first), each
+    with Δbpb against the best and its bootstrap CI."""
     here = [r for r in rows if r.get("budget_bytes") == budget]
     here += [r for r in rows if r.get("status") == "own" and (r.get("counted_bytes") or 0) <= budget]
-    ok = sorted((r for r in here if evaluated(r)), key=lambda r: (rank_key(r)[0] != "bpb", rank_key(r)[1]))
+    ok = sorted((r for r in here if evaluated(r)), key=lambda r: (rank_key(r, by)[0] != by, rank_key(r, by)[1]))
     out = []
     best = ok[0] if ok else None
     for r in ok:
@@ -615,7 +625,8 @@ def separable(entry: dict[str, Any], best: dict[str, Any]) -> bool:
 
 def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfig) -> None:
     for budget in budgets:
-        ranked = ranking(rows, budget, cc.samples, cc.level)
+        by = str(cc.get("rank_by", "bpb"))
+        ranked = ranking(rows, budget, cc.samples, cc.level, by)
         print(f"\nbudget {budget:,} B ({'final + code' if rows and rows[0].get('count_code') else 'final'} bytes):")
         for e in ranked:
             r, d = e["row"], e["delta"]
@@ -632,9 +643,11 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
             else:
                 cmp = "best" if d is None and e is ranked[0] else (f"Δbpb {d}" if d else "Δbpb n/a (windows differ)")
                 seeds = f"  seeds ±{e['spread'] / 2:.4f}" if e.get("spread") is not None else ""
+                k = r.get("kld")
+                kld = f" KLD {k['mean']:.4g}±{k['se']:.2g}" if k else ""
                 line = (
                     f"{system(r):<16} {knob:<22} {r['counted_bytes']:>12,} B {r['counted_bytes'] / budget:.4f}× "
-                    f"bpb {r['bpb']:.4f}  {cmp}{seeds}  [{r['status']}]"
+                    f"bpb {r['bpb']:.4f}{kld}  {cmp}{seeds}  [{r['status']}]"
                 )
             print("  " + line, flush=True)
         fitted = [e for e in ranked if evaluated(e["row"])]
@@ -652,6 +665,9 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
         win = system(fitted[0]["row"])
         if fitted[0]["row"].get("bpb") is None:
             print(f"  winner: {win} (lowest {rank_key(fitted[0]['row'])[0]}; bpb not measured)", flush=True)
+            continue
+        if by == "kld":
+            print(f"  winner by KLD: {win} (Δbpb intervals above are against it)", flush=True)
             continue
         ties = [system(e["row"]) for e in fitted[1:] if not separable(e, fitted[0])]
         verdict = f"winner: {win}" + (

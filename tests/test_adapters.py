@@ -263,3 +263,30 @@ def test_reshaped_tensors_round_trip_through_the_artifact(tmp_path: Path) -> Non
     for name, t in state.items():
         assert decoded[name].shape == t.shape
         assert float((decoded[name] - t).square().mean() / t.square().mean()) < 1e-3
+
+
+@pytest.mark.slow
+def test_module_compare_ranks_two_formats_by_kld(tiny_bundle: Path, record_ckpt: Path, tmp_path: Path) -> None:
+    params = sum(t.numel() for t in torch.load(record_ckpt, weights_only=True).values())
+    budget = int(params * 0.6)  # about 4.8 bits per weight with everything else
+    out = tmp_path / "cmp"
+    proc = bytegolf(
+        "compare", f"bundle={tiny_bundle}", *TINY_ARGS, "model=module", f"model.file={FIXTURE}", "model.build=build",
+        f"model.checkpoint={record_ckpt}", "compare.formats=[scalar,clustered]", "compare.references=[]",
+        "compare.embedding=null", "compare.calibrate.clustered.steps=0", "compare.front_points=0", "compare.seeds=1",
+        "compare.rank_by=kld", "eval.kld=true", f"compare.budgets=[{budget}]", "compare.samples=200", "codec=zstd",
+        f"hydra.run.dir={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(p.read_text()) for p in out.glob("points/*/*/result.json")]
+    ranked = sorted((r for r in rows if r.get("budget_bytes") == budget), key=lambda r: r["kld"]["mean"])
+    assert sorted(r["format"] for r in ranked) == ["clustered", "scalar"]
+    assert all(r["counted_bytes"] <= budget and r["kld"]["mean"] > 0 for r in ranked)
+    lines = [ln for ln in proc.stdout.splitlines() if " KLD " in ln]
+    assert lines[0].split()[0] == ranked[0]["format"]  # the order is by KLD
+    assert f"winner by KLD: {ranked[0]['format']}" in proc.stdout
+
+
+def test_rank_by_kld_needs_kld_measured(tmp_path: Path) -> None:
+    proc = bytegolf("compare", "compare.rank_by=kld", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2 and "compare.rank_by=kld needs eval.kld=true" in proc.stdout + proc.stderr

@@ -128,3 +128,29 @@ def test_hf_bad_input_is_one_line(llama_dir: Path, text_data: Path, tmp_path: Pa
     proc = _run(llama_dir, text_data, tmp_path, "data=default")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "use data=text" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_hf_compare_of_two_formats_with_gptq_hessians(llama_dir: Path, text_data: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(llama_dir / "model.safetensors"), "pt") as f:
+        params = sum(f.get_tensor(k).numel() for k in f.keys())  # noqa: SIM118
+    budget = int(params * 0.7)
+    out = tmp_path / "cmp"
+    proc = bytegolf(
+        "compare", "model=hf", f"model.path={llama_dir}", "data=text", f"data.val={text_data}/val/*.txt",
+        f"data.train={text_data}/train/*.txt", *TINY_ARGS, "compare.formats=[scalar_gptq,clustered]",
+        "compare.references=[]", "compare.embedding=null", "compare.calibrate.clustered.steps=0", "compare.front_points=0",
+        "compare.seeds=1", f"compare.budgets=[{budget}]", "compare.samples=200", "codec=zstd",
+        f"hydra.run.dir={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {
+        r.get("variant") or r["format"]: r
+        for r in map(json.loads, map(Path.read_text, out.glob("points/*/*/result.json")))
+    }
+    assert set(rows) == {"scalar_gptq", "clustered"}
+    gptq = rows["scalar_gptq"]
+    assert gptq["format_params"]["gptq"] and gptq["calibration_rows"] > 0 and gptq["bpb"] > 0
+    assert all(r["counted_bytes"] <= budget for r in rows.values()) and "winner: " in proc.stdout
