@@ -22,8 +22,9 @@ verbs:
             it storage-natively: export quantizer in the loop + rate.lam × code bits (e.g. rate.lam=0.5)
   compare   every format at equal final bytes per budget, evaluated, winners with bootstrap CIs
             (e.g. compare compare.budgets=[8e6,4e6] compare.formats=[scalar,clustered])
-  allocate  per-tensor settings of one format (mixed precision) that minimise output error within the budget,
-            evaluated (e.g. allocate budget.cap_bytes=8e6 codec=zstd 'allocate.candidates=[{bits:4},{bits:6}]')
+  allocate  per-tensor settings (of one format, or mixed formats per tensor) that minimise output error within
+            the budget, evaluated (e.g. allocate budget.cap_bytes=8e6 'allocate.candidates=[{bits:4},{bits:6}]',
+            candidates like {format: clustered, codebook_size: 256, match: "blocks.*.mlp.*"}, or allocate.knob=...)
   results   DIR... : every result.json under the dirs as one table (DIR/results.parquet and .csv)
   report    DIR : markdown report with frontier plots, rank agreement and reversals (DIR/report/)
   inspect   ARTIFACT : every stream's format, role, codec, stored and raw bytes and entropy bound; totals by role
@@ -262,8 +263,11 @@ def report_main(args: list[str]) -> None:
     ap.add_argument("dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="report directory (default: DIR/report)")
     ap.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument(
+        "--correction", choices=["holm", "bh", "none"], default="holm", help="multiple-comparison correction"
+    )
     ns = ap.parse_args(args)
-    path = write_report(ns.dir, ns.out or ns.dir / "report", samples=ns.samples)
+    path = write_report(ns.dir, ns.out or ns.dir / "report", samples=ns.samples, correction=ns.correction)
     print(f"report: {path}")
 
 

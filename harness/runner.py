@@ -143,6 +143,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     with st("load"):
         ad = adapters.get_adapter(cfg.model)
         state = ad.load_state()
+        artifact.check_finite(state)  # NaN/Inf weights end here, before evaluation and calibration
         ref_model = ad.build(state)
         ed = evaldata.load(cfg, ad, ref_model) if ref_model is not None else None
         fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(ed.fingerprints if ed else {})}
