@@ -253,7 +253,7 @@ def frontier_reversals(results: list[dict[str, Any]], y: str = "rel_mse", margin
     return rows
 
 
-REFERENCE_SYSTEMS = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports (compare.REFERENCES)
+REFERENCE_SYSTEMS = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports (the compare ranks them)
 
 
 def base_system(r: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bytegolf import search, store, sweep
-from bytegolf.analysis import system
+from bytegolf.analysis import REFERENCE_SYSTEMS, system
 from bytegolf.errors import ConfigError
 from bytegolf.plan import PlanConfig, format_defaults, merge_settings
 from bytegolf.provenance import git_revision, source_hash
@@ -39,7 +39,7 @@ from bytegolf.stats import paired_bootstrap
 
 log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parent.parent / "experiments" / "experiment"
-REFERENCES = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports, always ranked
+REFERENCES = REFERENCE_SYSTEMS  # Parameter Golf's exports, always ranked
 EMBEDDING = "tok_emb.weight"  # the tied embedding, which compare.embedding (scalar settings) quantizes
 WAIT_S = 5.0  # seconds between looks at a point another compare is evaluating
 WRAPPERS = ("passthrough", "lowrank")  # formats that are not systems of their own by default
