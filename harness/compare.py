@@ -35,7 +35,7 @@ from bytegolf.analysis import REFERENCE_SYSTEMS, system
 from bytegolf.errors import ConfigError
 from bytegolf.plan import PlanConfig, format_defaults, merge_settings
 from bytegolf.provenance import git_revision, source_hash
-from bytegolf.stats import paired_bootstrap
+from bytegolf.stats import adjust_pvalues, paired_bootstrap
 
 log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parent.parent / "experiments" / "experiment"
@@ -599,6 +599,9 @@ def ranking(
                 entry["delta_windows"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level)
                 entry["by"] = "documents" if groups is not None else "windows"
         out.append(entry)
+    tested = [e for e in out if e["delta"] is not None]
+    for e, p_adj in zip(tested, adjust_pvalues(np.array([e["delta"].p for e in tested]), "holm"), strict=True):
+        e["p_adj"] = float(p_adj)  # Holm over this budget's comparisons with the best
     out.extend({"row": r, "delta": None} for r in here if not evaluated(r))
     return out
 
@@ -615,9 +618,12 @@ def seed_spread(rows: list[dict[str, Any]], row: dict[str, Any], budget: int) ->
 
 
 def separable(entry: dict[str, Any], best: dict[str, Any]) -> bool:
-    """A Δbpb counts as a win when its CI excludes 0 and it is larger than either side's seed spread."""
+    """A Δbpb counts as a win when its CI excludes 0, its Holm-adjusted p (over the budget's comparisons)
+    is within 1 − level, and it is larger than either side's seed spread."""
     d = entry.get("delta")
     if d is None or not d.significant:
+        return False
+    if entry.get("p_adj") is not None and entry["p_adj"] > 1 - d.level:
         return False
     spread = max(entry.get("spread") or 0.0, best.get("spread") or 0.0)
     return abs(d.delta) > spread
@@ -642,6 +648,7 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
                 )
             else:
                 cmp = "best" if d is None and e is ranked[0] else (f"Δbpb {d}" if d else "Δbpb n/a (windows differ)")
+                cmp += f" holm {e['p_adj']:.3g}" if e.get("p_adj") is not None else ""
                 seeds = f"  seeds ±{e['spread'] / 2:.4f}" if e.get("spread") is not None else ""
                 k = r.get("kld")
                 kld = f" KLD {k['mean']:.4g}±{k['se']:.2g}" if k else ""
@@ -671,6 +678,8 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
             continue
         ties = [system(e["row"]) for e in fitted[1:] if not separable(e, fitted[0])]
         verdict = f"winner: {win}" + (
-            f" (not separable from {', '.join(ties)} at {cc.level:.0%} or within the seed spread)" if ties else ""
+            f" (not separable from {', '.join(ties)} at {cc.level:.0%} after Holm, or within the seed spread)"
+            if ties
+            else ""
         )
         print("  " + verdict, flush=True)

@@ -264,3 +264,4 @@ def test_a_delta_inside_the_seed_spread_is_not_a_win() -> None:
     ci_zero = {"delta": PairedDelta(0.010, -0.001, 0.02, 0.08, 1000, 0.95), "spread": None}
     assert separable(clear, best) and not separable(inside, best) and not separable(ci_zero, {})
     assert separable(inside, {"spread": None})
+    assert not separable({**clear, "p_adj": 0.06}, {}) and separable({**clear, "p_adj": 0.04}, {})  # after Holm
