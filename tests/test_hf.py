@@ -141,9 +141,9 @@ def test_hf_compare_of_two_formats_with_gptq_hessians(llama_dir: Path, text_data
     proc = bytegolf(
         "compare", "model=hf", f"model.path={llama_dir}", "data=text", f"data.val={text_data}/val/*.txt",
         f"data.train={text_data}/train/*.txt", *TINY_ARGS, "compare.formats=[scalar_gptq,clustered]",
-        "compare.references=[]", "compare.embedding=null", "compare.calibrate.clustered.steps=0", "compare.front_points=0",
-        "compare.seeds=1", f"compare.budgets=[{budget}]", "compare.samples=200", "codec=zstd",
-        f"hydra.run.dir={out}", cwd=tmp_path,
+        "compare.references=[]", "compare.embedding=null", "compare.calibrate.clustered.steps=0",
+        "compare.front_points=0", "compare.seeds=1", f"compare.budgets=[{budget}]", "compare.samples=200",
+        "codec=zstd", f"hydra.run.dir={out}", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = {
@@ -154,3 +154,25 @@ def test_hf_compare_of_two_formats_with_gptq_hessians(llama_dir: Path, text_data
     gptq = rows["scalar_gptq"]
     assert gptq["format_params"]["gptq"] and gptq["calibration_rows"] > 0 and gptq["bpb"] > 0
     assert all(r["counted_bytes"] <= budget for r in rows.values()) and "winner: " in proc.stdout
+
+
+@pytest.mark.slow
+def test_hf_gpt2_compare_of_two_formats(gpt2_dir: Path, text_data: Path, tmp_path: Path) -> None:
+    """GPT-2's Conv1D layers are not nn.Linear (no Gram matrix): RTN scalar against clustered."""
+    from safetensors import safe_open
+
+    with safe_open(str(gpt2_dir / "model.safetensors"), "pt") as f:
+        params = sum(f.get_tensor(k).numel() for k in f.keys())  # noqa: SIM118
+    budget = int(params * 0.7)
+    out = tmp_path / "cmp2"
+    proc = bytegolf(
+        "compare", "model=hf", f"model.path={gpt2_dir}", "data=text", f"data.val={text_data}/val/*.txt",
+        f"data.train={text_data}/train/*.txt", *TINY_ARGS, "compare.formats=[scalar,clustered]",
+        "compare.references=[]", "compare.embedding=null", "compare.calibrate.clustered.steps=0",
+        "compare.front_points=0", "compare.seeds=1", f"compare.budgets=[{budget}]", "compare.samples=200",
+        "codec=zstd", f"hydra.run.dir={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(p.read_text()) for p in out.glob("points/*/*/result.json")]
+    assert sorted(r["format"] for r in rows) == ["clustered", "scalar"]
+    assert all(r["counted_bytes"] <= budget and r["bpb"] > 0 for r in rows) and "winner: " in proc.stdout
