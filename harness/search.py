@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -357,7 +358,7 @@ class Encoder:
 
         t0 = time.perf_counter()
         cfg = self.ws.cfg
-        path = self.work_dir / f".probe-{self.fmt}.bgz"
+        path = self.work_dir / f".probe-{self.fmt}-{os.getpid()}.bgz"  # own file: compares may share work_dir
         try:
             torch.manual_seed(cfg.seed)
             plan_cfg = self.plan_at(value) if self.plan_at else self.ws.plan_cfg
