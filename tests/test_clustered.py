@@ -339,6 +339,25 @@ def test_nearest_single_neighbour_ties_go_to_the_lowest_index(copies, monkeypatc
     assert torch.equal(km.exact_nearest(q, c), idx[:, 0])
 
 
+@pytest.mark.parametrize("use_faiss", [True, False])
+def test_neighbour_list_search_equals_the_exact_argmin(use_faiss, monkeypatch):
+    """Many centres (K = 320 > NBR_FROM): a fast top-1 refined over neighbour lists gives exact_nearest's answer,
+    duplicates and bf16 near-ties included, and some points (far from every centre) take the full-scan fallback."""
+    g = gen(3)
+    x = (torch.randn(8 * 320, 4, generator=g) * 0.02).to(torch.bfloat16).float()  # many equal rows and ties
+    x[:16] *= 40.0  # outliers: farther from their centre than the listed neighbours reach
+    c = torch.cat([x[torch.randperm(x.shape[0], generator=g)[:300]], x[:20]])  # 20 duplicated centres
+    if not use_faiss:
+        monkeypatch.setattr(km, "faiss", None)
+    fallback = []
+    scan1 = km.scan1
+    monkeypatch.setattr(km, "scan1", lambda q, cc: fallback.append(q.shape[0]) or scan1(q, cc))
+    dist, idx = km.nearest(x, c, 1)
+    assert torch.equal(idx[:, 0], km.exact_nearest(x, c))
+    assert torch.equal(dist[:, 0], ((x - c[idx[:, 0]]) ** 2).sum(1))
+    assert len(fallback) == 1 and 16 <= fallback[0] < x.shape[0] // 2
+
+
 def test_bad_input_raises_config_error():
     w = torch.randn(64, 256, generator=gen(0))
     with pytest.raises(ConfigError, match=r"codebook_size 8192 is larger than the 4096 sub-vectors of w"):
