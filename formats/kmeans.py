@@ -66,6 +66,7 @@ TIE_TOL = 2.0**-12  # relative gap below which the backend's fp32 choice is re-d
 TOPK2_FROM = 128  # centres from which the runner-up comes from one top-2 rather than a second min
 PP_ROUNDS = 256  # k-means++ D² rounds at most; more centres are drawn per round beyond this
 PP_SAMPLE = 64  # k-means++ runs on at most this many points per centre
+PP_DIRECT = 32  # new centres per k-means++ round up to which distances are computed directly
 NBR_FROM = 256  # centres from which the k = 1 search refines a fast top-1 over each centre's neighbour list
 NBR_POINTS = 8  # ... when there are at least this many points per centre (the lists cost a K × K search)
 NBR_LIST = 32  # neighbours per centre: on d = 4 weight sub-vectors ≈4% of the points fall back to a scan
@@ -281,6 +282,19 @@ def assign(
     return out
 
 
+def min_sq_dist(x: Tensor, c: Tensor) -> Tensor:
+    """min_k ‖x_i − c_k‖² (n,) from direct differences (c: a few rows): elementwise, so the same on any backend."""
+    out = torch.empty(x.shape[0], device=x.device)
+    step = chunk_rows(c.shape[0] * c.shape[1])
+    for s in range(0, x.shape[0], step):
+        xs = x[s : s + step]
+        dist = (xs[:, None, 0] - c[None, :, 0]).square_()
+        for j in range(1, x.shape[1]):
+            dist.add_((xs[:, None, j] - c[None, :, j]).square_())
+        out[s : s + step] = dist.amin(1)
+    return out
+
+
 def sample(p: Tensor, b: int, gen: torch.Generator) -> Tensor:
     """Up to b distinct indices drawn with probability ∝ p (p >= 0, some p > 0): inverse-CDF draws, repeats dropped."""
     cum = torch.cumsum(p.double(), 0)
@@ -311,9 +325,8 @@ def kmeans_pp(x: Tensor, k: int, weights: Tensor | None, gen: torch.Generator) -
         chosen[idx] = True
         have += idx.numel()
         if have < k:
-            new = x[idx]
-            nd = sq_dist(x, new.expand_as(x)) if idx.numel() == 1 else nearest(x, new, 1)[0][:, 0]
-            d2 = torch.minimum(d2, nd)
+            new = x[idx]  # a few new centres: their distances directly (a search costs far more)
+            d2 = torch.minimum(d2, min_sq_dist(x, new) if idx.numel() <= PP_DIRECT else nearest(x, new, 1)[0][:, 0])
     return torch.cat(picked)
 
 
