@@ -75,10 +75,10 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
-from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable, meta_int
-from bytegolf.formats.clustered import CODEBOOK_DTYPES, SCOPES, check_matrix, index_bits, symbol_dtype
+from bytegolf.formats.arrays import check_matrix, from_numpy, index_bits, symbol_dtype, to_numpy, torch_dtype
+from bytegolf.formats.base import SCOPES, EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable, meta_int
+from bytegolf.formats.clustered import CODEBOOK_DTYPES
 from bytegolf.formats.kmeans import assign, kmeans
-from bytegolf.formats.passthrough import from_numpy, to_numpy, torch_dtype
 
 OBJECTIVES = ("auto", "mse", "output", "output_blockdiag")
 MODES = {"mse": "mse", "output": "full", "output_blockdiag": "blockdiag"}

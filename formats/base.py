@@ -15,6 +15,7 @@ from bytegolf.registry import Registry, instantiate
 
 ROLES = ("codes", "codebook", "scales", "zeros", "mask", "outliers", "basis", "lowrank", "perm", "fp")
 
+SCOPES = ("tensor", "family", "global")  # what one codebook or basis is shared over (formats that share)
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

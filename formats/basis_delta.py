@@ -38,9 +38,8 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
-from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
-from bytegolf.formats.clustered import SCOPES, check_matrix
-from bytegolf.formats.passthrough import from_numpy, to_numpy, torch_dtype
+from bytegolf.formats.arrays import check_matrix, from_numpy, to_numpy, torch_dtype
+from bytegolf.formats.base import SCOPES, EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
 
 DEFAULT_BASIS: dict[str, Any] = {"name": "scalar", "bits": 8}
 DEFAULT_COEF: dict[str, Any] = {"name": "scalar", "bits": 8, "clip": "max"}

@@ -35,23 +35,17 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
-from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
+from bytegolf.formats.arrays import check_matrix, from_numpy, index_bits, symbol_dtype, to_numpy, torch_dtype
+from bytegolf.formats.base import SCOPES, EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
 from bytegolf.formats.kmeans import assign, kmeans
-from bytegolf.formats.passthrough import from_numpy, to_numpy, torch_dtype
 
 CODEBOOK_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DIMS = (1, 2, 4, 8)
-SCOPES = ("tensor", "family", "global")
 
 
 def is_int(v: Any) -> bool:
     """An integer setting (bool is not one)."""
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def index_bits(k: int) -> int:
-    """ceil(log2 k) for k >= 2, exactly."""
-    return (k - 1).bit_length()
 
 
 def cluscomp_bits(
@@ -60,10 +54,6 @@ def cluscomp_bits(
     """Analytic bits of a unit: one ceil(log2 K)-bit index per sub-vector, the codebook once, fp16 row scales."""
     per = sum(r // d * c * index_bits(k) + (16 * r if normalize else 0) for r, c in shapes)
     return per + k * d * codebook_bits
-
-
-def symbol_dtype(alphabet: int) -> type:
-    return np.uint8 if alphabet <= 256 else np.uint16 if alphabet <= 65536 else np.uint32
 
 
 def subvectors(w: Tensor, d: int) -> Tensor:
@@ -85,16 +75,6 @@ def row_scales(w: Tensor, name: str, fmt: str) -> Tensor:
     if not bool(torch.isfinite(rms).all()):
         raise ConfigError(f"{fmt}: tensor {name} has a row whose scale overflows fp16")
     return torch.where(rms > 0, rms, torch.ones_like(rms))
-
-
-def check_matrix(fmt: str, name: str, t: Tensor) -> None:
-    """2-D float tensor without NaN / inf, or ConfigError naming it."""
-    if not t.is_floating_point():
-        raise ConfigError(f"{fmt}: tensor {name} has non-float dtype {t.dtype}")
-    if t.ndim != 2 or t.numel() == 0:
-        raise ConfigError(f"{fmt}: tensor {name} must be a non-empty 2-D matrix, got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise ConfigError(f"{fmt}: tensor {name} holds NaN or inf")
 
 
 class Clustered(Format):

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
+from bytegolf.formats.arrays import from_numpy, single_tensor, to_numpy, torch_dtype
 from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, get_format
-from bytegolf.formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
 
 PREFIX = "base."
 

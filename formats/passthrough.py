@@ -11,48 +11,16 @@ tensor has them) and NaN or Inf in the input are errors naming the tensor.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError, DataError
+from bytegolf.formats.arrays import from_numpy, single_tensor, to_numpy, torch_dtype
 from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec
 
 STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 _NAMES = {v: k for k, v in STORAGE.items()}
 _WIDER = {torch.float16: torch.float32}  # layouts store fp16/fp32 (bf16 as its bits); fp32 has bf16's range
-
-
-def single_tensor(fmt: str, tensors: dict[str, Tensor]) -> tuple[str, Tensor]:
-    """The one (name, tensor) of a unit; formats that take one tensor per call raise otherwise."""
-    if len(tensors) != 1:
-        raise ConfigError(f"format {fmt} encodes exactly one tensor per unit, got {len(tensors)}: {sorted(tensors)}")
-    ((name, t),) = tensors.items()
-    return name, t
-
-
-def to_numpy(t: Tensor) -> np.ndarray:
-    """A CPU tensor as a numpy array; bf16 becomes its uint16 bit patterns."""
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16).copy()
-    return t.numpy().copy()
-
-
-def from_numpy(a: np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
-    """Inverse of to_numpy: `dtype` is the tensor dtype the array was made from (needed for bf16 only)."""
-    a = np.ascontiguousarray(a)
-    if dtype == torch.bfloat16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """torch dtype from its TensorSpec name ("float32", "bfloat16", "int64", ...)."""
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype):
-        raise ConfigError(f"unknown tensor dtype {name!r}")
-    return dt
 
 
 class Passthrough(Format):

@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
+from bytegolf.formats.arrays import from_numpy, single_tensor, to_numpy, torch_dtype
 from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable, meta_int
 from bytegolf.formats.gptq import gptq_quantize
-from bytegolf.formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
 
 SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 CLIPS = ("max", "percentile", "sdclip")

@@ -58,9 +58,8 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
+from bytegolf.formats.arrays import check_matrix, from_numpy, to_numpy
 from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
-from bytegolf.formats.clustered import check_matrix
-from bytegolf.formats.passthrough import from_numpy, to_numpy
 from bytegolf.formats.spqr import SpqrGroups, scalar_in_gptq
 
 LAYOUTS = ("fine", "row", "column", "block")

@@ -47,10 +47,9 @@ import torch
 from torch import Tensor
 
 from bytegolf.errors import ConfigError
+from bytegolf.formats.arrays import check_matrix, from_numpy, single_tensor, to_numpy, torch_dtype
 from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
-from bytegolf.formats.clustered import check_matrix
 from bytegolf.formats.gptq import inverse_hessian_factor
-from bytegolf.formats.passthrough import from_numpy, single_tensor, to_numpy, torch_dtype
 
 STAT_FLOOR = 2.0**-24  # smallest scale a decoded statistic may take (fp16's smallest subnormal)
 SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

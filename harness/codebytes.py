@@ -1,9 +1,9 @@
 """Code bytes: the size of the source a reader needs to decode an artifact (Parameter Golf counts code).
 
-The files: the read path (harness/errors.py, registry.py, container.py, layout.py, artifact.py; formats/__init__.py
-and base.py; codecs/__init__.py and base.py), plus the module of every format and codec the artifact
-uses and, transitively, every project module those import (e.g. formats/scalar.py pulls in
-formats/passthrough.py and formats/gptq.py). The read-path files' own imports are not followed:
+The files: the read path (harness/errors.py, registry.py, container.py, layout.py, packing.py, artifact.py;
+formats/__init__.py and base.py; codecs/__init__.py and base.py), plus the module of every format and codec the
+artifact uses and, transitively, every project module those import (e.g. formats/scalar.py pulls in
+formats/arrays.py and formats/gptq.py). The read-path files' own imports are not followed:
 they serve the encoder (artifact.py imports the plan, which imports the model). Third-party and
 standard-library code (numpy, torch, zstandard, constriction, ...) is not counted.
 
@@ -33,6 +33,7 @@ READ_PATH = (
     "harness/container.py",
     "harness/errors.py",
     "harness/layout.py",
+    "harness/packing.py",
     "harness/registry.py",
 )
 # import prefix -> repository folder, longest prefix first

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bytegolf import artifact, checkpoint, container, layout
+from bytegolf import accounting, artifact, checkpoint, container, layout
 from bytegolf.formats import EncodeContext
 from bytegolf.plan import PlanConfig, Rule, make_plan
 
@@ -71,7 +71,7 @@ def measure(units: list, codec: str, params: dict[str, Any], cfg: layout.LayoutC
         for name, s in u.streams.items():
             if s.data.tobytes() != v.streams[name].data.tobytes():
                 raise AssertionError(f"{codec} {cfg}: stream {name} of {u.tensors[0].name} does not round-trip")
-    roles = layout.role_report(units, w.manifest["units"], w.blob_stored, w.final_bytes)
+    roles = accounting.role_report(units, w.manifest["units"], w.blob_stored, w.final_bytes)
     raw = sum(r["raw"] for name, r in roles.items() if name != "header")
     return {
         "total_bytes": w.final_bytes,

@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from bytegolf.errors import ConfigError
 from bytegolf.formats import Encoded, Stream, get_format
+from bytegolf.formats.arrays import from_numpy, to_numpy
 from bytegolf.formats.base import Format, Trainable
-from bytegolf.formats.passthrough import from_numpy, to_numpy
 from bytegolf.model import GPT, _rms
 
 BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from bytegolf import artifact, container, layout
+from bytegolf import accounting, artifact, container, layout, packing
 from bytegolf.codecs import bounds
 
 HEADER_BYTES = container._HEADER.size  # magic, version, flags, manifest length, manifest CRC
@@ -104,7 +104,7 @@ def inspect_artifact(path: str | os.PathLike[str]) -> Inspection:
     placed: list[tuple[int, dict, int]] = []  # (unit index, stream entry, packed bytes)
     for ui, entry in enumerate(entries):
         for st in entry["streams"]:
-            placed.append((ui, st, layout.stream_nbytes(st)))
+            placed.append((ui, st, accounting.stream_nbytes(st)))
     shares: dict[int, int] = {}
     for bi, stored in enumerate(blob_stored):
         members = [i for i, (_, st, _) in enumerate(placed) if st["blob"] == bi]
@@ -126,7 +126,7 @@ def inspect_artifact(path: str | os.PathLike[str]) -> Inspection:
                 codec=str(table[st["blob"]]["codec"]),
                 blob=int(st["blob"]),
                 stored=shares.get(i, 0),
-                raw=n * layout.storage_itemsize(st["dtype"]),
+                raw=n * packing.storage_itemsize(st["dtype"]),
                 packed=packed,
                 bound=bound,
             )

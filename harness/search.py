@@ -6,8 +6,8 @@ of the knob, in whichever direction the measurements show. It brackets the budge
 geometrically from the format's default, then narrows the bracket by the secant rule on
 (knob, log bytes) — log-knob for knobs with a log scale, since H(q) ≈ b − log2 k + const —
 safeguarded by bisection. Integer knobs (bits, codebook size, number of codebooks) move over the
-integers and stop when no integer is left inside the bracket. Every probe is encode + write only,
-cached by knob value; nothing is evaluated during the search.
+integers and stop when no integer is left inside the bracket. Every probe is encode + write only
+(bytegolf.probe), cached by knob value; nothing is evaluated during the search.
 
 A landing is the probe with the most counted bytes ≤ budget. Its status:
   ok            within `tol` of the budget (counted ≥ (1 − tol)·budget)
@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bytegolf.errors import ConfigError
@@ -272,127 +269,3 @@ def search(
         same_side = same_side + 1 if side == last_side else 1
         last_side = side
     return landing()
-
-
-# ------------------------------------------------------------------ encode + write at a knob value
-
-
-class Workspace:
-    """What every probe of every format shares: the state dict, the plan settings, the Gram matrices."""
-
-    def __init__(self, cfg) -> None:
-        from omegaconf import OmegaConf
-
-        from bytegolf import adapters, evaldata
-        from bytegolf.plan import PlanConfig, Rule
-        from bytegolf.runner import _grams
-
-        self.cfg = cfg
-        self.adapter = ad = adapters.get_adapter(cfg.model)
-        self.state = ad.load_state()
-        model = ad.build(self.state) if cfg.calib.windows > 0 or ad.blockwise else None
-        self.data = evaldata.load(cfg, ad, model) if model is not None else None
-        fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(self.data.fingerprints if self.data else {})}
-        self.fingerprint = fp["checkpoint"]
-        if cfg.calib.windows > 0:
-            self.grams, self.rows = _grams(ad, model, self.data, cfg, fp)
-        else:
-            self.grams, self.rows = {}, 0
-        plan_cfg = OmegaConf.to_object(cfg.plan)
-        assert isinstance(plan_cfg, PlanConfig)
-        plan_cfg.rules = [r if isinstance(r, Rule) else Rule(**r) for r in plan_cfg.rules]
-        self.plan_cfg = plan_cfg
-
-    def context(self):
-        """The EncodeContext of every encode on this workspace (Gram matrices, device, seed)."""
-        from bytegolf.formats import EncodeContext
-
-        counts = dict.fromkeys(self.grams, self.rows)
-        return EncodeContext(hessians=self.grams, hessian_counts=counts, device=self.cfg.device, seed=self.cfg.seed)
-
-
-KEEP_ENCODINGS = 4  # encodings an Encoder keeps in memory (each about the model's fp32 size)
-
-
-class Encoder:
-    """measure(value): encode + write one format at one knob value; cached in memory and in a JSON file."""
-
-    def __init__(
-        self,
-        ws: Workspace,
-        fmt: str,
-        params: dict[str, Any],
-        knob: Knob | None,
-        codec: str,
-        codec_params: dict[str, Any],
-        work_dir: Path,
-        cache_file: Path | None = None,
-        plan_at: Callable[[float], Any] | None = None,
-        layout_cfg: dict[str, Any] | None = None,
-    ) -> None:
-        """plan_at(value): the PlanConfig at a knob value (default: the workspace's); layout_cfg: the
-        layout settings (default: the run config's)."""
-        self.ws, self.fmt, self.params, self.knob = ws, fmt, dict(params), knob
-        self.plan_at, self.layout_cfg = plan_at, layout_cfg
-        self.codec, self.codec_params = codec, dict(codec_params)
-        self.work_dir, self.cache_file = work_dir, cache_file
-        self.cache: dict[float, Probe] = {}
-        self.units: dict[float, list] = {}  # the last few probes' encodings, so a landing is not encoded again
-        if cache_file is not None and cache_file.is_file():
-            import json
-
-            for p in json.loads(cache_file.read_text()).get("probes", []):
-                self.cache[float(p["value"])] = Probe(**p)
-
-    def params_at(self, value: float) -> dict[str, Any]:
-        return {**self.params, self.knob.name: self.knob.value(value)} if self.knob else dict(self.params)
-
-    def __call__(self, value: float) -> Probe:
-        if value in self.cache:
-            return self.cache[value]
-        import torch
-
-        from bytegolf import artifact, codebytes, layout
-        from bytegolf.plan import make_plan
-        from bytegolf.runner import encode_units
-
-        t0 = time.perf_counter()
-        cfg = self.ws.cfg
-        path = self.work_dir / f".probe-{self.fmt}-{os.getpid()}.bgz"  # own file: compares may share work_dir
-        try:
-            torch.manual_seed(cfg.seed)
-            plan_cfg = self.plan_at(value) if self.plan_at else self.ws.plan_cfg
-            plan = make_plan(self.ws.state, plan_cfg, self.fmt, self.params_at(value))
-            units = encode_units(cfg, self.ws.state, plan, self.ws.context(), plan_cfg.lowrank, self.ws.data, False)
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            lay = layout.LayoutConfig(**(self.layout_cfg if self.layout_cfg is not None else cfg.layout))
-            written = artifact.write(path, units, self.codec, self.codec_params, lay)
-            code = codebytes.artifact_code_bytes(path)["code_bytes"]
-            probe = Probe(value, written.final_bytes, code, round(time.perf_counter() - t0, 3))
-            self.units[value] = units
-            while len(self.units) > KEEP_ENCODINGS:
-                self.units.pop(next(iter(self.units)))
-        except ConfigError as exc:
-            probe = Probe(value, None, 0, round(time.perf_counter() - t0, 3), str(exc))
-        finally:
-            path.unlink(missing_ok=True)
-        name = self.knob.name if self.knob else "settings"
-        log.info("probe %s %s=%g: %s", self.fmt, name, value, probe.final_bytes or probe.error)
-        self.cache[value] = probe
-        self._save()
-        return probe
-
-    def _save(self) -> None:
-        if self.cache_file is None:
-            return
-        from bytegolf.store import write_json_atomic
-
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        body = {
-            "format": self.fmt,
-            "params": self.params,
-            "knob": asdict(self.knob) if self.knob else None,
-            "codec": self.codec,
-            "probes": [asdict(p) for p in sorted(self.cache.values(), key=lambda p: p.value)],
-        }
-        write_json_atomic(self.cache_file, body)

@@ -377,7 +377,7 @@ def test_trainable_rebuilds_the_decoded_tensors():
     enc = fmt.encode({"w": w}, EncodeContext(hessians={"w": h}))
     hook = fmt.trainable(enc, "cpu")
     assert set(hook.dtypes) == {"codebooks", "partial_codebook", "0.scales"}
-    from bytegolf.formats.passthrough import from_numpy
+    from bytegolf.formats.arrays import from_numpy
 
     values = {k: from_numpy(enc.streams[k].data, dt).float() for k, dt in hook.dtypes.items()}
     assert torch.equal(hook.rebuild(values)["w"], fmt.decode(enc)["w"])

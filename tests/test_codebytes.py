@@ -19,13 +19,15 @@ READ_PATH = set(codebytes.READ_PATH)
 def test_code_bytes_are_positive_deterministic_and_grow_with_formats_and_codecs() -> None:
     base = codebytes.code_bytes(["passthrough"], ["zstd"])
     assert base == codebytes.code_bytes(["passthrough", "passthrough"], ["zstd"])
-    assert set(base["files"]) == READ_PATH | {"formats/passthrough.py", "codecs/zstd_codec.py"}
+    assert set(base["files"]) == READ_PATH | {"formats/passthrough.py", "formats/arrays.py", "codecs/zstd_codec.py"}
     assert base["files"] == sorted(base["files"])
     raw = sum((codebytes.REPO / f).stat().st_size for f in base["files"])
     assert base["raw_code_bytes"] == raw
     assert 2_000 < base["code_bytes"] < raw / 2  # source compresses well, and is not empty
     scalar = codebytes.code_bytes(["passthrough", "scalar"], ["zstd"])
     assert {"formats/scalar.py", "formats/gptq.py"} <= set(scalar["files"])  # scalar imports gptq
+    # the read path holds the layout's own packing; the shared array helpers come with the formats that import them
+    assert "harness/packing.py" in READ_PATH and "formats/arrays.py" not in READ_PATH
     assert scalar["code_bytes"] > base["code_bytes"]
     more = codebytes.code_bytes(["passthrough", "scalar"], ["zstd", "ans"])
     assert more["code_bytes"] > scalar["code_bytes"] and "codecs/ans.py" in more["files"]

@@ -10,7 +10,7 @@ from bytegolf import artifact, checkpoint, data, layout, shards
 from bytegolf.errors import ConfigError
 from bytegolf.finetune import FinetuneConfig, TrainableUnit, finetune, model_loss
 from bytegolf.formats import EncodeContext, Encoded, get_format
-from bytegolf.formats.passthrough import from_numpy
+from bytegolf.formats.arrays import from_numpy
 from bytegolf.model import GPT
 from bytegolf.plan import PlanConfig, Rule, make_plan
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bytegolf import artifact, checkpoint, layout
+from bytegolf import accounting, artifact, checkpoint, layout, packing
 from bytegolf.cli import main
 from bytegolf.errors import ArtifactError
 from bytegolf.formats import EncodeContext
@@ -80,9 +80,9 @@ def test_bytes_add_up_to_the_file_size(written) -> None:
     assert len(ins.rows) == len(streams)
     for r, (tensors, st) in zip(ins.rows, streams, strict=True):
         assert r.tensor == ", ".join(t["name"] for t in tensors) and r.stream == st["name"] and r.role == st["role"]
-        assert r.raw == math.prod(st["shape"]) * layout.storage_itemsize(st["dtype"]) and r.codec == "zstd"
+        assert r.raw == math.prod(st["shape"]) * packing.storage_itemsize(st["dtype"]) and r.codec == "zstd"
     # per role, the same bytes and entropy bounds the run records (its shares are fractional)
-    report = layout.role_report(w.units, w.manifest["units"], w.blob_stored, w.final_bytes)
+    report = accounting.role_report(w.units, w.manifest["units"], w.blob_stored, w.final_bytes)
     for role, t in ins.by_role().items():
         assert t["raw"] == report[role]["raw"] and t["packed"] == report[role]["packed"]
         assert t["bound"] == pytest.approx(report[role]["bound"], abs=0.1 * t["streams"])

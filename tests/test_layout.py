@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from bytegolf import artifact, container, layout
+from bytegolf import accounting, artifact, container, layout
 from bytegolf.codecs.best import candidate_spec
 from bytegolf.codecs.bounds import entropy_bound_bytes
 from bytegolf.errors import ArtifactError, ConfigError
 from bytegolf.formats import EncodeContext, Encoded, Stream, TensorSpec
+from bytegolf.packing import pack_bits, symbol_width, unpack_bits
 from bytegolf.plan import Assignment
 
 ALPHABETS = [3, 16, 64, 255, 4096, 1]
@@ -163,16 +164,16 @@ def test_bit_packing_is_exact_and_shrinks_codes(tmp_path: Path) -> None:
     # every width 0..32: LSB-first bit order (numpy's packbits of each symbol's low bits), exact sizes, inverse
     for width, n in itertools.product(range(33), (1, 9, 12345)):
         x = rng.integers(0, 1 << width, n, dtype=np.int64).astype(np.uint32)
-        raw = layout.pack_bits(x, width)
+        raw = pack_bits(x, width)
         assert len(raw) == math.ceil(n * width / 8)
         bits = np.unpackbits(x.astype("<u4").view(np.uint8), bitorder="little").reshape(n, 32)[:, :width]
         assert raw == np.packbits(bits, bitorder="little").tobytes()
-        assert np.array_equal(layout.unpack_bits(raw, n, width), x)
+        assert np.array_equal(unpack_bits(raw, n, width), x)
     units = make_units()
     byte = artifact.write(tmp_path / "a.bgz", units, "raw", {}, layout.LayoutConfig(grouping="role"))
     bits = artifact.write(tmp_path / "b.bgz", units, "raw", {}, layout.LayoutConfig(grouping="role", packing="bits"))
     n = 37 * 29
-    saved = sum(n * (1 if a <= 256 else 2) - math.ceil(n * layout.symbol_width(a) / 8) for a in ALPHABETS)
+    saved = sum(n * (1 if a <= 256 else 2) - math.ceil(n * symbol_width(a) / 8) for a in ALPHABETS)
     assert saved == (n - 269) + (n - 537) + (n - 805) + 0 + (2 * n - 1610) + n  # 3, 16, 64, 255, 4096, 1
     assert sum(byte.blob_stored) - sum(bits.blob_stored) == saved + (64 - 8)  # + the 1-bit mask
     wide = artifact.write(tmp_path / "c.bgz", units, "raw", {}, layout.LayoutConfig(packing="bits", width=13))
@@ -226,7 +227,7 @@ def test_real_formats_decode_bit_exact_through_every_layout(tmp_path: Path) -> N
 def test_role_report_splits_the_file_and_measures_the_bound(tmp_path: Path) -> None:
     units = make_units()
     w = artifact.write(tmp_path / "a.bgz", units, "ans", {}, layout.LayoutConfig(grouping="all", packing="bits"))
-    s = layout.storage_summary(units, w.manifest["units"], w.blob_stored, w.final_bytes)
+    s = accounting.storage_summary(units, w.manifest["units"], w.blob_stored, w.final_bytes)
     roles = s["bytes_by_role"]
     assert set(roles) == {"codes", "scales", "fp", "outliers", "mask", "header"}
     assert sum(r["bytes"] for r in roles.values()) == pytest.approx(w.final_bytes, abs=1)

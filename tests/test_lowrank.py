@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bytegolf import artifact, layout
+from bytegolf import accounting, artifact, layout
 from bytegolf.correction import LowRankPlan, apply_lowrank
 from bytegolf.errors import ConfigError
 from bytegolf.formats import EncodeContext, get_format
@@ -128,7 +128,7 @@ def test_reordered_transposed_codes_round_trip_and_count_their_permutation(tmp_p
     artifact.verify_bit_exact(decoded, units)
     perms = [st for e in written.manifest["units"] for st in e["streams"] if st["role"] == "perm"]
     assert len(perms) == 2 and all(st["shape"] == [64] for st in perms)
-    report = layout.role_report(units, written.manifest["units"], written.blob_stored, written.final_bytes)
+    report = accounting.role_report(units, written.manifest["units"], written.blob_stored, written.final_bytes)
     assert report["perm"]["bytes"] > 0 and report["perm"]["raw"] == 2 * 64 * 2
     if grouping == "family":  # fc codes of both layers share a blob; the q codes have their own
         blobs = {st["blob"] for e in written.manifest["units"] for st in e["streams"] if st["role"] == "codes"}

@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bytegolf import search
+from bytegolf.probe import Encoder, Workspace
 from bytegolf.search import KNOBS, Knob, Probe
 from tests.test_run import TINY_ARGS
 
@@ -97,15 +98,15 @@ def tiny_cfg(tiny_bundle: Path):
         return compose("run", overrides=[f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=4", "codec=zstd"])
 
 
-def _encoder(cfg, ws, tmp: Path, cache: Path | None = None) -> search.Encoder:
+def _encoder(cfg, ws, tmp: Path, cache: Path | None = None) -> Encoder:
     fmt = OmegaConf.to_container(cfg.format, resolve=True)
     codec = OmegaConf.to_container(cfg.codec, resolve=True)
     name, codec_name = fmt.pop("name"), codec.pop("name")
-    return search.Encoder(ws, name, fmt, CLIP, codec_name, codec, tmp, cache)
+    return Encoder(ws, name, fmt, CLIP, codec_name, codec, tmp, cache)
 
 
 def test_search_lands_within_one_percent_on_a_tiny_model(tiny_cfg, tmp_path: Path) -> None:
-    ws = search.Workspace(tiny_cfg)
+    ws = Workspace(tiny_cfg)
     cache = tmp_path / "probes.json"
     enc = _encoder(tiny_cfg, ws, tmp_path, cache)
     big, small = enc(3.0).final_bytes, enc(30.0).final_bytes

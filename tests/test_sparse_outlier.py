@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bytegolf import artifact, layout
+from bytegolf import accounting, artifact, layout
 from bytegolf.errors import ConfigError
 from bytegolf.formats import spqr
 from bytegolf.formats.base import EncodeContext, get_format
@@ -289,7 +289,7 @@ def test_coarse_mask_is_a_few_bytes_where_fine_pays_per_position(tmp_path: Path)
     sizes = {}
     for name, enc in (("row", row), ("fine", fine)):
         wr = artifact.write(tmp_path / f"{name}.bgz", [enc], "zstd", {}, layout.LayoutConfig(grouping="tensor"))
-        roles = layout.role_report([enc], wr.manifest["units"], wr.blob_stored, wr.final_bytes)
+        roles = accounting.role_report([enc], wr.manifest["units"], wr.blob_stored, wr.final_bytes)
         (mask,) = [st for st in wr.manifest["units"][0]["streams"] if st["role"] == "mask"]
         assert roles["mask"]["bytes"] == wr.blob_stored[mask["blob"]]  # the mask is all the position metadata
         sizes[name] = roles["mask"]["bytes"]
