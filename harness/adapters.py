@@ -20,8 +20,12 @@ Adapters:
            A tied output head is stored once, under the embedding's name, whose Gram is the head's input.
   weights  any state dict, no model: weight error and bytes only (bpb is not measured).
 
-Calibration for module and hf: forward pre-hooks on every nn.Linear (key f"{module}.weight"); weights used
-through F.linear or einsum (weight banks) get no Gram matrix, and formats that need one name them.
+Calibration for module and hf (bytegolf.calibration.input_grams): the input of every nn.Linear (key
+f"{module}.weight"), of every torch.nn.functional.linear(x, W) whose W is a parameter (its name) or a slice
+bank[i] of a weight bank (L, out, in) (f"{bank}[{i}]" for plan.reshape=split, and the bank's name, summed over
+its slices, for fold), and of torch.einsum calls on the parameters model.einsum names (globs) used as x·Wᵀ.
+Weights used otherwise (x @ W.T, a cast copy W.to(dtype)) get no Gram matrix, and formats that need one name
+them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import hashlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,36 +110,23 @@ def linear_grams(
     batch_size: int = 4,
     progress: bool = True,
     rename: dict[str, str] | None = None,
+    einsum: Sequence[str] = (),
 ) -> tuple[dict[str, Tensor], int]:
-    """Σ x xᵀ (fp32, CPU) of the input of every nn.Linear inside `model` (an LM: its inner module's names),
-    keyed f"{name}.weight" (then renamed by `rename`), over windows (n, seq_len+1); plus the token rows fed."""
+    """Σ x xᵀ (fp32, CPU) of the inputs of the weights of `model` (an LM: its inner module's names) over windows
+    (n, seq_len+1), keyed by weight name (then renamed by `rename`): every nn.Linear's, and those of weights
+    used through F.linear or, for the parameters `einsum` names, torch.einsum (bytegolf.calibration.input_grams);
+    plus the token rows fed."""
+    from bytegolf.calibration import input_grams
+
     dev = torch.device(device)
     model.eval().to(dev)
     inner = model.inner if isinstance(model, LM) else model
-    sums: dict[str, Tensor] = {}
-    rename = rename or {}
-
-    def hook(name: str):
-        def fn(_mod, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            sums[name] = sums.get(name, 0) + x.T @ x
-
-        return fn
-
-    hooks = [
-        mod.register_forward_pre_hook(hook(rename.get(f"{n}.weight", f"{n}.weight")))
-        for n, mod in inner.named_modules()
-        if isinstance(mod, nn.Linear)
-    ]
     rows = 0
-    try:
+    with input_grams(inner, rename, einsum) as sums:
         for start in tqdm(range(0, len(windows), batch_size), desc="calibrate", disable=not progress, leave=False):
             ids = torch.from_numpy(windows[start : start + batch_size, :-1]).to(dev)
             model.logits(ids) if hasattr(model, "logits") else model(ids)
             rows += ids.numel()
-    finally:
-        for h in hooks:
-            h.remove()
     return {k: v.cpu() for k, v in sums.items()}, rows
 
 
@@ -183,7 +174,14 @@ class ModelAdapter:
         self, model: nn.Module, windows: np.ndarray, device: str, batch_size: int, progress: bool = True
     ) -> tuple[dict[str, Tensor], int]:
         """Calibration Gram matrices keyed by weight name, and the token rows seen."""
-        return linear_grams(model, windows, device, batch_size, progress)
+        return linear_grams(model, windows, device, batch_size, progress, einsum=self.einsum())
+
+    def einsum(self) -> list[str]:
+        """The parameter globs model.einsum declares (weights the model uses through torch.einsum)."""
+        names = _setting(self.cfg, "einsum") or []
+        if isinstance(names, str):
+            names = [names]
+        return [str(n) for n in names]
 
     def vocab_size(self, model: nn.Module) -> int | None:
         """The model's vocabulary size where it is known (byte tables are padded to it)."""
@@ -256,7 +254,10 @@ class ModuleAdapter(ModelAdapter):
             raise ConfigError(f"model.build {self.build_name!r}: no such function in {self.file}")
 
     def fingerprints(self) -> dict[str, str]:
-        return {"code": path_fingerprint(self.file)}
+        code = path_fingerprint(self.file)
+        if einsum := self.einsum():  # how the code is read for calibration: the cached Grams depend on it
+            code = hashlib.sha256(f"{code} einsum={sorted(einsum)}".encode()).hexdigest()[:16]
+        return {"code": code}
 
     def _method(self, module: nn.Module, name: str | None, key: str):
         if name is None:
@@ -360,7 +361,9 @@ class HFAdapter(ModelAdapter):
         return LM(model, logits, None, f"transformers model {self.path}")
 
     def grams(self, model, windows, device, batch_size, progress=True):
-        return linear_grams(model, windows, device, batch_size, progress, rename=dict(self.tied.items()))
+        return linear_grams(
+            model, windows, device, batch_size, progress, rename=dict(self.tied.items()), einsum=self.einsum()
+        )
 
     def vocab_size(self, model: nn.Module) -> int | None:
         self._auto()

@@ -65,7 +65,9 @@ class PlanConfig:
     vectors: 1-D float tensors above passthrough_max_numel (biases, norms of a wide model) pass through
     at passthrough_dtype whatever their size ("passthrough"), or get the run's format ("format").
     reshape: how a tensor that is not a matrix (a weight bank (L, out, in), a conv kernel) is given to
-    a matrix format: "fold" its leading dims into rows (bytegolf.reshape; recorded in the artifact)."""
+    a matrix format: "fold" its leading dims into rows, or "split" it along dim 0 into slices encoded as
+    tensors of their own, f"{name}[{i}]", each with its own scales and Hessian (bytegolf.reshape; recorded
+    in the artifact)."""
 
     passthrough_max_numel: int = 65_536
     passthrough_dtype: str = "fp16"
@@ -78,11 +80,13 @@ class PlanConfig:
 
 @dataclass(frozen=True)
 class Assignment:
-    """One tensor's format name and constructor settings."""
+    """One tensor's format name and constructor settings, and how the tensor is reshaped when it is not a
+    matrix (plan.reshape: bytegolf.reshape)."""
 
     name: str
     format: str
     params: dict[str, Any]
+    reshape: str = "fold"
 
 
 def make_plan(
@@ -94,7 +98,7 @@ def make_plan(
     vectors = getattr(cfg, "vectors", "passthrough")
     if vectors not in ("passthrough", "format"):
         raise ConfigError(f"plan.vectors must be passthrough or format, got {vectors!r}")
-    check_mode(getattr(cfg, "reshape", "fold"))
+    mode = check_mode(getattr(cfg, "reshape", "fold"))
     plan = []
     for name, t in state.items():
         if not t.is_floating_point():
@@ -106,14 +110,14 @@ def make_plan(
             rule = rules[rule_idx]
             fmt = rule.format or format_name
             base = dict(format_params) if fmt == format_name else format_defaults(fmt)
-            plan.append(Assignment(name, fmt, merge_settings(base, dict(rule.params))))
+            plan.append(Assignment(name, fmt, merge_settings(base, dict(rule.params)), mode))
         elif t.numel() <= cfg.passthrough_max_numel:
             control = any(p in name for p in cfg.control_patterns)
             plan.append(Assignment(name, "passthrough", {"dtype": "fp32" if control else cfg.passthrough_dtype}))
         elif t.ndim <= 1 and vectors == "passthrough":
             plan.append(Assignment(name, "passthrough", {"dtype": cfg.passthrough_dtype}))
         else:
-            plan.append(Assignment(name, format_name, dict(format_params)))
+            plan.append(Assignment(name, format_name, dict(format_params), mode))
     unused = [r.match for r, u in zip(rules, used, strict=True) if not u]
     if unused:
         raise ConfigError(f"plan rules match no tensor: {unused}")

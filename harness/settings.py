@@ -25,7 +25,8 @@ class ModelSettings:
     torch state dict) and the settings its tensors do not carry.
 
     The shape fields are used by `train`; `run` reads the shape off the checkpoint. module: `file`, `build`,
-    `logits` / `nll` (method names); hf: `path` (a save_pretrained directory)."""
+    `logits` / `nll` (method names), `einsum` (globs of the parameters the model uses through torch.einsum,
+    whose inputs calibration then gathers); hf: `path` (a save_pretrained directory)."""
 
     checkpoint: str = MISSING
     name: str = "gpt"
@@ -33,6 +34,7 @@ class ModelSettings:
     build: str | None = None
     logits: str | None = "forward"
     nll: str | None = None
+    einsum: list[str] = field(default_factory=list)
     path: str | None = None
     num_layers: int = 9
     model_dim: int = 512

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from bytegolf import artifact, checkpoint
+from bytegolf import artifact, checkpoint, metrics
 from bytegolf.adapters import get_adapter, linear_grams
 from bytegolf.errors import ConfigError
 from bytegolf.plan import PlanConfig, make_plan
@@ -36,19 +36,13 @@ def record_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def module_run(tiny_bundle: Path, record_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("module_run")
-    proc = bytegolf(
-        "run",
-        f"bundle={tiny_bundle}",
-        *TINY_ARGS,
-        "model=module",
-        f"model.file={FIXTURE}",
-        "model.build=build",
-        f"model.checkpoint={record_ckpt}",
-        "format.bits=6",
-        "codec=zstd",
-        f"hydra.run.dir={out}",
-        cwd=out,
-    )
+    args = [f"bundle={tiny_bundle}", *TINY_ARGS, "model=module", f"model.file={FIXTURE}", "model.build=build"]
+    with pytest.MonkeyPatch.context() as mp:  # Grams cached before F.linear weights got theirs would lack them
+        mp.setenv("BYTEGOLF_CACHE", str(tmp_path_factory.mktemp("cache")))
+        proc = bytegolf(
+            "run", *args, f"model.checkpoint={record_ckpt}", "format.bits=6", "codec=zstd", f"hydra.run.dir={out}",
+            cwd=out,
+        )  # fmt: skip
     return out, proc
 
 
@@ -64,9 +58,11 @@ def test_module_adapter_runs_a_record_style_model(module_run, record_ckpt: Path)
     assert r["eval_tokens"] == 4 * 64
     fmt = {t["name"]: t["format"] for t in r["tensors"]}
     assert all(fmt[b] == "scalar" for b in BANKS) and fmt["head.bias"] == "passthrough"
-    # the nn.Linear head got a Gram matrix (output error measured); the einsum/F.linear banks did not
+    # the nn.Linear head and the tied head (F.linear on tok_emb.weight) have Gram matrices: output error measured
+    # (per tensor, for matrices only: the 3-D banks' is not)
     err = {t["name"]: t["output_error"] for t in r["tensors"]}
-    assert 0 < err["head.weight"] < 0.05 and all(math.isnan(err[b]) for b in BANKS)
+    assert 0 < err["head.weight"] < 0.05 and 0 < err["tok_emb.weight"] < 0.05
+    assert all(math.isnan(err[b]) for b in BANKS)
     decoded, units = artifact.read(out / artifact.ARTIFACT_NAME)
     for name, t in state.items():
         assert decoded[name].shape == t.shape, name
@@ -77,7 +73,8 @@ def test_module_adapter_runs_a_record_style_model(module_run, record_ckpt: Path)
     assert torch.equal(decoded["head.bias"], state["head.bias"].half().float())  # fp16 passthrough, 8192 > 1024
 
 
-def test_module_gptq_names_the_tensors_without_a_hessian(tiny_bundle: Path, record_ckpt: Path, tmp_path: Path):
+def test_module_gptq_on_split_banks(tiny_bundle: Path, record_ckpt: Path, tmp_path: Path):
+    """GPTQ on every bank slice: F.linear banks get Grams, the einsum bank because model.einsum declares it."""
     proc = bytegolf(
         "run",
         f"bundle={tiny_bundle}",
@@ -86,12 +83,23 @@ def test_module_gptq_names_the_tensors_without_a_hessian(tiny_bundle: Path, reco
         f"model.file={FIXTURE}",
         "model.build=build",
         f"model.checkpoint={record_ckpt}",
+        "model.einsum=[qkv_bank]",
+        "plan.reshape=split",
         "format.gptq=true",
+        "format.bits=6",
+        "codec=zstd",
         f"hydra.run.dir={tmp_path}",
         cwd=tmp_path,
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "Hessian" in out and "qkv_bank" in out and "Traceback" not in out
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert abs(r["delta_bpb"]) < 0.1 and r["format_params"]["gptq"] is True
+    decoded, units = artifact.read(tmp_path / artifact.ARTIFACT_NAME)
+    state = checkpoint.load_state_dict(record_ckpt)
+    split = {k: v for u in units for k, v in u.meta.get("split", {}).items()}
+    assert split == {b: list(state[b].shape) for b in BANKS}
+    for b in BANKS:
+        assert decoded[b].shape == state[b].shape and 0 < metrics.rel_mse(state[b], decoded[b]) < 0.05
 
 
 def test_module_adapter_errors_are_one_line(tmp_path: Path, record_ckpt: Path) -> None:
@@ -139,6 +147,112 @@ def test_linear_grams_are_the_input_gram_matrices() -> None:
     x = m.emb(torch.from_numpy(windows[:, :-1])).reshape(-1, 4).detach()
     assert rows == 15 and set(grams) == {"a.weight"}
     assert torch.allclose(grams["a.weight"], x.T @ x, atol=1e-5)
+
+
+# ------------------------------------------------------------------ Grams of weights used through F.linear / einsum
+
+
+def _record_inputs(m: pg_record_model.RecordGPT, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """X^T X of every bank slice's input, computed by hand: the fixture's forward written out."""
+    import torch.nn.functional as F
+
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        sums[name] = sums.get(name, 0) + x.T @ x
+
+    rms = pg_record_model._rms
+    x = m.tok_emb(ids)
+    b, t, d = x.shape
+    for _ in range(pg_record_model.REPEATS):
+        for i in range(m.layers):
+            add(f"qkv_bank[{i}]", rms(x))
+            qkv = rms(x) @ m.qkv_bank[i].T
+            q, k, v = (z.reshape(b, t, 4, d // 4).transpose(1, 2) for z in qkv.split(d, dim=-1))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+            add(f"out_bank[{i}]", y)
+            x = x + m.attn_scales[i] * (y @ m.out_bank[i].T)
+            add(f"fc_bank[{i}]", rms(x))
+            h = torch.relu(rms(x) @ m.fc_bank[i].T).square()
+            add(f"proj_bank[{i}]", h)
+            x = x + h @ m.proj_bank[i].T
+    add("tok_emb.weight", rms(x))
+    return sums
+
+
+def test_record_model_grams_cover_bank_slices() -> None:
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = pg_record_model.RecordGPT()
+    windows = torch.randint(0, 8192, (2, 9)).numpy()
+    linear, einsum = F.linear, torch.einsum
+    plain, rows = linear_grams(m, windows, batch_size=2, progress=False)
+    grams, _ = linear_grams(m, windows, batch_size=2, progress=False, einsum=["qkv_*"])
+    assert F.linear is linear and torch.einsum is einsum and rows == 16  # restored
+    slices = {f"{b}[{i}]" for b in BANKS for i in range(2)}
+    assert set(grams) == slices | set(BANKS) | {"tok_emb.weight", "head.weight"}
+    assert set(plain) == set(grams) - {"qkv_bank", "qkv_bank[0]", "qkv_bank[1]"}  # einsum only where declared
+    with torch.no_grad():
+        by_hand = _record_inputs(m, torch.from_numpy(windows[:, :-1]))
+    for name, g in by_hand.items():
+        d = 96 if name.startswith("proj") else 32
+        assert grams[name].shape == (d, d) and torch.allclose(grams[name], g, rtol=1e-4, atol=1e-4), name
+    for b in BANKS:  # fold: the folded (2·out, in) matrix's Hessian is the sum over its slices
+        assert torch.allclose(grams[b], grams[f"{b}[0]"] + grams[f"{b}[1]"])
+    # the nn.Linear head and the tied head (F.linear on tok_emb.weight) see the same input, each counted once
+    assert torch.allclose(grams["head.weight"], grams["tok_emb.weight"]) and torch.allclose(
+        grams["head.weight"], by_hand["tok_emb.weight"], rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ConfigError, match=r"model\.einsum: 'nope' matches no weight parameter"):
+        linear_grams(m, windows, progress=False, einsum=["nope"])
+
+
+def test_grams_restore_functions_on_error_and_reject_non_linear_einsum() -> None:
+    import torch.nn.functional as F
+
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.w = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, ids):
+            return torch.einsum("btd,de->bte", self.emb(ids), self.w)  # W stored (in, out): not x·Wᵀ
+
+    linear, einsum = F.linear, torch.einsum
+    windows = torch.randint(0, 10, (2, 5)).numpy()
+    with pytest.raises(ConfigError, match=r"model.einsum: w is used in torch.einsum\('btd,de->bte'\) other than"):
+        linear_grams(Odd(), windows, progress=False, einsum=["w"])
+    assert F.linear is linear and torch.einsum is einsum
+    assert linear_grams(Odd(), windows, progress=False)[0] == {}  # undeclared: no Gram, no error
+
+
+def test_split_gptq_uses_the_per_slice_hessians() -> None:
+    from bytegolf.formats import EncodeContext
+
+    torch.manual_seed(0)
+    m = pg_record_model.RecordGPT()
+    state = {b: getattr(m, b).detach().clone() for b in BANKS}
+    grams, rows = linear_grams(m, torch.randint(0, 8192, (4, 33)).numpy(), progress=False, einsum=["qkv_bank"])
+    ctx = EncodeContext(hessians=grams, hessian_counts=dict.fromkeys(grams, rows))
+    recon = {}
+    for key, mode, gptq in [("rtn", "split", False), ("split", "split", True), ("fold", "fold", True)]:
+        cfg = PlanConfig(passthrough_max_numel=1024, reshape=mode)
+        plan = make_plan(state, cfg, "scalar", {"bits": 3, "gptq": gptq})
+        units = artifact.encode_state(state, plan, ctx, progress=False)
+        recon[key] = {k: v for u in units for k, v in (u.recon or {}).items()}
+    for b in BANKS:
+        for i in range(2):
+            w, g = state[b][i], grams[f"{b}[{i}]"]
+            err = {k: metrics.output_error(w, r[b][i], g) for k, r in recon.items()}
+            # GPTQ on the slice's own Hessian beats rounding, and the bank-wide (summed) Hessian of fold
+            assert err["split"] < 0.9 * err["rtn"] and err["split"] < err["fold"], (b, i, err)
+    del ctx.hessians["qkv_bank[1]"]
+    plan = make_plan(state, PlanConfig(passthrough_max_numel=1024, reshape="split"), "scalar", {"gptq": True})
+    with pytest.raises(ConfigError, match=r"gptq needs a Hessian for tensor qkv_bank\[1\], none was collected"):
+        artifact.encode_state(state, plan, ctx, progress=False)
 
 
 # ------------------------------------------------------------------ model=weights: no model, no bpb
@@ -243,7 +357,7 @@ def test_plan_vectors_and_reshape_settings() -> None:
     with pytest.raises(ConfigError, match=r"plan\.vectors"):
         make_plan(state, PlanConfig(vectors="nope"), "scalar", {})
     with pytest.raises(ConfigError, match=r"plan\.reshape"):
-        make_plan(state, PlanConfig(reshape="split"), "scalar", {})
+        make_plan(state, PlanConfig(reshape="nope"), "scalar", {})
 
 
 def test_reshaped_tensors_round_trip_through_the_artifact(tmp_path: Path) -> None:
