@@ -35,6 +35,11 @@ the fixed part is re-measured and the allocation is solved again for at most `ma
 The best fitting allocation is evaluated like `bytegolf run` (bytegolf.runner.run_point) into the
 run directory, with allocation.json, allocation.md and plan.yaml (a plan config for `plan=`: a rule
 per allocated tensor naming its format and settings).
+
+`bytegolf compare` ranks allocations as systems of their own (compare.allocated, bytegolf.compare): it
+uses the same pieces (check_candidates, check_plan, measure, land with a Writer, allocated_rules,
+summarize, write_reports) with the tables cached (Measured.to_json / from_json) so that every budget
+is allocated from one measurement.
 """
 
 from __future__ import annotations
@@ -194,10 +199,10 @@ def _candidate(fmt: str, fmt_params: dict[str, Any], c: Any, where: str, named: 
 KNOB_KEYS = {"format", "name", "values", "steps", "lo", "hi", "log", "integer", "params", "match"}
 
 
-def knob_values(knob: Any, steps: int) -> list[int | float]:
+def knob_values(knob: Any, steps: int, where: str = "allocate.knob") -> list[int | float]:
     """`steps` values spread evenly over a bytegolf.search.Knob's range (log or linear), snapped, distinct."""
     if steps < 1:
-        raise ConfigError(f"allocate.knob: steps must be >= 1, got {steps}")
+        raise ConfigError(f"{where}: steps must be >= 1, got {steps}")
     if steps == 1:
         ts = [(knob.t(knob.lo) + knob.t(knob.hi)) / 2]
     else:
@@ -235,7 +240,7 @@ def knob_candidates(fmt: str, fmt_params: dict[str, Any], spec: Any, where: str 
         except ConfigError as exc:
             raise ConfigError(f"{where}: format {kfmt} rejects params {label(params)}: {exc}") from None
         if name is None:
-            raise ConfigError(f"{where}: format {kfmt} has no rate knob; give allocate.knob.name")
+            raise ConfigError(f"{where}: format {kfmt} has no rate knob; give {where}.name")
     path = str(name).split(".")
     node: Any = merge_settings(format_defaults(kfmt), settings)
     for part in path:
@@ -254,7 +259,7 @@ def knob_candidates(fmt: str, fmt_params: dict[str, Any], spec: Any, where: str 
         override = {k: spec[k] for k in ("lo", "hi", "log", "integer") if spec.get(k) is not None}
         knob = search.knob_for(path[-1], default, override)
         assert knob is not None
-        values = knob_values(knob, int(spec.get("steps") or 6))
+        values = knob_values(knob, int(spec.get("steps") or 6), where)
     out = []
     for v in values:
         leaf: dict[str, Any] = {path[-1]: v}
@@ -267,19 +272,24 @@ def knob_candidates(fmt: str, fmt_params: dict[str, Any], spec: Any, where: str 
     return out
 
 
-def check_candidates(fmt: str, fmt_params: dict[str, Any], candidates: Any, knob: Any = None) -> list[Candidate]:
-    """The candidates of `allocate.candidates` then of `allocate.knob` (a mapping or a list), checked, distinct."""
+def check_candidates(
+    fmt: str, fmt_params: dict[str, Any], candidates: Any, knob: Any = None, where: str = "allocate"
+) -> list[Candidate]:
+    """The candidates of `<where>.candidates` then of `<where>.knob` (a mapping or a list), checked, distinct;
+    errors name the setting by `where` (compare.allocated.<name> for a compare's allocated system)."""
     import json
 
     knobs = [] if knob is None else knob if isinstance(knob, list) else [knob]
+    if candidates is not None and not isinstance(candidates, list):
+        raise ConfigError(f"{where}.candidates: need a list of mappings of settings, got {candidates!r}")
     if not candidates and not knobs:
         raise ConfigError(
-            f"allocate.candidates is empty: give settings of {fmt}, e.g. [{{bits: 4}}, {{bits: 6}}], "
-            "or allocate.knob={name: ..., values: [...]}"
+            f"{where}.candidates is empty: give settings of {fmt}, e.g. [{{bits: 4}}, {{bits: 6}}], "
+            f"or {where}.knob={{name: ..., values: [...]}}"
         )
-    out = [_candidate(fmt, fmt_params, c, f"allocate.candidates[{i}]") for i, c in enumerate(candidates or [])]
+    out = [_candidate(fmt, fmt_params, c, f"{where}.candidates[{i}]") for i, c in enumerate(candidates or [])]
     for i, spec in enumerate(knobs):
-        out += knob_candidates(fmt, fmt_params, spec, "allocate.knob" + (f"[{i}]" if len(knobs) > 1 else ""))
+        out += knob_candidates(fmt, fmt_params, spec, f"{where}.knob" + (f"[{i}]" if len(knobs) > 1 else ""))
     seen, distinct = set(), []
     for c in out:
         key = json.dumps([c.format, c.params, c.match], sort_keys=True, default=str)
@@ -294,8 +304,9 @@ def check_candidates(fmt: str, fmt_params: dict[str, Any], candidates: Any, knob
 
 @dataclass
 class Unit:
-    """One allocatable unit: its tensors and, per option, stored bytes, objective error and encoding;
-    options[p] is the candidate of table position p (empty: position p is candidate p)."""
+    """One allocatable unit: its tensors and, per option, stored bytes, objective error and encoding
+    (None: not kept; Measured.encodings makes it again when an artifact needs it); options[p] is the
+    candidate of table position p (empty: position p is candidate p)."""
 
     names: list[str]
     numel: int
@@ -303,7 +314,7 @@ class Unit:
     gram: bool
     bytes: list[int] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)
-    encoded: list[Encoded] = field(default_factory=list)
+    encoded: list[Encoded | None] = field(default_factory=list)
     options: list[int] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)  # candidate → why the format refused this unit
 
@@ -345,15 +356,71 @@ def objective_error(w: Tensor, w_hat: Tensor, gram: Tensor | None, norm: float) 
 
 @dataclass
 class Measured:
-    """Every unit of the plan in order: allocatable (a Unit) or encoded once (another format's)."""
+    """Every unit of the plan in order: allocatable (a Unit) or encoded once (another format's; None: not
+    encoded yet, as after from_json), with the plan's assignments of each (groups, parallel to slots)."""
 
-    slots: list[Unit | Encoded]
+    slots: list[Unit | Encoded | None]
     other_bytes: int  # stored bytes of the units that are not allocated
     objective: str  # "output_error", or "rel_mse" when no tensor has a Gram matrix
+    groups: list[list[Assignment]] = field(default_factory=list)
 
     @property
     def units(self) -> list[Unit]:
         return [s for s in self.slots if isinstance(s, Unit)]
+
+    def encodings(
+        self, choice: list[int], fmt: str, candidates: list[Candidate], encode: Callable[[list[Assignment]], Encoded]
+    ) -> list[Encoded]:
+        """Every slot's encoding with each unit at its chosen table position; what the measurement did not
+        keep is encoded now with encode(assignments) (deterministic: the same bytes) and kept."""
+        picks = iter(choice)
+        out: list[Encoded] = []
+        for i, (s, group) in enumerate(zip(self.slots, self.groups, strict=True)):
+            if isinstance(s, Unit):
+                p = next(picks)
+                if s.encoded[p] is None:
+                    enc = encode(option_group(group, fmt, candidates[s.candidate(p)]))
+                    enc.recon = None
+                    s.encoded[p] = enc
+                out.append(s.encoded[p])  # type: ignore[arg-type]
+            else:
+                if s is None:
+                    s = encode(group)
+                    s.recon = None
+                    self.slots[i] = s
+                out.append(s)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The measured tables (no encodings): what from_json needs to allocate again without encoding."""
+        slots: list[dict[str, Any]] = []
+        for s, group in zip(self.slots, self.groups, strict=True):
+            names = [a.name for a in group]
+            if isinstance(s, Unit):
+                unit = {k: getattr(s, k) for k in ("numel", "sensitivity", "gram", "bytes", "errors", "options")}
+                slots.append({"names": names, **unit, "skipped": {str(k): v for k, v in s.skipped.items()}})
+            else:
+                slots.append({"names": names, "other": True})
+        return {"objective": self.objective, "other_bytes": self.other_bytes, "slots": slots}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], groups: list[list[Assignment]]) -> Measured | None:
+        """The tables of to_json for this plan's units (None: they are another plan's); no encodings kept."""
+        slots: list[Unit | Encoded | None] = []
+        if len(body.get("slots", [])) != len(groups):
+            return None
+        for d, group in zip(body["slots"], groups, strict=True):
+            if d["names"] != [a.name for a in group]:
+                return None
+            if d.get("other"):
+                slots.append(None)
+                continue
+            u = Unit(d["names"], int(d["numel"]), float(d["sensitivity"]), bool(d["gram"]))
+            u.bytes, u.errors, u.options = list(d["bytes"]), list(d["errors"]), list(d["options"])
+            u.encoded = [None] * len(u.bytes)
+            u.skipped = {int(k): v for k, v in d.get("skipped", {}).items()}
+            slots.append(u)
+        return cls(slots, int(body["other_bytes"]), str(body["objective"]), groups)
 
 
 def unit_settings(a: Assignment, fmt: str, cand: Candidate) -> dict[str, Any]:
@@ -364,35 +431,76 @@ def unit_settings(a: Assignment, fmt: str, cand: Candidate) -> dict[str, Any]:
     return merge_settings(a.params, cand.params) if cand.format == fmt else dict(cand.settings)
 
 
-def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[Candidate]) -> Measured:
-    """Encode every unit of the run's format at every candidate that applies to it; bytes through the
-    run's layout and codec. A candidate the format refuses on a unit is skipped there (with a warning)."""
-    import torch
-    from tqdm import tqdm
-
-    from bytegolf import artifact, layout
+def option_group(group: list[Assignment], fmt: str, cand: Candidate) -> list[Assignment]:
+    """A unit's assignments under a candidate."""
     from bytegolf.plan import Assignment
-    from bytegolf.runner import _params
 
-    fmt, _ = _params(cfg.format)
-    codec, codec_params = _params(cfg.codec)
-    lay = layout.LayoutConfig(**cfg.layout)
+    return [Assignment(a.name, cand.format, unit_settings(a, fmt, cand), a.reshape) for a in group]
+
+
+def encoder(cfg: DictConfig, ws: Any) -> Callable[[list[Assignment]], Encoded]:
+    """encode(assignments): one unit's encoding on the workspace's Gram matrices, seeded with cfg.seed."""
+    import torch
+
+    from bytegolf import artifact
+
     ctx = ws.context()
-
-    def gram(name: str) -> Tensor | None:
-        return ws.grams.get(name) if ws.state[name].ndim == 2 else None
 
     def encode(group: list[Assignment]) -> Encoded:
         torch.manual_seed(cfg.seed)
         return artifact.encode_state(ws.state, group, ctx, progress=False)[0]
 
+    return encode
+
+
+def check_plan(plan: list[Assignment], fmt: str, candidates: list[Candidate], where: str = "allocate") -> None:
+    """Before any encoding: every unit the plan gives to format fmt has a candidate, every candidate a unit."""
+    from bytegolf import artifact
+
+    used = [False] * len(candidates)
+    groups = [g for g in artifact.group_units(plan) if g[0].format == fmt]
+    if not groups:
+        raise ConfigError(f"{where}: the plan gives no tensor to format {fmt}")
+    for group in groups:
+        names = [a.name for a in group]
+        applies = [i for i, c in enumerate(candidates) if c.applies(names)]
+        if not applies:
+            globs = sorted({m for c in candidates for m in c.match})
+            raise ConfigError(f"{where}: no candidate applies to tensor {names[0]} (candidates match only {globs})")
+        for i in applies:
+            used[i] = True
+    for c, hit in zip(candidates, used, strict=True):
+        if not hit:
+            raise ConfigError(f"{c.source}: match {c.match} matches no tensor the plan gives to format {fmt}")
+
+
+def measure(
+    cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[Candidate], where: str = "allocate"
+) -> Measured:
+    """Encode every unit of the run's format at every candidate that applies to it; bytes through the
+    run's layout and codec. A candidate the format refuses on a unit is skipped there (with a warning).
+    Errors name the setting by `where`."""
+    from tqdm import tqdm
+
+    from bytegolf import artifact, layout
+    from bytegolf.runner import _params
+
+    fmt, _ = _params(cfg.format)
+    codec, codec_params = _params(cfg.codec)
+    lay = layout.LayoutConfig(**cfg.layout)
+    encode = encoder(cfg, ws)
+
+    def gram(name: str) -> Tensor | None:
+        return ws.grams.get(name) if ws.state[name].ndim == 2 else None
+
     quantized = [a.name for a in plan if a.format != "passthrough"]
     with_gram = [n for n in quantized if gram(n) is not None]
     norm = float(sum(ws.state[n].numel() for n in (with_gram or quantized)) or 1)
+    check_plan(plan, fmt, candidates, where)
     out = Measured([], 0, "output_error" if with_gram else "rel_mse")
-    used = [False] * len(candidates)
     for group in tqdm(artifact.group_units(plan), desc="measure", unit="unit", leave=False):
         names = [a.name for a in group]
+        out.groups.append(group)
         if group[0].format != fmt:
             enc = encode(group)
             enc.recon = None
@@ -402,18 +510,13 @@ def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[C
         sens = [sensitivity(ws.state[n], gram(n), norm) for n in names]
         numel = sum(ws.state[n].numel() for n in names)
         u = Unit(names, numel, sum(sens) / len(sens), all(gram(n) is not None for n in names))
-        applies = [i for i, c in enumerate(candidates) if c.applies(names)]
-        if not applies:
-            globs = sorted({m for c in candidates for m in c.match})
-            raise ConfigError(f"allocate: no candidate applies to tensor {names[0]} (candidates match only {globs})")
-        for i in applies:
+        for i in [i for i, c in enumerate(candidates) if c.applies(names)]:
             c = candidates[i]
-            used[i] = True
             try:
-                enc = encode([Assignment(a.name, c.format, unit_settings(a, fmt, c)) for a in group])
+                enc = encode(option_group(group, fmt, c))
             except ConfigError as exc:
                 u.skipped[i] = str(exc)
-                log.warning("allocate: %s skipped on %s: %s", c.label, names[0], exc)
+                log.warning("%s: %s skipped on %s: %s", where, c.label, names[0], exc)
                 continue
             assert enc.recon is not None
             u.errors.append(sum(objective_error(ws.state[n], enc.recon[n], gram(n), norm) for n in names))
@@ -423,9 +526,7 @@ def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[C
             u.options.append(i)
         if not u.options:
             i, why = next(iter(u.skipped.items()))
-            raise ConfigError(
-                f"allocate: every candidate fails on tensor {names[0]}, e.g. {candidates[i].label}: {why}"
-            )
+            raise ConfigError(f"{where}: every candidate fails on tensor {names[0]}, e.g. {candidates[i].label}: {why}")
         log.info(
             "measured %s (%s params): %s",
             names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}",
@@ -435,12 +536,15 @@ def measure(cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[C
             ),
         )
         out.slots.append(u)
-    if not out.units:
-        raise ConfigError(f"allocate: the plan gives no tensor to format {fmt}")
-    for c, hit in zip(candidates, used, strict=True):
-        if not hit:
-            raise ConfigError(f"{c.source}: match {c.match} matches no tensor the plan gives to format {fmt}")
     return out
+
+
+class DoesNotFit(ConfigError):
+    """Even the cheapest allocation is over the budget; counted: its bytes."""
+
+    def __init__(self, counted: int, budget: int) -> None:
+        super().__init__(f"does not fit: cheapest allocation is {counted:,} bytes (budget {budget:,})")
+        self.counted = counted
 
 
 def land(
@@ -457,7 +561,7 @@ def land(
     returns its counted bytes. Each round solves for the budget less the overhead the last write showed
     (counted minus predicted bytes); it stops within tol of the budget, after max_rounds writes, or when
     the solution is one written before (the overhead depends on the allocation, so the corrections could
-    otherwise alternate between two allocations)."""
+    otherwise alternate between two allocations). Raises DoesNotFit when the cheapest allocation is over."""
     tables = [u.table for u in units]
 
     def predicted(choice: list[int]) -> tuple[int, float]:
@@ -467,7 +571,7 @@ def land(
     choice = [lower_hull(t)[0] for t in tables]
     counted = write(choice)
     if counted > budget:
-        raise ConfigError(f"does not fit: cheapest allocation is {counted:,} bytes (budget {budget:,})")
+        raise DoesNotFit(counted, budget)
     overhead = counted - predicted(choice)[0]  # other units, header, code bytes
     rounds = [{"predicted_bytes": counted, "counted_bytes": counted, "objective": predicted(choice)[1], "exact": True}]
     best = (choice, counted)
@@ -496,11 +600,117 @@ def land(
     return best[0], best[1], rounds
 
 
+class Writer:
+    """write(choice): an allocation's artifact written to a probe file (deleted again) with the given codec
+    and layout; returns its counted bytes (final, + code bytes with count_code) and keeps the last
+    write's final and code bytes."""
+
+    def __init__(
+        self,
+        m: Measured,
+        fmt: str,
+        candidates: list[Candidate],
+        encode: Callable[[list[Assignment]], Encoded],
+        path: Path,
+        codec: str,
+        codec_params: dict[str, Any],
+        lay: LayoutConfig,
+        count_code: bool,
+    ) -> None:
+        self.m, self.fmt, self.candidates, self.encode = m, fmt, candidates, encode
+        self.path, self.codec, self.codec_params, self.lay, self.count_code = path, codec, codec_params, lay, count_code
+        self.final = self.code = 0
+
+    def __call__(self, choice: list[int]) -> int:
+        from bytegolf import artifact, codebytes
+
+        encoded = self.m.encodings(choice, self.fmt, self.candidates, self.encode)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.final = artifact.write(self.path, encoded, self.codec, self.codec_params, self.lay).final_bytes
+            self.code = codebytes.artifact_code_bytes(self.path)["code_bytes"]
+        finally:
+            self.path.unlink(missing_ok=True)
+        return self.final + (self.code if self.count_code else 0)
+
+
+def allocated_rules(
+    user: list[Rule], state: dict[str, Tensor], fmt: str, units: list[Unit], chosen: list[Candidate]
+) -> list[Rule]:
+    """plan_rules for an allocation: a rule per allocated tensor, then the user's rules still in use by the
+    state's other float tensors."""
+    allocated = {n for u in units for n in u.names}
+    others = [n for n, t in state.items() if n not in allocated and t.is_floating_point()]
+    return plan_rules(user, others, fmt, units, chosen)
+
+
+def summarize(
+    m: Measured,
+    choice: list[int],
+    rounds: list[dict[str, Any]],
+    probed: int,
+    counted: int,
+    budget: int,
+    count_code: bool,
+    tol: float,
+    candidates: list[Candidate],
+) -> dict[str, Any]:
+    """The allocation summary of a landed and evaluated allocation (result.json's `allocation`): status
+    (ok, short, or over) from the evaluated bytes `counted`, predictions, rounds, settings chosen."""
+    units = m.units
+    chosen = [candidates[u.candidate(p)] for u, p in zip(units, choice, strict=True)]
+    pb = sum(u.bytes[c] for u, c in zip(units, choice, strict=True))
+    pe = sum(u.errors[c] for u, c in zip(units, choice, strict=True))
+    status, reason = _status(units, choice, counted, budget, tol)
+    landed = next((r for r in rounds if r["counted_bytes"] == probed and r["objective"] == pe), rounds[-1])
+    return {
+        "budget_bytes": budget,
+        "count_code": count_code,
+        "status": status,
+        "reason": reason,
+        "counted_bytes": counted,
+        "landed_ratio": counted / budget,
+        "objective": m.objective,
+        "predicted_error": pe,
+        "exact": landed["exact"],
+        "allocated_bytes": pb,
+        "other_unit_bytes": m.other_bytes,
+        "overhead_bytes": counted - pb - m.other_bytes,
+        "rounds": rounds,
+        "settings": _histogram([c.label for c in chosen]),
+        "formats": _histogram([c.format for c in chosen]),
+    }
+
+
+def write_reports(
+    out_dir: Path,
+    summary: dict[str, Any],
+    result: dict[str, Any],
+    m: Measured,
+    choice: list[int],
+    candidates: list[Candidate],
+    fmt: str,
+    fmt_params: dict[str, Any],
+    codec: str,
+    codec_params: dict[str, Any],
+) -> None:
+    """allocation.json (the summary, candidates and every unit's table) and allocation.md into out_dir."""
+    from bytegolf import store
+
+    rows = _rows(m.units, choice, candidates)
+    body = {**summary, "format": fmt, "format_params": fmt_params, "codec": codec, "codec_params": codec_params}
+    body |= {"candidates": [c.as_dict() for c in candidates]}
+    body |= {"achieved": {k: result.get(k) for k in ("output_error", "rel_mse", "bpb")}}
+    store.write_json_atomic(out_dir / "allocation.json", {**body, "units": rows})
+    (out_dir / "allocation.md").write_text(_markdown(body, rows, result))
+
+
 def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Measure, allocate, land the artifact within the budget, evaluate; returns the result row."""
-    from bytegolf import artifact, codebytes, layout, search, store, sweep
+    from bytegolf import layout, store, sweep
     from bytegolf.codecs import get_codec
     from bytegolf.plan import make_plan
+    from bytegolf.probe import Workspace
     from bytegolf.runner import _params, run_point
 
     ac = cfg.allocate
@@ -521,33 +731,20 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if "finetune" in cfg and cfg.finetune.steps > 0:
         log.warning("allocate: bytes are measured before block calibration (finetune.steps > 0); they may move")
 
-    ws = search.Workspace(cfg)
+    ws = Workspace(cfg)
     plan = make_plan(ws.state, ws.plan_cfg, fmt, fmt_params)
     m = measure(cfg, ws, plan, candidates)
     units = m.units
     out_dir.mkdir(parents=True, exist_ok=True)
-    probe = out_dir / PROBE
-
-    def write(choice: list[int]) -> int:
-        picks = iter(choice)
-        encoded = [s.encoded[next(picks)] if isinstance(s, Unit) else s for s in m.slots]
-        try:
-            final = artifact.write(probe, encoded, codec, codec_params, lay).final_bytes
-            code = codebytes.artifact_code_bytes(probe)["code_bytes"] if count_code else 0
-        finally:
-            probe.unlink(missing_ok=True)
-        return final + code
-
+    write = Writer(m, fmt, candidates, encoder(cfg, ws), out_dir / PROBE, codec, codec_params, lay, count_code)
     choice, probed, rounds = land(units, write, budget, tol, int(ac.max_rounds), max_states)
     chosen = [candidates[u.candidate(p)] for u, p in zip(units, choice, strict=True)]
 
-    allocated = {n for u in units for n in u.names}
-    others = [n for n, t in ws.state.items() if n not in allocated and t.is_floating_point()]
     pc = cfg.copy()
     with open_dict(pc):
         pc.pop("allocate", None)
-        pc.plan.rules = plan_rules(ws.plan_cfg.rules, others, fmt, units, chosen)
-    _write_plan(out_dir / "plan.yaml", pc, budget, sorted({c.format for c in chosen}))
+        pc.plan.rules = allocated_rules(ws.plan_cfg.rules, ws.state, fmt, units, chosen)
+    write_plan(out_dir / "plan.yaml", pc, budget, chosen)
     result = run_point(pc, out_dir)
 
     counted = result["final_bytes"] + (result["code_bytes"] if count_code else 0)
@@ -557,37 +754,17 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             counted,
             probed,
         )
-    pb = sum(u.bytes[c] for u, c in zip(units, choice, strict=True))
-    pe = sum(u.errors[c] for u, c in zip(units, choice, strict=True))
-    status, reason = _status(units, choice, counted, budget, tol)
-    landed = next((r for r in rounds if r["counted_bytes"] == probed and r["objective"] == pe), rounds[-1])
-    summary = {
-        "budget_bytes": budget,
-        "count_code": count_code,
-        "status": status,
-        "reason": reason,
-        "counted_bytes": counted,
-        "landed_ratio": counted / budget,
-        "objective": m.objective,
-        "predicted_error": pe,
-        "exact": landed["exact"],
-        "allocated_bytes": pb,
-        "other_unit_bytes": m.other_bytes,
-        "overhead_bytes": counted - pb - m.other_bytes,
-        "rounds": rounds,
-        "settings": _histogram([c.label for c in chosen]),
-        "formats": _histogram([c.format for c in chosen]),
-    }
+    summary = summarize(m, choice, rounds, probed, counted, budget, count_code, tol, candidates)
     conf, _ = sweep.point_config(pc, drop=False)
     result = store.write_result(out_dir, result, config_hash=store.config_hash(conf), allocation=summary)
-    rows = _rows(units, choice, candidates)
-    body = {**summary, "format": fmt, "format_params": fmt_params, "codec": codec, "codec_params": codec_params}
-    body |= {"candidates": [c.as_dict() for c in candidates]}
-    body |= {"achieved": {k: result[k] for k in ("output_error", "rel_mse", "bpb")}}
-    store.write_json_atomic(out_dir / "allocation.json", {**body, "units": rows})
-    (out_dir / "allocation.md").write_text(_markdown(body, rows, result))
+    write_reports(out_dir, summary, result, m, choice, candidates, fmt, fmt_params, codec, codec_params)
     log.info("allocation: %s", describe(summary))
     return result
+
+
+def richest(units: list[Unit], choice: list[int]) -> bool:
+    """Whether no unit has an option with more bytes and less error than its chosen one: no budget buys more."""
+    return not any(b > u.bytes[c] and e < u.errors[c] for u, c in zip(units, choice, strict=True) for b, e in u.table)
 
 
 def _status(units: list[Unit], choice: list[int], counted: int, budget: int, tol: float) -> tuple[str, str]:
@@ -596,13 +773,13 @@ def _status(units: list[Unit], choice: list[int], counted: int, budget: int, tol
         return "over", f"{counted:,} B is over the budget"
     if counted >= (1 - tol) * budget:
         return "ok", ""
+    if richest(units, choice):
+        return "short", f"the richest allocation ({counted:,} B) is smaller than the budget"
     steps = []  # per unit, the fewest extra bytes that buy less error
     for u, c in zip(units, choice, strict=True):
         ups = [b - u.bytes[c] for b, e in u.table if e < u.errors[c] and b > u.bytes[c]]
         if ups:
             steps.append(min(ups))
-    if not steps:
-        return "short", f"the richest allocation ({counted:,} B) is smaller than the budget"
     return "short", f"no upgrade fits: the smallest next step is {min(steps):,} B, {budget - counted:,} B are left"
 
 
@@ -632,12 +809,16 @@ def plan_rules(user: list[Rule], others: list[str], fmt: str, units: list[Unit],
     return out + [r for r in user if id(r) in used]
 
 
-def _write_plan(path: Path, pc: DictConfig, budget: int, formats: list[str]) -> None:
-    """The plan as a config-group file: copy it to experiments/plan/NAME.yaml and run with plan=NAME."""
+def write_plan(
+    path: Path, pc: DictConfig, budget: int, chosen: list[Candidate], source: str = "bytegolf allocate"
+) -> None:
+    """The plan of run config pc as a config-group file: copy it to experiments/plan/NAME.yaml and run with
+    plan=NAME; its header names the budget, the formats chosen and where it came from."""
+    formats = sorted({c.format for c in chosen})
     node = OmegaConf.to_container(pc.plan, resolve=True)
     assert isinstance(node, dict)
     head = (
-        f"# Mixed-precision plan from `bytegolf allocate` at {budget:,} B "
+        f"# Mixed-precision plan from `{source}` at {budget:,} B "
         f"(run format {pc.format.name}; formats chosen: {', '.join(formats)}; codec {pc.codec.name}).\n"
         "# Reuse: copy to experiments/plan/NAME.yaml and run `bytegolf run plan=NAME` with the same format settings\n"
         "# and codec (rules for the run's format give settings over the run's; other formats' over their defaults).\n"

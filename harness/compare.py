@@ -3,9 +3,9 @@
 For each format (default: every registered format but passthrough, each with its YAML defaults
 from experiments/format/, plus compare.params.<format>; or named variants of one format) and
 each budget, the equal-bytes search (harness/search.py) moves the format's rate knob with
-encode + write probes only. Each landed point is then run like `bytegolf run` from its probe's
-encoding (bytegolf.runner.run_point: the artifact is written, decoded from the file, checked bit
-for bit and evaluated) into points/<budget>/<format or variant>_<config hash>/result.json, with
+encode + write probes only (harness/probe.py). Each landed point is then run like `bytegolf run`
+from its probe's encoding (bytegolf.runner.run_point: the artifact is written, decoded from the
+file, checked bit for bit and evaluated) into points/<budget>/<format or variant>_<config hash>/result.json, with
 the budget, the knob value and how close it landed. A budget no setting reaches gives a row
 with status does_not_fit. Per budget the lowest bpb wins; every other format gets Δbpb against
 the winner with a paired bootstrap CI over the evaluation windows.
@@ -14,14 +14,24 @@ Randomized systems (a format with `randomized = True`) are evaluated again at ea
 other seeds (compare.seeds), which gives the ranking's seed spread; every system gets
 compare.front_points evaluated points across the budgets' range for its frontier (points/front/).
 
-A compare started again in the same directory (hydra.run.dir=...) reuses the probe caches in
-search/ and skips points whose result.json is there.
+Allocated systems (compare.allocated.<name>: a format, candidates and/or a knob in `bytegolf allocate`'s
+language, bytegolf.allocate) have no knob to search: every unit × candidate is measured once (bytes
+with the probe codec, output error) into search/<name>_<hash>.allocation.json, and per budget the
+least-error allocation within it is landed from those tables (bytegolf.allocate.land: a few probe
+writes; landings are cached in the same file), then evaluated like any point, encoded afresh from its
+plan (a rule per tensor), into points/<budget>/<name>_<key>/ with config.yaml, plan.yaml,
+allocation.json and allocation.md beside result.json. The key covers the run config, the candidates,
+tol, max_rounds, max_states and the target, so other allocation settings are other points.
+
+A compare started again in the same directory (hydra.run.dir=...) reuses the probe caches and the
+allocation tables in search/ and skips points whose result.json is there.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +44,7 @@ from bytegolf import search, store, sweep
 from bytegolf.analysis import REFERENCE_SYSTEMS, system
 from bytegolf.errors import ConfigError
 from bytegolf.plan import PlanConfig, format_defaults, merge_settings
+from bytegolf.probe import Encoder, Workspace
 from bytegolf.provenance import git_revision, source_hash
 from bytegolf.stats import adjust_pvalues, paired_bootstrap
 
@@ -63,6 +74,7 @@ class System:
     plan: dict[str, Any]
     reference: bool = False
     finetune: dict[str, Any] = field(default_factory=dict)  # block calibration settings over the run's
+    allocation: AllocationSpec | None = None  # an allocated system (compare.allocated): no knob, no search
 
     def plan_at(self, value: float | None) -> dict[str, Any]:
         """The plan settings at a knob value (a reference's rules that set the knob scaled by value / default)."""
@@ -139,7 +151,7 @@ def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], d
 
 @dataclass
 class CompareSettings:
-    """Formats (null: every registered one but passthrough and lowrank), reference presets (each at its
+    """Formats (null: every registered one but passthrough and lowrank; []: none), reference presets (each at its
     own size and, with search_references, searched to every budget), budgets in bytes, search and
     bootstrap settings.
 
@@ -148,8 +160,11 @@ class CompareSettings:
     variants: named settings of one format compared as systems of their own, listed in `formats`
     by their label, e.g. {rows: {format: sparse_outlier, params: {layout: row}}}; params and knobs
     then take the label as key; calibrate: per-system block calibration (finetune) settings over the
-    run's, e.g. {clustered: {steps: 200}} (ClusComp's calibration step); embedding: scalar settings
-    for the tied embedding in every format's plan (null: the format quantizes it like any matrix)."""
+    run's, e.g. {clustered: {steps: 200}} (ClusComp's calibration step); allocated: named systems whose
+    point at each budget is the budget-optimal per-tensor allocation over candidates (bytegolf.allocate's
+    candidate and knob language), e.g. {mix: {format: scalar, candidates: [{bits: 4}, {bits: 6}]}};
+    embedding: scalar settings for the tied embedding in every format's plan (null: the format quantizes
+    it like any matrix; allocated systems take the embedding's settings from their candidates)."""
 
     formats: list[str] | None = None
     references: list[str] = field(default_factory=lambda: list(REFERENCES))
@@ -159,6 +174,7 @@ class CompareSettings:
     knobs: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, Any] = field(default_factory=dict)
     calibrate: dict[str, Any] = field(default_factory=dict)
+    allocated: dict[str, Any] | None = field(default_factory=dict)  # null: no allocated system
     embedding: dict[str, Any] | None = None
     probe_codec: dict[str, Any] | None = None
     tol: float = 0.005
@@ -200,6 +216,64 @@ def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple
     return out
 
 
+ALLOCATED_KEYS = ("format", "params", "candidates", "knob", "tol", "max_rounds", "max_states", "plan", "layout")
+
+
+@dataclass
+class AllocationSpec:
+    """An allocated system's allocation settings (compare.allocated.<name>): its checked candidates (the
+    entry's candidates, then those along its knob) and how the allocation lands (bytegolf.allocate.land)."""
+
+    candidates: list[Any]  # bytegolf.allocate.Candidate
+    tol: float
+    max_rounds: int
+    max_states: int
+
+    def ident(self) -> dict[str, Any]:
+        """What a point of the system depends on beyond its run config (part of its point key)."""
+        return {
+            "candidates": [c.as_dict() for c in self.candidates],
+            "tol": self.tol,
+            "max_rounds": self.max_rounds,
+            "max_states": self.max_states,
+        }
+
+
+def _allocated(
+    node: dict[str, Any], taken: set[str], tol: float
+) -> dict[str, tuple[str, dict[str, Any], dict, dict, AllocationSpec]]:
+    """compare.allocated as name -> (format, params, plan, layout, spec), checked before any work (plan and
+    layout over the compare's; tol defaults to compare.tol). Errors name the entry."""
+    from bytegolf import allocate
+    from bytegolf.formats import REGISTRY
+
+    out = {}
+    for name, v in node.items():
+        where = f"compare.allocated.{name}"
+        if name in taken:
+            raise ConfigError(f"{where}: {name!r} is already a format, variant or reference; pick another name")
+        if not isinstance(v, dict) or set(v) - set(ALLOCATED_KEYS):
+            raise ConfigError(
+                f"{where}: need {{format: F, candidates: [...]}} and optionally knob, params, tol, max_rounds, "
+                f"max_states, plan, layout; got {v!r}"
+            )
+        fmt = v.get("format")
+        if fmt not in REGISTRY:
+            raise ConfigError(f"{where}: unknown format {fmt!r}; known: {', '.join(sorted(REGISTRY))}")
+        params = merge_settings(format_defaults(str(fmt)), dict(v.get("params") or {}))
+        cands = allocate.check_candidates(str(fmt), params, v.get("candidates"), v.get("knob"), where=where)
+        spec = AllocationSpec(
+            cands,
+            float(v.get("tol", tol)),
+            int(v.get("max_rounds", 5)),
+            int(v.get("max_states", allocate.MAX_STATES)),
+        )
+        if not 0 < spec.tol < 1 or spec.max_rounds < 1 or spec.max_states < 1:
+            raise ConfigError(f"{where}: need 0 < tol < 1, max_rounds >= 1 and max_states >= 1")
+        out[str(name)] = (str(fmt), params, dict(v.get("plan") or {}), dict(v.get("layout") or {}), spec)
+    return out
+
+
 def _budgets(values: list[float]) -> list[int]:
     out = []
     for v in values:
@@ -235,9 +309,12 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
     cc = cfg.compare
     variants = _variants(OmegaConf.to_container(cc.variants, resolve=True) or {}, REGISTRY)
     refs = [str(r) for r in (cc.get("references") or [])]
-    names = list(cc.formats) if cc.formats else [f for f in REGISTRY if f not in WRAPPERS] + list(variants)
-    if not (names or refs):
-        raise ConfigError("compare: need at least one format or reference")
+    names = list(cc.formats) if cc.formats is not None else [f for f in REGISTRY if f not in WRAPPERS] + list(variants)
+    node = OmegaConf.to_container(cc.allocated, resolve=True) if cc.get("allocated") else {}
+    assert isinstance(node, dict)
+    allocated = _allocated(node, {*REGISTRY, *variants, *refs}, float(cc.tol))
+    if not (names or refs or allocated):
+        raise ConfigError("compare: need at least one format, reference or allocated system")
     extra_params = OmegaConf.to_container(cc.params, resolve=True) or {}
     knob_over = OmegaConf.to_container(cc.knobs, resolve=True) or {}
     calibrate = OmegaConf.to_container(cc.calibrate, resolve=True) or {}
@@ -295,6 +372,10 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
         knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
         tune = dict(calibrate.get(label) or {})
         out.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference, tune))
+    for label, (fmt, params, a_plan, a_lay, spec) in allocated.items():  # the candidates set the embedding
+        lay = merge_settings(_container(cfg.layout), a_lay)
+        plan = merge_settings(_container(cfg.plan), a_plan)
+        out.append(System(label, fmt, params, None, codec_name, dict(codec), lay, plan, allocation=spec))
     return out, probe_codec
 
 
@@ -319,9 +400,15 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             f"compare.calibrate asks block calibration of {', '.join(tuned)}, which only model=gpt has; "
             f"with model={model_name} set compare.calibrate.<system>.steps=0"
         )
-    ws = search.Workspace(cfg)
+    ws = Workspace(cfg)
+    works = {s.label: AllocationWork(cfg, s, ws, probe_codec, out_dir) for s in ranked if s.allocation}
+    for work in works.values():
+        work.check()  # a candidate that matches no tensor fails before any system's work
     rows: list[dict[str, Any]] = []
     for sysm in ranked:
+        if sysm.label in works:
+            rows.extend(_allocated_points(cfg, works.pop(sysm.label), budgets, rows, out_dir, run_point))
+            continue
         p_name, p_params = (sysm.codec, sysm.codec_params) if sysm.reference or not probe_codec else probe_codec
         ident, _ = sweep.point_config(
             point_cfg(cfg, sysm, {**sysm.params, **({sysm.knob.name: 0} if sysm.knob else {})}, 0)
@@ -330,7 +417,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             ident.pop(k, None)
         ident["probe_codec"] = [p_name, p_params]
         cache = out_dir / "search" / f"{sysm.label}_{store.config_hash(ident)}.json"
-        enc = search.Encoder(
+        enc = Encoder(
             ws,
             sysm.fmt,
             sysm.params,
@@ -398,7 +485,7 @@ def _randomized(sysm: System) -> bool:
 
 
 def _seed_points(
-    cfg: DictConfig, sysm: System, enc: search.Encoder, landing: search.Landing, out_dir: Path, run_point
+    cfg: DictConfig, sysm: System, enc: Encoder, landing: search.Landing, out_dir: Path, run_point
 ) -> list[dict]:
     """The landed point again with seeds seed+1 .. seed+seeds-1 (not ranked: they give the seed spread)."""
     out = []
@@ -411,7 +498,7 @@ def _seed_points(
 def _front(
     cfg: DictConfig,
     sysm: System,
-    enc: search.Encoder,
+    enc: Encoder,
     budgets: list[int],
     rows: list[dict],
     out_dir: Path,
@@ -443,9 +530,7 @@ def _front(
     return out
 
 
-def _front_landing(
-    cfg: DictConfig, sysm: System, enc: search.Encoder, target: int, count_code: bool
-) -> search.Landing | None:
+def _front_landing(cfg: DictConfig, sysm: System, enc: Encoder, target: int, count_code: bool) -> search.Landing | None:
     """A frontier point near target bytes: a cached probe within 10%, else a 5% search (its smallest
     size when target is out of reach)."""
     near = [p for p in enc.cache.values() if p.counted(count_code)]
@@ -477,7 +562,7 @@ def _set_aside(row: dict[str, Any]) -> None:
 def _point(
     cfg: DictConfig,
     sysm: System,
-    enc: search.Encoder,
+    enc: Encoder,
     landing: search.Landing,
     out_dir: Path,
     run_point,
@@ -559,6 +644,318 @@ def _point(
             return done
 
 
+# ------------------------------------------------------------------ allocated systems
+
+
+class AllocationWork:
+    """An allocated system's measurement and landings. Each unit × candidate is measured once per compare
+    directory: search/<name>_<hash>.allocation.json holds the measured tables and every landing (target and
+    tol -> allocation and probe bytes), so other budgets, front points and a resumed compare allocate
+    without encoding; encodings are made again only when a new landing writes a probe artifact. Bytes are
+    measured and probes written with the probe codec (compare.probe_codec where it is one of the compare
+    codec's candidates, else the system's codec), as the search does."""
+
+    def __init__(
+        self, cfg: DictConfig, sysm: System, ws: Workspace, probe_codec: tuple[str, dict] | None, out_dir: Path
+    ) -> None:
+        import json
+
+        from bytegolf.plan import make_plan
+
+        assert sysm.allocation is not None
+        self.cfg, self.sysm, self.ws, self.spec = cfg, sysm, ws, sysm.allocation
+        self.where = f"compare.allocated.{sysm.label}"
+        self.codec: tuple[str, dict[str, Any]] = probe_codec or (sysm.codec, dict(sysm.codec_params))
+        self.mcfg = point_cfg(cfg, sysm, sysm.params, 0)
+        with open_dict(self.mcfg):
+            self.mcfg.codec = OmegaConf.create({"name": self.codec[0], **self.codec[1]})
+        self.plan_cfg = sysm.plan_config(None)
+        self.plan = make_plan(ws.state, self.plan_cfg, sysm.fmt, sysm.params)
+        ident, _ = sweep.point_config(point_cfg(cfg, sysm, sysm.params, 0))
+        for k in ("eval", "budget"):
+            ident.pop(k, None)
+        ident |= {"probe_codec": list(self.codec), "candidates": [c.as_dict() for c in self.spec.candidates]}
+        self.work_dir = out_dir / "search"
+        self.cache_file = self.work_dir / f"{sysm.label}_{store.config_hash(ident)}.allocation.json"
+        body = json.loads(self.cache_file.read_text()) if self.cache_file.is_file() else {}
+        self.tables: dict[str, Any] | None = body.get("measured")
+        self.landings: dict[str, dict[str, Any]] = body.get("landings", {})
+        self._measured: Any = None
+        self.measure_seconds: float | None = None  # set when this process measured
+
+    def check(self) -> None:
+        """The candidates against the plan, before any encoding (bytegolf.allocate.check_plan)."""
+        from bytegolf import allocate
+
+        allocate.check_plan(self.plan, self.sysm.fmt, self.spec.candidates, self.where)
+
+    @property
+    def measured(self) -> Any:
+        """The bytegolf.allocate.Measured tables: from the cache file, else measured now (and cached)."""
+        if self._measured is None:
+            from bytegolf import allocate, artifact
+
+            groups = artifact.group_units(self.plan)
+            m = allocate.Measured.from_json(self.tables, groups) if self.tables else None
+            if m is None:
+                n = sum(1 for g in groups if g[0].format == self.sysm.fmt)
+                print(f"{self.sysm.label}: measuring {n} units × {len(self.spec.candidates)} candidates", flush=True)
+                t0 = time.perf_counter()
+                m = allocate.measure(self.mcfg, self.ws, self.plan, self.spec.candidates, self.where)
+                self.measure_seconds = time.perf_counter() - t0
+                print(f"{self.sysm.label}: measured in {self.measure_seconds:.1f} s", flush=True)
+                self.tables = m.to_json()
+                self._save()
+            self._measured = m
+        return self._measured
+
+    @property
+    def randomized(self) -> bool:
+        """Whether a candidate's format draws random numbers (its points then get seed points)."""
+        from bytegolf.formats import get_format
+
+        return any(
+            getattr(get_format(c.format, **(c.settings or self.sysm.params)), "randomized", False)
+            for c in self.spec.candidates
+        )
+
+    def land(self, target: int, tol: float) -> dict[str, Any]:
+        """The allocation landed at target bytes within tol (bytegolf.allocate.land), cached: {choice, probed,
+        rounds}, or {does_not_fit: the cheapest allocation's counted bytes, final, code}."""
+        from bytegolf import allocate, layout
+
+        key = f"{target}:{tol}"
+        if key in self.landings:
+            return self.landings[key]
+        m, sysm, spec = self.measured, self.sysm, self.spec
+        path = self.work_dir / f".probe-{sysm.label}-{os.getpid()}.bgz"  # own file: compares may share search/
+        write = allocate.Writer(
+            m,
+            sysm.fmt,
+            spec.candidates,
+            allocate.encoder(self.mcfg, self.ws),
+            path,
+            self.codec[0],
+            self.codec[1],
+            layout.LayoutConfig(**sysm.layout),
+            bool(self.cfg.budget.count_code),
+        )
+        try:
+            choice, probed, rounds = allocate.land(m.units, write, target, tol, spec.max_rounds, spec.max_states)
+            out: dict[str, Any] = {"choice": choice, "probed": probed, "rounds": rounds}
+        except allocate.DoesNotFit as exc:
+            out = {"does_not_fit": exc.counted, "final": write.final, "code": write.code}
+        self.landings[key] = out
+        self._save()
+        return out
+
+    def _save(self) -> None:
+        body = {
+            "system": self.sysm.label,
+            "format": self.sysm.fmt,
+            "probe_codec": list(self.codec),
+            "candidates": [c.as_dict() for c in self.spec.candidates],
+            "measured": self.tables,
+            "landings": self.landings,
+        }
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        store.write_json_atomic(self.cache_file, body)
+
+
+def _allocated_points(
+    cfg: DictConfig, work: AllocationWork, budgets: list[int], rows: list[dict], out_dir: Path, run_point
+) -> list[dict]:
+    """An allocated system's points: its landing at every budget (ranked), seed points when a candidate's
+    format is randomized, and front points (compare.front_points) across the budgets' range."""
+    cc, count_code = cfg.compare, bool(cfg.budget.count_code)
+    out: list[dict] = []
+    for budget in budgets:
+        target = budget
+        for _ in range(3):  # an evaluated file over the budget (a nondeterministic encoder): land lower
+            row = _allocated_point(cfg, work, budget, target, out_dir, run_point)
+            over = _counted(row, count_code) - budget if evaluated(row) else 0
+            if over <= 0:
+                break
+            print(f"  {over:,} B over the budget when evaluated: allocating again below it", flush=True)
+            target -= over + 1
+            _set_aside(row)
+        out.append(row)
+        if row.get("bpb") is not None and int(cc.get("seeds", 1)) > 1 and work.randomized:
+            out.extend(_allocated_seeds(cfg, work, row, budget, out_dir, run_point))
+    if int(cc.get("front_points", 0)) > 0:
+        out.extend(_allocated_front(cfg, work, budgets, [*rows, *out], out_dir, run_point))
+    return out
+
+
+def _allocated_point(
+    cfg: DictConfig,
+    work: AllocationWork,
+    budget: int,
+    target: int,
+    out_dir: Path,
+    run_point,
+    tol: float | None = None,
+) -> dict:
+    """One allocated point: the allocation landed at target bytes, evaluated like `bytegolf run` from its
+    config (the plan with a rule per allocated tensor; config.yaml and plan.yaml beside result.json), or a
+    does_not_fit row. budget 0: a front point (not ranked). Its directory is keyed by the run config, the
+    allocation settings and the target, and a finished one is returned as it is."""
+    from bytegolf import allocate
+
+    sysm, spec = work.sysm, work.spec
+    tol = spec.tol if tol is None else tol
+    count_code, ranked = bool(cfg.budget.count_code), budget > 0
+    base = point_cfg(cfg, sysm, sysm.params, budget)
+    ident, _ = sweep.point_config(base)
+    ident["allocated"] = {**spec.ident(), "tol": tol, "probe_codec": list(work.codec), "target": target}
+    key = store.config_hash(ident)
+    d = out_dir / "points" / (str(budget) if ranked else "front") / f"{sysm.label}_{key}"
+    done = store.read_result(d / store.RESULT)
+    if done is not None and done.get("allocation_key") == key:
+        print(f"  finished already in {d}; skipped", flush=True)
+        return done
+    landing = work.land(target, tol)
+    extra = {
+        "variant": sysm.label,
+        "reference": False,
+        "budget_bytes": budget if ranked else None,
+        "count_code": count_code,
+        "knob": None,
+        "knob_value": None,
+        "allocation_key": key,
+    }
+    if "does_not_fit" in landing:
+        counted = int(landing["does_not_fit"])
+        print(f"{sysm.label} at {budget:,} B: does not fit: the cheapest allocation is {counted:,} B", flush=True)
+        d.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(base, d / "config.yaml")
+        row = {
+            "format": sysm.fmt,
+            "codec": sysm.codec,
+            "format_params": sysm.params,
+            "codec_params": sysm.codec_params,
+            "final_bytes": landing["final"],
+            "code_bytes": landing["code"],
+            "cap_bytes": budget,
+            "fits_cap": False,
+            "git_revision": git_revision(),
+            "source_hash": source_hash(),
+        }
+        extra |= {"status": "does_not_fit", "counted_bytes": counted, "landed_ratio": counted / target}
+        return store.write_result(d, row, config_hash=key, search_probes=1, search_trace=[(0, counted)], **extra)
+    m = work.measured
+    choice, probed, rounds = list(landing["choice"]), int(landing["probed"]), landing["rounds"]
+    chosen = [spec.candidates[u.candidate(p)] for u, p in zip(m.units, choice, strict=True)]
+    if not ranked:
+        status = "front"
+    elif (1 - tol) * target <= probed <= target:
+        status = "ok"
+    else:  # at_limit: no allocation is richer; short: the next upgrade does not fit
+        status = "at_limit" if allocate.richest(m.units, choice) else "short"
+    hist = ", ".join(f"{k} ×{v}" for k, v in allocate._histogram([c.label for c in chosen]).items())
+    print(
+        f"{sysm.label} at {target:,} B: {probed:,} B = {probed / target:.4f} × target "
+        f"[{status}, {len(rounds)} writes]; {hist}",
+        flush=True,
+    )
+    pc = base.copy()
+    with open_dict(pc):
+        pc.plan.rules = allocate.allocated_rules(work.plan_cfg.rules, work.ws.state, sysm.fmt, m.units, chosen)
+    d.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(pc, d / "config.yaml")  # `bytegolf run --config-dir <d> --config-name config` reproduces it
+    allocate.write_plan(d / "plan.yaml", pc, target, chosen, f"bytegolf compare, {work.where}")
+    trace = [(i, r["counted_bytes"]) for i, r in enumerate(rounds)]
+    extra |= {"status": status, "search_probes": len(rounds), "search_trace": trace}
+    while True:  # a point another compare on this directory is evaluating: wait for its result
+        with store.claim(d) as owned:
+            if owned:
+                done = store.read_result(d / store.RESULT)
+                if done is not None and done.get("allocation_key") == key:
+                    return done
+                result = run_point(pc, d)  # encoded afresh from the plan, as `bytegolf run` would
+                counted = _counted(result, count_code)
+                if counted != probed and work.codec[0] == sysm.codec:
+                    log.warning("%s: the evaluated artifact has %d B, its probe had %d B", sysm.label, counted, probed)
+                summary = allocate.summarize(
+                    m, choice, rounds, probed, counted, target, count_code, tol, spec.candidates
+                )
+                conf, _ = sweep.point_config(pc, drop=False)
+                extra |= {"counted_bytes": counted, "landed_ratio": counted / budget if ranked else 1.0}
+                row = store.write_result(d, result, config_hash=store.config_hash(conf), allocation=summary, **extra)
+                allocate.write_reports(
+                    d, summary, row, m, choice, spec.candidates, sysm.fmt, sysm.params, sysm.codec, sysm.codec_params
+                )
+                return row
+        print(f"  {d.name} is being evaluated by another process; waiting for its result", flush=True)
+        while store.read_result(d / store.RESULT) is None and store.is_claimed(d):
+            time.sleep(WAIT_S)
+        done = store.read_result(d / store.RESULT)
+        if done is not None and done.get("allocation_key") == key:
+            return done
+
+
+def _allocated_seeds(
+    cfg: DictConfig, work: AllocationWork, row: dict, budget: int, out_dir: Path, run_point
+) -> list[dict]:
+    """The landed allocation (its config.yaml) again with seeds seed+1 .. seed+seeds-1, encoded afresh (not
+    ranked: they give the seed spread)."""
+    pc = OmegaConf.load(Path(row["artifact"]).parent / "config.yaml")
+    assert isinstance(pc, DictConfig)
+    out = []
+    for k in range(1, int(cfg.compare.get("seeds", 1))):
+        pk = pc.copy()
+        pk.seed = int(cfg.seed) + k
+        conf, _ = sweep.point_config(pk, drop=False)
+        chash = store.config_hash(conf)
+        d = out_dir / "points" / str(budget) / f"{work.sysm.label}_{chash}"
+        done = store.finished(d, chash)
+        if done is None:
+            d.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(pk, d / "config.yaml")
+            result = run_point(pk, d)
+            extra = {"variant": work.sysm.label, "reference": False, "budget_bytes": None, "seed_budget": budget}
+            extra |= {"status": "seed", "counted_bytes": _counted(result, bool(cfg.budget.count_code))}
+            extra |= {"count_code": bool(cfg.budget.count_code), "knob": None, "knob_value": None, "landed_ratio": 1.0}
+            done = store.write_result(d, result, config_hash=chash, **extra)
+        out.append(done)
+    return out
+
+
+def _allocated_front(
+    cfg: DictConfig, work: AllocationWork, budgets: list[int], rows: list[dict], out_dir: Path, run_point
+) -> list[dict]:
+    """Front points of an allocated system, as _front gives a searched system: allocations landed (within
+    5%) at targets across half the smallest budget to the largest (the cheapest allocation for a target
+    out of reach), away from its evaluated points."""
+    count_code = bool(cfg.budget.count_code)
+    n = int(cfg.compare.front_points)
+    label = work.sysm.label
+    have = [
+        float(_counted(r, count_code))
+        for r in rows
+        if system(r) == label and evaluated(r) and r.get("status") not in ("seed", "over_budget")
+    ]
+    out: list[dict] = []
+    lo, hi = min(budgets) / 2, float(max(budgets))
+    for _ in range(2):  # the second pass re-grids over what the system can reach
+        grid = np.geomspace(lo, hi, n + 2)[1:-1]
+        far = sorted(grid, key=lambda t: -min((abs(np.log(t / h)) for h in have), default=np.inf))
+        for target in sorted(int(t) for t in far[: max(n - len(have), 0)]):
+            landing = work.land(target, 0.05)
+            if "does_not_fit" in landing:  # out of reach: the cheapest allocation, as a search stops at its smallest
+                target = int(landing["does_not_fit"])
+                landing = work.land(target, 0.05)
+            if any(abs(np.log(landing["probed"] / h)) < np.log(1.02) for h in have):
+                continue  # an evaluated point is already there
+            print(f"{label} front point: {landing['probed']:,} B", flush=True)
+            out.append(_allocated_point(cfg, work, 0, target, out_dir, run_point, tol=0.05))
+            have.append(float(landing["probed"]))
+        if len(have) >= n or not have:
+            break
+        lo = max(lo, min(have))
+    return out
+
+
 def evaluated(row: dict[str, Any]) -> bool:
     """Whether a row is a written, measured point: it has a bpb, or its model has none (model=weights)."""
     return row.get("bpb") is not None or row.get("bpb_measured") is False
@@ -637,6 +1034,8 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
         for e in ranked:
             r, d = e["row"], e["delta"]
             knob = f"{r['knob']}={r['knob_value']:g}" if r.get("knob") else "-"
+            if r.get("allocation"):  # an allocated system: how many distinct settings it chose
+                knob = f"allocated ×{len(r['allocation']['settings'])} settings"
             if not evaluated(r):
                 line = f"{system(r):<16} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
             elif r.get("bpb") is None:

@@ -13,7 +13,8 @@ from tests.test_run import TINY_ARGS, bytegolf
 pytestmark = pytest.mark.slow
 
 BUDGETS = (30_000, 1_000)
-ONE_POINT = ["compare.front_points=0", "compare.seeds=1"]  # only the landings (the tests below count points)
+ONE_POINT = ["compare.front_points=0", "compare.seeds=1", "compare.allocated=null"]  # only the searched landings
+# (the tests below count points; allocated systems are tested in test_compare_allocated.py)
 
 
 def _compare(bundle: Path, out: Path):
@@ -228,6 +229,7 @@ def test_randomized_systems_get_a_seed_spread_and_every_system_a_front(tiny_bund
         "compare.embedding=null",
         "compare.front_points=4",
         "compare.seeds=2",
+        "compare.allocated=null",
         f"compare.budgets=[{budget}]",
         "compare.samples=300",
         "codec=zstd",
