@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bytegolf import adapters, artifact, checkpoint, codebytes, container, evaldata, layout, metrics
+from bytegolf import accounting, adapters, artifact, checkpoint, codebytes, container, evaldata, layout, metrics
 from bytegolf.calibration import encode_sequential
 from bytegolf.codecs import get_codec
 from bytegolf.errors import ConfigError
@@ -88,7 +88,7 @@ def _grams(
     calib = {k: v for k, v in OmegaConf.to_container(cfg.calib).items() if k != "sequential"}  # same Grams
     parts = [fp["checkpoint"], fp["train"], calib]
     if ad.name != "gpt":  # the same weights under other code (or another tokenizer) are another model
-        parts += [ad.name, fp.get("code"), fp.get("tokenizer")]
+        parts += [ad.name, fp.get("code"), fp.get("tokenizer"), "F.linear"]  # Grams of F.linear/einsum uses too
     path = cache_dir() / "calib" / f"{_key(*parts)}.safetensors"
     if path.is_file():
         from safetensors.torch import load_file
@@ -109,10 +109,12 @@ def encode_units(
     ed: evaldata.EvalData | None,
     progress: bool = True,
 ) -> list[Encoded]:
-    """The plan's encoding: all at once on the unquantized model's Grams, or block by block with
-    calib.sequential (each block's Grams from the model whose earlier blocks are quantized)."""
+    """The plan's encoding: all at once on the unquantized model's Grams (by `encode_jobs` worker
+    processes when > 1, the same bytes), or block by block with calib.sequential (each block's Grams from
+    the model whose earlier blocks are quantized; one process)."""
     if not cfg.calib.get("sequential", False) or cfg.calib.windows <= 0:
-        return artifact.encode_state(state, plan, ctx, progress, lowrank)
+        jobs = cfg.get("encode_jobs", 1)
+        return artifact.encode_state(state, plan, ctx, progress, lowrank, jobs=1 if jobs is None else jobs)
     ad = adapters.get_adapter(cfg.model)
     if not ad.evaluates or ed is None:
         raise ConfigError(f"calib.sequential needs a model to calibrate; model={ad.name} has none")
@@ -174,7 +176,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         extra = _extra_codecs(out_dir, units, extra_serializers, decoded)
     with st("metrics"):
         tensor_rows = _tensor_metrics(state, decoded, units, grams)
-        storage = layout.storage_summary(units, written.manifest["units"], written.blob_stored, written.final_bytes)
+        storage = accounting.storage_summary(units, written.manifest["units"], written.blob_stored, written.final_bytes)
         code = codebytes.artifact_code_bytes(path)
     with st("eval"):
         res = None

@@ -31,7 +31,7 @@ CLAIM = ".claim"
 HEARTBEAT_S = 30.0  # a running point touches its claim this often
 STALE_S = 300.0  # a claim untouched this long belongs to a dead worker
 # Settings that change how fast a point runs but not what it computes.
-NOT_HASHED = ("threads",)
+NOT_HASHED = ("threads", "encode_jobs")
 # Per-point columns the table leaves out (lists, per-tensor rows, provenance blobs).
 DROPPED = (
     "tensors",
