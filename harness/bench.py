@@ -1,7 +1,14 @@
-"""Speed benchmark on the default bundle: encode+serialize+decode (RTN, GPTQ) and evaluation tokens/s.
+"""Speed benchmark on the default bundle: encode+serialize+decode (RTN, GPTQ), GPTQ encoding by one and by
+several worker processes (encode_jobs), and evaluation tokens/s against the machine's matmul ceiling.
 
-Run: python -m bytegolf.bench [--bundle DIR] [--device cpu] [--windows 16]
-Prints a markdown table; targets (2 CPU cores): RTN round trip ≤ 5 s, GPTQ ≤ 90 s.
+Run: python -m bytegolf.bench [--bundle DIR] [--device cpu] [--windows 16] [--encode-jobs 2] [--repeats 1]
+Prints a markdown table; targets (2 CPU cores): RTN round trip ≤ 5 s, GPTQ ≤ 90 s, evaluation ≥ 80 % of
+the fp32 ceiling.
+
+The ceiling: matmul GFLOP/s (best of a few square n×n by (n×n)ᵀ matmuls, F.linear as the model's linears
+call it, n the model's widest linear, at torch's current thread count) over the model's forward FLOPs per
+token (`forward_flops_per_token`). Each ceiling is measured just before and just after its evaluation and
+the larger taken, so a busy machine lowers both sides of the fraction alike.
 """
 
 from __future__ import annotations
@@ -13,17 +20,56 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from bytegolf import artifact, checkpoint, data, layout, shards, tokenizer
 from bytegolf.calibration import gram_matrices
 from bytegolf.evaluate import evaluate
 from bytegolf.formats import EncodeContext
+from bytegolf.model import ModelConfig
 from bytegolf.plan import PlanConfig, make_plan
 
 REPO = Path(__file__).resolve().parent.parent
+SEQ_LEN = 1024
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _roundtrip(state, plan, ctx, codec: str, params: dict) -> tuple[float, float, float, int]:
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Matmul FLOPs of one forward per token at window length seq_len: 2·(weights of every linear: q, k, v,
+    out, MLP in and out per layer, and the tied output head) plus causal attention's QKᵀ and AV, 2·model_dim
+    each per (query, visible key) pair, a query seeing (seq_len + 1) / 2 keys on average."""
+    d = cfg.model_dim
+    kv = cfg.num_kv_heads * (d // cfg.num_heads)
+    hidden = cfg.mlp_mult * d
+    per_layer = 2 * d * d + 2 * d * kv + 2 * d * hidden
+    weights = cfg.num_layers * per_layer + cfg.vocab_size * d
+    attention = cfg.num_layers * 2 * (2 * d) * (seq_len + 1) // 2
+    return 2 * weights + attention
+
+
+def matmul_gflops(n: int, dtype: torch.dtype, repeats: int = 5, device: str = "cpu") -> float:
+    """Best-of-`repeats` GFLOP/s of an n×n by (n×n)ᵀ matmul in dtype (F.linear, as the model's linears call
+    it), at torch's current thread count on the CPU."""
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    x, w = (torch.randn(n, n, generator=g).to(dev, dtype) for _ in range(2))
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    F.linear(x, w)  # warm-up
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        F.linear(x, w)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _roundtrip(state, plan, ctx, codec: str, params: dict) -> tuple[float, float, float, int, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         units = artifact.encode_state(state, plan, ctx, progress=False)
@@ -33,7 +79,18 @@ def _roundtrip(state, plan, ctx, codec: str, params: dict) -> tuple[float, float
         decoded, _ = artifact.read(Path(tmp) / "m.bgz")
         artifact.verify_bit_exact(decoded, units)
         t3 = time.perf_counter()
-    return t1 - t0, t2 - t1, t3 - t2, written.final_bytes
+        blob = (Path(tmp) / "m.bgz").read_bytes()
+    return t1 - t0, t2 - t1, t3 - t2, written.final_bytes, blob
+
+
+def _encode_seconds(state, plan, ctx, codec: str, params: dict, jobs: int) -> tuple[float, bytes]:
+    """Seconds to encode the plan with `jobs` worker processes, and the artifact's bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        units = artifact.encode_state(state, plan, ctx, progress=False, jobs=jobs)
+        dt = time.perf_counter() - t0
+        artifact.write(Path(tmp) / "m.bgz", units, codec, params, layout.LayoutConfig())
+        return dt, (Path(tmp) / "m.bgz").read_bytes()
 
 
 def main() -> None:
@@ -42,13 +99,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--windows", type=int, default=16, help="evaluation windows of 1024 tokens")
     ap.add_argument("--calib-windows", type=int, default=16)
+    ap.add_argument("--encode-jobs", type=int, default=2, help="worker processes for the parallel GPTQ encode")
+    ap.add_argument("--repeats", type=int, default=1, help="evaluations per precision (the fastest is reported)")
     args = ap.parse_args()
     b = Path(args.bundle)
     state = checkpoint.load_state_dict(b / "model.safetensors")
     model = checkpoint.build_model(state)
     sp = tokenizer.load_tokenizer(b / "tokenizer.model")
     tables = tokenizer.byte_tables(sp, model.cfg.vocab_size)
-    val = data.windows(shards.read_shards(sorted(b.glob("val_*.bin"))), 1024, args.windows)
+    val = data.windows(shards.read_shards(sorted(b.glob("val_*.bin"))), SEQ_LEN, args.windows)
     rows = []
 
     t0 = time.perf_counter()
@@ -69,24 +128,70 @@ def main() -> None:
         ("GPTQ int6 act-order + brotli-11", {"bits": 6, "gptq": True, "act_order": True}, "brotli", {"quality": 11}),
     ]:
         plan = make_plan(state, PlanConfig(), "scalar", fmt)
-        enc, wr, dec, size = _roundtrip(state, plan, ctx, codec, cparams)
+        enc, wr, dec, size, blob = _roundtrip(state, plan, ctx, codec, cparams)
         rows.append(
             (label, f"{size:,} B", enc + wr + dec, f"encode {enc:.2f} s, write {wr:.2f} s, read+verify {dec:.2f} s")
         )
+        if fmt.get("gptq") and not fmt.get("act_order"):
+            rows.append(_parallel_row(state, plan, ctx, codec, cparams, enc, blob, args.encode_jobs))
 
-    for precision in ("fp32", "bf16"):
-        t0 = time.perf_counter()
-        r = evaluate(model, val, tables, args.device, precision, progress=False)
-        dt = time.perf_counter() - t0
+    flops = forward_flops_per_token(model.cfg, SEQ_LEN)
+    n = max(model.cfg.model_dim, model.cfg.mlp_mult * model.cfg.model_dim)
+    for precision, dtype in PRECISIONS.items():
+        before = matmul_gflops(n, dtype, device=args.device)
+        dt, r = float("inf"), None
+        for _ in range(max(1, args.repeats)):
+            t0 = time.perf_counter()
+            r = evaluate(model, val, tables, args.device, precision, progress=False)
+            dt = min(dt, time.perf_counter() - t0)
+        gflops = max(before, matmul_gflops(n, dtype, device=args.device))
+        ceiling = gflops * 1e9 / flops
         rows.append(
-            (f"evaluation {precision}", f"{r.tokens / dt:,.0f} tokens/s", dt, f"loss {r.loss:.5f} bpb {r.bpb:.5f}")
+            (
+                f"matmul {precision} ({n}×{n}·{n}×{n}ᵀ)",
+                f"{gflops:,.1f} GFLOP/s",
+                None,
+                f"ceiling {ceiling:,.0f} tokens/s at {flops / 1e6:.2f} MFLOP/token (window {SEQ_LEN})",
+            )
+        )
+        assert r is not None
+        rate = r.tokens / dt
+        rows.append(
+            (
+                f"evaluation {precision}",
+                f"{rate:,.0f} tokens/s",
+                dt,
+                f"{rate / ceiling:.0%} of the ceiling ({rate * flops / 1e9:.1f} GFLOP/s); "
+                f"loss {r.loss:.6f} bpb {r.bpb:.6f}",
+            )
         )
 
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, bundle {b}")
     print("| step | size / rate | seconds | detail |\n|---|---:|---:|---|")
     for label, what, sec, detail in rows:
-        print(f"| {label} | {what} | {sec:.2f} | {detail} |")
+        print(f"| {label} | {what} | {'' if sec is None else f'{sec:.2f}'} | {detail} |")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def _parallel_row(state, plan, ctx, codec: str, params: dict, seconds: float, blob: bytes, jobs: int) -> tuple:
+    """The table row comparing the plan's encode by `jobs` worker processes with the one-process encode
+    (seconds, its artifact's bytes), plus one process at the workers' thread count (what threads alone do)."""
+    threads = torch.get_num_threads()
+    par, par_blob = _encode_seconds(state, plan, ctx, codec, params, jobs)
+    worker_threads = max(1, threads // jobs)
+    torch.set_num_threads(worker_threads)
+    try:
+        one, one_blob = _encode_seconds(state, plan, ctx, codec, params, 1)
+    finally:
+        torch.set_num_threads(threads)
+    same = "identical" if par_blob == blob == one_blob else "DIFFERENT"
+    return (
+        f"GPTQ int6 encode, encode_jobs 1 vs {jobs}",
+        f"×{seconds / par:.2f}",
+        par,
+        f"1 job × {threads} threads {seconds:.2f} s, {jobs} jobs × {worker_threads} threads {par:.2f} s "
+        f"(1 job × {worker_threads} threads {one:.2f} s); artifacts {same}",
+    )
 
 
 if __name__ == "__main__":
