@@ -73,11 +73,13 @@ def main() -> None:
     common = [f"bundle={bundle}", f"eval.windows={args.windows}", "eval.sample=false"]
     verbs = {
         "run (scalar GPTQ int6, brotli)": ["run", "format=scalar", "format.gptq=true", f"hydra.run.dir={work}/run"],
-        "compare (scalar, scalar_gptq, sparse_outlier; fair codec)": [
+        "compare (scalar, sparse_outlier searched; fair codec)": [
             "compare",
             f"compare.budgets=[{args.budget}]",
-            "compare.formats=[scalar,scalar_gptq,sparse_outlier]",
+            "compare.formats=[scalar,sparse_outlier]",
             "compare.references=[]",
+            "compare.allocated=null",
+            "compare.seeds=1",
             "compare.front_points=0",
             f"hydra.run.dir={work}/compare",
         ],
