@@ -25,6 +25,7 @@ COMPARE = [
     *TINY_ARGS,
     "compare.formats=[scalar,clustered]",
     "compare.references=[]",
+    "compare.allocated=null",
     "compare.calibrate.clustered.steps=0",
     "compare.embedding=null",
     "compare.front_points=3",
