@@ -167,3 +167,24 @@ def nominal_vs_actual(results: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def training_curve(history: list[dict[str, Any]], path: Path, title: str = "training") -> Path:
+    """Loss (left axis) and, where logged, code entropy in bits/weight (right axis) against step."""
+    plt = _plt()
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, [h["loss"] for h in history], color="tab:blue", marker=".", label="train loss (nats/token)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (nats/token)", color="tab:blue")
+    if any("code_bits_per_weight" in h for h in history):
+        ax2 = ax.twinx()
+        bits = [h.get("code_bits_per_weight", np.nan) for h in history]
+        ax2.plot(steps, bits, color="tab:red", marker=".", label="code entropy (bits/weight)")
+        ax2.set_ylabel("code entropy (bits/weight)", color="tab:red")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -17,6 +17,7 @@ exported through the normal pipeline (`bytegolf run model.checkpoint=OUT/model.s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from bytegolf import checkpoint
+from bytegolf import checkpoint, plots
 from bytegolf.errors import ConfigError
 from bytegolf.model import GPT
 from bytegolf.plan import CONTROL_PATTERNS
@@ -116,7 +117,8 @@ def rate_finetune(
     model: GPT, tokens: np.ndarray, cfg: RateConfig, out_dir: Path, device: str = "cpu"
 ) -> dict[str, Any]:
     """Finetune model in place on tokens with the rate term; write OUT/model.safetensors (the source
-    dtypes kept) and OUT/rate_train.json; resume from OUT/train_state.pt when it is there."""
+    dtypes kept), OUT/rate_train.json (settings, time, history) and OUT/curve.png; resume from
+    OUT/train_state.pt when it is there."""
     if cfg.steps < 0 or cfg.lam < 0 or not 2 <= cfg.bits <= 8:
         raise ConfigError(f"rate: need steps >= 0, lam >= 0 and bits in 2..8, got {cfg}")
     dev = torch.device(device)
@@ -178,7 +180,7 @@ def rate_finetune(
         "quantized_tensors": names,
         "history": history,
     }
-    import json
-
     (out_dir / "rate_train.json").write_text(json.dumps(stats, indent=2))
+    if history:
+        plots.training_curve(history, out_dir / "curve.png", f"rate finetune, lam {cfg.lam}, int{cfg.bits}")
     return stats

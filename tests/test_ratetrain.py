@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,8 @@ def test_bytegolf_train_with_rate_init_finetunes_a_checkpoint(tiny_bundle: Path,
     before = checkpoint.load_state_dict(tiny_bundle / "model.safetensors")
     fc = "blocks.0.mlp.fc.weight"
     assert set(state) == set(before) and not torch.equal(state[fc], before[fc])
+    # progress and logging: the settings and curve in the output dir, the config and log in the run dir
+    stats = json.loads((tmp_path / "o" / "rate_train.json").read_text())
+    assert stats["steps"] == 3 and [h["step"] for h in stats["history"]] == [1, 3]
+    assert (tmp_path / "o" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file() and (tmp_path / "run" / "train.log").is_file()
