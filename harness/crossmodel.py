@@ -1,0 +1,111 @@
+"""Models compared at equal final bytes: the same export system searched to the same budgets on each
+model (one `bytegolf compare` directory per model), every model's landing at a budget paired with a
+baseline model's landing by the document bootstrap over their shared window sample, and each model's
+rate–quality front drawn on one plot.
+
+    python -m bytegolf.crossmodel --out results/seeds/rate --baseline default --baseline plain \\
+        default=DIR plain=DIR lam0.3=DIR ...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bytegolf import plots, store
+from bytegolf.compare import evaluated
+from bytegolf.errors import BytegolfError
+from bytegolf.stats import PairedDelta, paired_bootstrap
+
+
+def model_points(models: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    """Evaluated points of each model's compare directory (the label of each point set to the model)."""
+    out = {}
+    for name, d in models.items():
+        rows = [r for r in store.load_results([d]) if evaluated(r) and r.get("status") not in ("seed", "over_budget")]
+        if not rows:
+            raise BytegolfError(f"crossmodel: no evaluated point under {d} (model {name!r})")
+        out[name] = [{**r, "variant": name} for r in rows]
+    return out
+
+
+def landing(rows: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:
+    """The point a compare ranked at budget (None where it has none)."""
+    here = [r for r in rows if r.get("budget_bytes") == budget]
+    return here[0] if here else None
+
+
+def paired(a: dict[str, Any], b: dict[str, Any], samples: int, level: float) -> PairedDelta:
+    """bpb(a) − bpb(b) with a document-bootstrap CI; a BytegolfError where the windows differ."""
+    if a["window_bytes"] != b["window_bytes"] or a.get("window_docs") != b.get("window_docs"):
+        raise BytegolfError(
+            f"crossmodel: {a['variant']} and {b['variant']} were scored on different windows (eval settings differ)"
+        )
+    docs = np.asarray(a["window_docs"]) if a.get("window_docs") is not None else None
+    return paired_bootstrap(
+        np.asarray(a["window_nll"]), np.asarray(b["window_nll"]), np.asarray(a["window_bytes"]), samples, level,
+        groups=docs,
+    )  # fmt: skip
+
+
+def table(
+    points: dict[str, list[dict[str, Any]]], baselines: list[str], samples: int = 2000, level: float = 0.95
+) -> str:
+    """Markdown: per budget and model, bytes, knob, bpb, unquantized bpb and Δbpb against each baseline."""
+    budgets = sorted({r["budget_bytes"] for rs in points.values() for r in rs if r.get("budget_bytes")}, reverse=True)
+    head = ["budget", "model", "final bytes", "knob", "bpb", "unquantized bpb"]
+    head += [f"Δbpb vs {b} [{level:.0%} CI, documents]" for b in baselines]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for budget in budgets:
+        for name, rows in points.items():
+            r = landing(rows, budget)
+            if r is None:
+                lines.append(
+                    f"| {budget:,} | {name} | — | — | not landed | | " + " | ".join("" for _ in baselines) + " |"
+                )
+                continue
+            knob = f"{r['knob']} {r['knob_value']:.4g}" if r.get("knob_value") is not None else "—"
+            cells = [f"{budget:,}", name, f"{r['final_bytes']:,}", knob]
+            cells += [f"{r['bpb']:.4f}", f"{r['ref_bpb']:.4f}"]
+            for b in baselines:
+                other = landing(points[b], budget)
+                if b == name or other is None:
+                    cells.append("—")
+                else:
+                    d = paired(r, other, samples, level)
+                    cells.append(f"{d.delta:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]" + (" *" if d.significant else ""))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n`*`: the CI excludes 0. Negative Δ: the model is better than the baseline.\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bytegolf.crossmodel", description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", help="NAME=COMPARE_DIR, one per model")
+    ap.add_argument("--baseline", action="append", default=[], help="a model NAME every model is paired with")
+    ap.add_argument("--out", type=Path, required=True, help="directory for table.md and front.png")
+    ap.add_argument("--samples", type=int, default=2000)
+    ns = ap.parse_args(argv)
+    models = {}
+    for item in ns.models:
+        name, sep, d = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"crossmodel: expected NAME=DIR, got {item!r}")
+        models[name] = Path(d)
+    unknown = [b for b in ns.baseline if b not in models]
+    if unknown:
+        raise SystemExit(f"crossmodel: baseline {unknown[0]!r} is not one of the models ({', '.join(models)})")
+    points = model_points(models)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    text = table(points, ns.baseline, ns.samples)
+    (ns.out / "table.md").write_text(text)
+    rows = [r for rs in points.values() for r in rs]
+    plots.frontier(rows, "bpb", "bits per byte (sampled windows)", ns.out / "front.png")
+    print(text)
+    print(f"-> {ns.out / 'table.md'}, {ns.out / 'front.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Models compared at equal bytes across compare directories: pairing, known answers, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bytegolf import crossmodel
+from bytegolf.errors import BytegolfError
+
+
+def _point(root: Path, name: str, budget: int, nll: list[float], docs: list[int], nbytes: int = 7_000_000) -> None:
+    d = root / "points" / str(budget) / name
+    d.mkdir(parents=True)
+    r = {
+        "format": "scalar", "config_hash": name, "budget_bytes": budget, "status": "ok", "final_bytes": nbytes,
+        "knob": "clip_k", "knob_value": 12.5, "bpb": sum(nll) / math.log(2) / (100 * len(nll)), "ref_bpb": 1.7,
+        "window_nll": nll, "window_bytes": [100] * len(nll), "window_docs": docs, "val_loss": 3.0,
+    }  # fmt: skip
+    (d / "result.json").write_text(json.dumps(r))
+
+
+def test_a_model_better_by_a_constant_gets_that_delta_with_a_ci_that_excludes_zero(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    base = list(rng.uniform(200, 260, size=40))
+    docs = [i // 4 for i in range(40)]
+    _point(tmp_path / "a", "a7", 7_000_000, base, docs)
+    _point(tmp_path / "b", "b7", 7_000_000, [x - 2.0 for x in base], docs)  # 2 nats less per 100-byte window
+    pts = crossmodel.model_points({"a": tmp_path / "a", "b": tmp_path / "b"})
+    d = crossmodel.paired(crossmodel.landing(pts["b"], 7_000_000), crossmodel.landing(pts["a"], 7_000_000), 500, 0.95)
+    assert d.delta == pytest.approx(-2.0 / 100 / math.log(2))
+    assert d.lo == pytest.approx(d.delta) and d.hi == pytest.approx(d.delta)  # constant shift: every resample agrees
+    text = crossmodel.table(pts, ["a"], samples=200)
+    assert "| 7,000,000 | b | 7,000,000 | clip_k 12.5 |" in text and f"{d.delta:+.4f}" in text and " *" in text
+
+
+def test_models_scored_on_other_windows_are_refused(tmp_path: Path) -> None:
+    _point(tmp_path / "a", "a7", 7_000_000, [1.0, 2.0], [0, 1])
+    _point(tmp_path / "b", "b7", 7_000_000, [1.0, 2.0], [0, 2])
+    pts = crossmodel.model_points({"a": tmp_path / "a", "b": tmp_path / "b"})
+    with pytest.raises(BytegolfError, match="different windows"):
+        crossmodel.table(pts, ["a"])
+    with pytest.raises(BytegolfError, match="no evaluated point"):
+        crossmodel.model_points({"c": tmp_path / "empty"})
+
+
+def test_the_command_writes_table_and_front_and_names_a_bad_baseline(tmp_path: Path) -> None:
+    _point(tmp_path / "a", "a7", 7_000_000, [230.0, 240.0], [0, 1])
+    _point(tmp_path / "b", "b7", 7_000_000, [220.0, 245.0], [0, 1], nbytes=6_990_000)
+    out = tmp_path / "out"
+    crossmodel.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--baseline", "a", "--out", str(out)])
+    assert (out / "front.png").read_bytes()[:4] == b"\x89PNG" and "Δbpb vs a" in (out / "table.md").read_text()
+    with pytest.raises(SystemExit, match="baseline 'z'"):
+        crossmodel.main([f"a={tmp_path / 'a'}", "--baseline", "z", "--out", str(out)])
