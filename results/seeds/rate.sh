@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=results/seeds/rate
 WORK=${WORK:-outputs/seeds/rate}   # the finetuned checkpoints and training state (not committed)
-STEPS=${STEPS:-100}
+STEPS=${STEPS:-60}   # 60 × 4 × 1024 tokens: under one pass over the bundle's 262,144 train tokens
 train() {  # name, overrides...
   local name=$1; shift
   bytegolf train data=default rate.init=results/default/model.safetensors rate.steps="$STEPS" \
