@@ -49,7 +49,9 @@ def infer_config(sd: dict[str, Tensor], base: ModelConfig | None = None) -> Mode
     base = base or ModelConfig()
     try:
         vocab, dim = sd["tok_emb.weight"].shape
-        layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        loops = [int(k.split(".")[1]) for k in sd if k.startswith("loops.")]
+        layers = 1 + max(loops) if loops else blocks
         heads = sd["blocks.0.attn.q_gain"].numel()
         kv_heads = sd["blocks.0.attn.c_k.weight"].shape[0] // (dim // heads)
         mlp_mult = sd["blocks.0.mlp.fc.weight"].shape[0] // dim
@@ -66,6 +68,7 @@ def infer_config(sd: dict[str, Tensor], base: ModelConfig | None = None) -> Mode
         logit_softcap=base.logit_softcap,
         qk_gain_init=base.qk_gain_init,
         tied_embed_init_std=base.tied_embed_init_std,
+        unique_blocks=blocks if loops else 0,
     )
 
 

@@ -188,10 +188,11 @@ def train_task(cfg: DictConfig) -> None:
             rope_base=m.rope_base,
             logit_softcap=m.logit_softcap,
             qk_gain_init=m.qk_gain_init,
+            unique_blocks=m.unique_blocks,
         )
         out = Path(cfg.out) if cfg.out else _output_dir() / "bundle"
         stats = train(tcfg, files, out, mcfg, cfg.device)
-    except BytegolfError as exc:
+    except (BytegolfError, ValueError) as exc:  # ValueError: a model shape that does not divide
         log.error("error: %s", exc)
         raise SystemExit(2) from None
     print(

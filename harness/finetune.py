@@ -176,6 +176,10 @@ def finetune(
     """
     if cfg.steps <= 0:
         return list(units), {"steps": 0}
+    if len(model.loops):
+        raise ConfigError(
+            "finetune: block calibration needs one block per layer; this model shares blocks across layers"
+        )
     t_start = time.perf_counter()
     dev = torch.device(device)
     fp = copy.deepcopy(model).to(dev).float().eval().requires_grad_(False)

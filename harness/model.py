@@ -35,6 +35,18 @@ class ModelConfig:
     logit_softcap: float = 30.0
     qk_gain_init: float = 1.5
     tied_embed_init_std: float = 0.005
+    unique_blocks: int = 0  # shared depth: > 0 runs num_layers layers over this many blocks, looped
+
+
+class LoopControls(nn.Module):
+    """One layer's own control vectors (residual mix, attention and MLP output scales): a block's, or,
+    in a shared-depth model, the per-loop adapter of a layer that runs a shared block."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -114,24 +126,30 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """Attention and MLP; with controls, also its own control vectors (else a layer passes them in)."""
+
+    def __init__(self, cfg: ModelConfig, controls: bool = True) -> None:
         super().__init__()
         dim = cfg.model_dim
         self.attn = CausalSelfAttention(cfg)
         self.mlp = MLP(cfg)
-        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
-        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+        if controls:
+            self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+            self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+            self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
-        mix = self.resid_mix.to(x.dtype)
+    def forward(self, x: Tensor, x0: Tensor, ctrl: nn.Module | None = None) -> Tensor:
+        c = self if ctrl is None else ctrl
+        mix = c.resid_mix.to(x.dtype)
         x = mix[0][None, None] * x + mix[1][None, None] * x0
-        x = x + self.attn_scale.to(x.dtype)[None, None] * self.attn(_rms(x))
-        return x + self.mlp_scale.to(x.dtype)[None, None] * self.mlp(_rms(x))
+        x = x + c.attn_scale.to(x.dtype)[None, None] * self.attn(_rms(x))
+        return x + c.mlp_scale.to(x.dtype)[None, None] * self.mlp(_rms(x))
 
 
 class GPT(nn.Module):
-    """Baseline GPT: U-Net skips, tied embeddings, softcapped logits."""
+    """Baseline GPT: U-Net skips, tied embeddings, softcapped logits. With cfg.unique_blocks = U > 0, a
+    shared-depth model: layer i runs block i mod U (the stack of U blocks looped num_layers / U times)
+    with its own control vectors `loops.<i>.*` (per-loop adapters)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -141,7 +159,11 @@ class GPT(nn.Module):
         self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
         n_skip = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(n_skip, cfg.model_dim, dtype=torch.float32))
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        shared = cfg.unique_blocks
+        if shared and (shared < 0 or cfg.num_layers % shared):
+            raise ValueError(f"unique_blocks={shared} must divide num_layers={cfg.num_layers}")
+        self.blocks = nn.ModuleList(Block(cfg, controls=not shared) for _ in range(shared or cfg.num_layers))
+        self.loops = nn.ModuleList(LoopControls(cfg.model_dim) for _ in range(cfg.num_layers if shared else 0))
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.tied_embed_init_std)
         for m in self.modules():
             if isinstance(m, nn.Linear) and getattr(m, "_zero_init", False):
@@ -153,13 +175,19 @@ class GPT(nn.Module):
         x0 = x
         skips: list[Tensor] = []
         for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0)
+            x = self.layer(i, x, x0)
             skips.append(x)
         for i in range(self.num_decoder_layers):
             if skips:
                 x = x + self.skip_weights[i].to(x.dtype)[None, None] * skips.pop()
-            x = self.blocks[self.num_encoder_layers + i](x, x0)
+            x = self.layer(self.num_encoder_layers + i, x, x0)
         return _rms(x)
+
+    def layer(self, i: int, x: Tensor, x0: Tensor) -> Tensor:
+        """Layer i of num_layers: its block (shared: block i mod U, with layer i's controls)."""
+        if not self.loops:
+            return self.blocks[i](x, x0)
+        return self.blocks[i % len(self.blocks)](x, x0, self.loops[i])
 
     def logits(self, ids: Tensor) -> Tensor:
         """Softcapped logits, shape (batch, seq, vocab)."""
@@ -186,5 +214,5 @@ def param_groups(model: GPT) -> tuple[list[nn.Parameter], list[nn.Parameter], li
             matrices.append(p)
         else:
             controls.append(p)
-    controls.append(model.skip_weights)
+    controls += [*model.loops.parameters(), model.skip_weights]
     return [model.tok_emb.weight], matrices, controls

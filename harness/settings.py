@@ -44,6 +44,7 @@ class ModelSettings:
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
     qk_gain_init: float = 1.5
+    unique_blocks: int = 0  # shared depth (train): num_layers layers looped over this many blocks; 0: unshared
 
 
 @dataclass
