@@ -12,13 +12,18 @@ SOURCES = (("harness", "*.py"), ("formats", "*.py"), ("codecs", "*.py"), ("exper
 
 
 def git_revision() -> str:
-    """HEAD's commit, with "-dirty" when tracked files differ from it ("unknown" outside a git checkout)."""
+    """HEAD's commit, with "-dirty" when tracked files outside results/ differ from it ("unknown" outside a
+    git checkout). Committed results are outputs: a compare resumed in its committed directory appends
+    to its log there, which does not change what computes."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
