@@ -634,12 +634,15 @@ def _point(
                 reuse = enc.units.pop(landing.value, None) if seed is None else None
                 result = run_point(pc, d, units=reuse)
                 if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec and seed is None:
-                    log.warning(
-                        "%s: the evaluated artifact has %d B, the search probe had %d B (encoding is not "
-                        "deterministic)",
-                        fmt,
+                    calibrated = int(pc.get("finetune", {}).get("steps") or 0) > 0
+                    (log.info if calibrated else log.warning)(
+                        "%s: the evaluated artifact has %d B, the search probe had %d B (%s)",
+                        sysm.label,
                         result["final_bytes"],
                         landing.final_bytes,
+                        "block calibration changed the encoding after the probe"
+                        if calibrated
+                        else "encoding is not deterministic",
                     )
                 counted = _counted(result, bool(cfg.budget.count_code))  # the evaluated file's bytes count
                 extra.update(counted_bytes=counted, landed_ratio=counted / landing.budget if landing.budget else 1.0)
