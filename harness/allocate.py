@@ -25,6 +25,10 @@ Per unit and candidate two numbers are measured:
          summed objective lowers the reported number by the same amount. Tensors without a Gram
          matrix (or none collected: calib.windows=0) count nᵢ·rel_mseᵢ / Σ nᵢ instead. The
          sensitivity of a tensor is its weight on the raw error: nᵢ / (Σ nᵢ · tr(W H Wᵀ)).
+         With allocate.objective=loss (auto: the default, on the built-in GPT) the error is instead
+         the unit's expected increase of the mean token loss in nats (bytegolf.sensitivity: output-side
+         Fisher times input Gram, K-FAC style), so that a tensor the loss is sensitive to (the tied
+         embedding) weighs what it costs in bpb, not what its relative output error says.
 
 The allocation itself is bytegolf.allocation.allocate: the greedy on each unit's lower convex hull,
 then an exact branch and bound that finds the least-error allocation within the bytes (proven
@@ -75,10 +79,12 @@ class AllocateSettings:
     (e.g. [{bits: 4}, {format: clustered, codebook_size: 256, match: "blocks.*.mlp.*"}]); knob: candidates
     along a rate knob ({name: clip_k, values: [8, 12]}, or a list of such); tol: the artifact should land
     within (1 - tol)·budget; max_rounds: artifact writes to correct the prediction; max_states: the exact
-    search's frontier limit (beyond it the greedy answer stands, reported as not proven optimal)."""
+    search's frontier limit (beyond it the greedy answer stands, reported as not proven optimal); objective:
+    what the allocation minimises (OBJECTIVES: loss, output_error, or auto)."""
 
     candidates: list[Any] = field(default_factory=list)
     knob: Any = None
+    objective: str = "auto"
     tol: float = 0.01
     max_rounds: int = 5
     max_states: int = MAX_STATES
@@ -335,6 +341,9 @@ def unit_bytes(unit: Encoded, codec: str, codec_params: dict[str, Any], lay: Lay
     return sum(len(get_codec(b.codec, **b.params).compress(b.raw, b.info)) for b in blobs)
 
 
+OBJECTIVES = ("auto", "loss", "output_error")
+
+
 def sensitivity(w: Tensor, gram: Tensor | None, norm: float) -> float:
     """The weight of a tensor's raw error tr(ΔW H ΔWᵀ) (‖ΔW‖² without a Gram matrix) in the objective."""
     w64 = w.double().reshape(w.shape[0], -1) if w.ndim else w.double().reshape(1, 1)
@@ -474,12 +483,29 @@ def check_plan(plan: list[Assignment], fmt: str, candidates: list[Candidate], wh
             raise ConfigError(f"{c.source}: match {c.match} matches no tensor the plan gives to format {fmt}")
 
 
+def resolve_objective(objective: str, ws: Any, where: str = "allocate") -> str:
+    """The objective to measure: output_error or loss (auto: loss for the built-in GPT with calibration
+    windows, else output_error); a ConfigError for any other name."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"{where}.objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if objective == "auto":
+        return "loss" if ws.adapter.name == "gpt" and ws.grams and ws.data is not None else "output_error"
+    return objective
+
+
 def measure(
-    cfg: DictConfig, ws: Any, plan: list[Assignment], candidates: list[Candidate], where: str = "allocate"
+    cfg: DictConfig,
+    ws: Any,
+    plan: list[Assignment],
+    candidates: list[Candidate],
+    where: str = "allocate",
+    objective: str = "output_error",
 ) -> Measured:
     """Encode every unit of the run's format at every candidate that applies to it; bytes through the
-    run's layout and codec. A candidate the format refuses on a unit is skipped there (with a warning).
-    Errors name the setting by `where`."""
+    run's layout and codec, error by the objective (output_error: the unit's share of the aggregate
+    output error; loss: its expected increase of the mean token loss in nats, bytegolf.sensitivity).
+    A candidate the format refuses on a unit is skipped there (with a warning). Errors name the setting
+    by `where`."""
     from tqdm import tqdm
 
     from bytegolf import artifact, layout
@@ -497,7 +523,24 @@ def measure(
     with_gram = [n for n in quantized if gram(n) is not None]
     norm = float(sum(ws.state[n].numel() for n in (with_gram or quantized)) or 1)
     check_plan(plan, fmt, candidates, where)
-    out = Measured([], 0, "output_error" if with_gram else "rel_mse")
+    fishers = ws.sensitivities() if objective == "loss" else None
+    out = Measured([], 0, objective if objective == "loss" else "output_error" if with_gram else "rel_mse")
+
+    def error(n: str, w_hat: Tensor) -> float:
+        if fishers is None:
+            return objective_error(ws.state[n], w_hat, gram(n), norm)
+        g = gram(n)
+        if g is None or n not in fishers:
+            raise ConfigError(f"{where}: objective loss has no sensitivity for {n} (not a linear weight of the GPT)")
+        from bytegolf.sensitivity import loss_increase
+
+        return loss_increase(ws.state[n].float(), w_hat.float(), g, ws.rows, fishers[n])
+
+    def weight(n: str) -> float:  # the objective's weight on the raw error tr(ΔW H ΔWᵀ), reported
+        if fishers is None:
+            return sensitivity(ws.state[n], gram(n), norm)
+        return 0.5 * float(fishers[n].out.mean()) / max(ws.rows, 1)
+
     for group in tqdm(artifact.group_units(plan), desc="measure", unit="unit", leave=False):
         names = [a.name for a in group]
         out.groups.append(group)
@@ -507,7 +550,7 @@ def measure(
             out.other_bytes += unit_bytes(enc, codec, codec_params, lay)
             out.slots.append(enc)
             continue
-        sens = [sensitivity(ws.state[n], gram(n), norm) for n in names]
+        sens = [weight(n) for n in names]
         numel = sum(ws.state[n].numel() for n in names)
         u = Unit(names, numel, sum(sens) / len(sens), all(gram(n) is not None for n in names))
         for i in [i for i, c in enumerate(candidates) if c.applies(names)]:
@@ -519,7 +562,7 @@ def measure(
                 log.warning("%s: %s skipped on %s: %s", where, c.label, names[0], exc)
                 continue
             assert enc.recon is not None
-            u.errors.append(sum(objective_error(ws.state[n], enc.recon[n], gram(n), norm) for n in names))
+            u.errors.append(sum(error(n, enc.recon[n]) for n in names))
             enc.recon = None
             u.bytes.append(unit_bytes(enc, codec, codec_params, lay))
             u.encoded.append(enc)
@@ -733,7 +776,7 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     ws = Workspace(cfg)
     plan = make_plan(ws.state, ws.plan_cfg, fmt, fmt_params)
-    m = measure(cfg, ws, plan, candidates)
+    m = measure(cfg, ws, plan, candidates, objective=resolve_objective(str(ac.get("objective", "auto")), ws))
     units = m.units
     out_dir.mkdir(parents=True, exist_ok=True)
     write = Writer(m, fmt, candidates, encoder(cfg, ws), out_dir / PROBE, codec, codec_params, lay, count_code)

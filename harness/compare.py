@@ -216,7 +216,18 @@ def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple
     return out
 
 
-ALLOCATED_KEYS = ("format", "params", "candidates", "knob", "tol", "max_rounds", "max_states", "plan", "layout")
+ALLOCATED_KEYS = (
+    "format",
+    "params",
+    "candidates",
+    "knob",
+    "objective",
+    "tol",
+    "max_rounds",
+    "max_states",
+    "plan",
+    "layout",
+)
 
 
 @dataclass
@@ -228,6 +239,7 @@ class AllocationSpec:
     tol: float
     max_rounds: int
     max_states: int
+    objective: str = "auto"  # bytegolf.allocate.OBJECTIVES
 
     def ident(self) -> dict[str, Any]:
         """What a point of the system depends on beyond its run config (part of its point key)."""
@@ -254,8 +266,8 @@ def _allocated(
             raise ConfigError(f"{where}: {name!r} is already a format, variant or reference; pick another name")
         if not isinstance(v, dict) or set(v) - set(ALLOCATED_KEYS):
             raise ConfigError(
-                f"{where}: need {{format: F, candidates: [...]}} and optionally knob, params, tol, max_rounds, "
-                f"max_states, plan, layout; got {v!r}"
+                f"{where}: need {{format: F, candidates: [...]}} and optionally knob, params, objective, tol, "
+                f"max_rounds, max_states, plan, layout; got {v!r}"
             )
         fmt = v.get("format")
         if fmt not in REGISTRY:
@@ -267,9 +279,12 @@ def _allocated(
             float(v.get("tol", tol)),
             int(v.get("max_rounds", 5)),
             int(v.get("max_states", allocate.MAX_STATES)),
+            str(v.get("objective", "auto")),
         )
         if not 0 < spec.tol < 1 or spec.max_rounds < 1 or spec.max_states < 1:
             raise ConfigError(f"{where}: need 0 < tol < 1, max_rounds >= 1 and max_states >= 1")
+        if spec.objective not in allocate.OBJECTIVES:
+            raise ConfigError(f"{where}.objective: {spec.objective!r} is not one of {', '.join(allocate.OBJECTIVES)}")
         out[str(name)] = (str(fmt), params, dict(v.get("plan") or {}), dict(v.get("layout") or {}), spec)
     return out
 
@@ -671,6 +686,7 @@ class AllocationWork:
     ) -> None:
         import json
 
+        from bytegolf import allocate
         from bytegolf.plan import make_plan
 
         assert sysm.allocation is not None
@@ -685,7 +701,10 @@ class AllocationWork:
         ident, _ = sweep.point_config(point_cfg(cfg, sysm, sysm.params, 0))
         for k in ("eval", "budget"):
             ident.pop(k, None)
+        self.objective = allocate.resolve_objective(self.spec.objective, ws, self.where)
         ident |= {"probe_codec": list(self.codec), "candidates": [c.as_dict() for c in self.spec.candidates]}
+        if self.objective != "output_error":  # (caches measured before objectives existed keep their name)
+            ident["objective"] = self.objective
         self.work_dir = out_dir / "search"
         self.cache_file = self.work_dir / f"{sysm.label}_{store.config_hash(ident)}.allocation.json"
         body = json.loads(self.cache_file.read_text()) if self.cache_file.is_file() else {}
@@ -712,7 +731,7 @@ class AllocationWork:
                 n = sum(1 for g in groups if g[0].format == self.sysm.fmt)
                 print(f"{self.sysm.label}: measuring {n} units × {len(self.spec.candidates)} candidates", flush=True)
                 t0 = time.perf_counter()
-                m = allocate.measure(self.mcfg, self.ws, self.plan, self.spec.candidates, self.where)
+                m = allocate.measure(self.mcfg, self.ws, self.plan, self.spec.candidates, self.where, self.objective)
                 self.measure_seconds = time.perf_counter() - t0
                 print(f"{self.sysm.label}: measured in {self.measure_seconds:.1f} s", flush=True)
                 self.tables = m.to_json()

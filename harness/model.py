@@ -70,7 +70,8 @@ class Rotary(nn.Module):
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+        stale = self._cache is None or self._cache[0] != seq_len or self._cache[1] != device
+        if stale or (torch.is_grad_enabled() and self._cache[2].is_inference()):  # made under inference_mode
             t = torch.arange(seq_len, device=device, dtype=torch.float32)
             freqs = torch.outer(t, self.inv_freq.to(device))
             self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])

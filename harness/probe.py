@@ -55,6 +55,23 @@ class Workspace:
         plan_cfg.rules = [r if isinstance(r, Rule) else Rule(**r) for r in plan_cfg.rules]
         self.plan_cfg = plan_cfg
 
+    def sensitivities(self) -> dict[str, Any]:
+        """Each weight's loss sensitivity (bytegolf.sensitivity) on the calibration windows, gathered once;
+        the built-in GPT only."""
+        if getattr(self, "_sens", None) is None:
+            from bytegolf.runner import _calib_windows
+            from bytegolf.sensitivity import output_fishers
+
+            if self.adapter.name != "gpt" or self.data is None or not self.grams:
+                raise ConfigError(
+                    "the loss objective needs the built-in GPT and calibration windows (calib.windows > 0); "
+                    "use objective output_error"
+                )
+            model = self.adapter.build(self.state)
+            windows = _calib_windows(self.data, self.cfg)
+            self._sens, _ = output_fishers(model, windows, self.cfg.device, self.cfg.calib.batch_size)
+        return self._sens
+
     def context(self) -> EncodeContext:
         """The EncodeContext of every encode on this workspace (Gram matrices, device, seed)."""
         from bytegolf.formats import EncodeContext

@@ -264,7 +264,8 @@ def _cfg(bundle: Path, *overrides: str):
 
     settings.register()
     allocate.register()
-    args = [f"bundle={bundle}", *TINY_ARGS, "codec=zstd", "threads=1", *overrides]
+    # output_error unless overridden: its prediction is exactly the evaluated output_error (tested below)
+    args = [f"bundle={bundle}", *TINY_ARGS, "codec=zstd", "threads=1", "allocate.objective=output_error", *overrides]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("allocate", overrides=args)
 
@@ -393,6 +394,20 @@ def test_mixed_format_allocation_lands_and_its_plan_reproduces_it(
     }
 
 
+def test_the_loss_objective_lands_and_weighs_each_tensor_by_its_loss_sensitivity(
+    tiny_bundle: Path, uniform: dict, tmp_path: Path
+) -> None:
+    budget = (uniform[4]["final_bytes"] + uniform[5]["final_bytes"]) // 2
+    r = allocate.run_allocate(_cfg(tiny_bundle, f"budget.cap_bytes={budget}", "allocate.objective=loss"), tmp_path)
+    a = r["allocation"]
+    assert a["objective"] == "loss" and 0.99 * budget <= r["final_bytes"] <= budget and a["status"] == "ok"
+    body = json.loads((tmp_path / "allocation.json").read_text())
+    for u in body["units"]:  # errors in nats: each option's loss increase, falling as bits rise
+        errs = [c["error"] for c in u["candidates"]]
+        assert all(e >= 0 for e in errs) and errs[0] > errs[-1], u["tensors"]
+    assert a["predicted_error"] == pytest.approx(sum(u["error"] for u in body["units"]), rel=1e-9)
+
+
 def test_cli_errors_are_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
     base = ["allocate", f"bundle={tiny_bundle}", *TINY_ARGS, "codec=zstd", f"hydra.run.dir={tmp_path / 'a'}"]
     proc = bytegolf(*base, "allocate.candidates=[]", cwd=tmp_path)
@@ -405,6 +420,9 @@ def test_cli_errors_are_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
     assert (
         proc.returncode == 2 and "error: allocate.knob: format scalar has no knob 'rank'" in proc.stdout + proc.stderr
     )
+    proc = bytegolf(*base, "allocate.objective=bpb", cwd=tmp_path)
+    assert "error: allocate.objective: 'bpb' is not one of auto, loss, output_error" in proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = bytegolf(*base, "allocate.candidates=[{format: clustered, bits: 4}]", cwd=tmp_path)
     assert "error: allocate.candidates[0]: format clustered has no setting 'bits'" in proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
