@@ -38,15 +38,19 @@ class ModelConfig:
     unique_blocks: int = 0  # shared depth: > 0 runs num_layers layers over this many blocks, looped
 
 
+def _add_controls(module: nn.Module, dim: int) -> None:
+    """A layer's own control vectors: residual mix, attention and MLP output scales."""
+    module.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+    module.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+    module.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+
+
 class LoopControls(nn.Module):
-    """One layer's own control vectors (residual mix, attention and MLP output scales): a block's, or,
-    in a shared-depth model, the per-loop adapter of a layer that runs a shared block."""
+    """In a shared-depth model, the per-loop adapter of a layer that runs a shared block: its controls."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
-        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+        _add_controls(self, dim)
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -131,13 +135,10 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, controls: bool = True) -> None:
         super().__init__()
-        dim = cfg.model_dim
         self.attn = CausalSelfAttention(cfg)
         self.mlp = MLP(cfg)
         if controls:
-            self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
-            self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
-            self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+            _add_controls(self, cfg.model_dim)
 
     def forward(self, x: Tensor, x0: Tensor, ctrl: nn.Module | None = None) -> Tensor:
         c = self if ctrl is None else ctrl
