@@ -1,7 +1,8 @@
 """Models compared at equal final bytes: the same export system searched to the same budgets on each
 model (one `bytegolf compare` directory per model), every model's landing at a budget paired with a
-baseline model's landing by the document bootstrap over their shared window sample, and each model's
-rate–quality front drawn on one plot.
+baseline model's landing by the document bootstrap over their shared window sample, each model's
+rate–quality front drawn on one plot, and, where the compares rank several systems, Kendall's tau
+between two models' rankings.
 
     python -m bytegolf.crossmodel --out results/seeds/rate --baseline default --baseline plain \\
         default=DIR plain=DIR lam0.3=DIR ...
@@ -18,7 +19,7 @@ import numpy as np
 from bytegolf import plots, store
 from bytegolf.compare import evaluated
 from bytegolf.errors import BytegolfError
-from bytegolf.stats import PairedDelta, paired_bootstrap
+from bytegolf.stats import PairedDelta, kendall_tau_b, paired_bootstrap
 
 
 def model_points(models: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
@@ -81,6 +82,27 @@ def table(
     return "\n".join(lines) + "\n\n`*`: the CI excludes 0. Negative Δ: the model is better than the baseline.\n"
 
 
+def ranking_tau(a: Path, b: Path) -> list[dict[str, Any]]:
+    """Per budget both compares ranked: Kendall tau-b between the bpb of the systems landed in both
+    (does a ranking found on one model hold on the other?), with its p-value and the systems."""
+    from bytegolf.analysis import system
+
+    def landed(d: Path) -> dict[int, dict[str, float]]:
+        out: dict[int, dict[str, float]] = {}
+        for r in store.load_results([d]):
+            if r.get("budget_bytes") and evaluated(r) and r.get("bpb") is not None:
+                out.setdefault(int(r["budget_bytes"]), {})[system(r)] = float(r["bpb"])
+        return out
+
+    la, lb = landed(a), landed(b)
+    rows = []
+    for budget in sorted(set(la) & set(lb), reverse=True):
+        names = sorted(set(la[budget]) & set(lb[budget]))
+        tau, p = kendall_tau_b(np.array([la[budget][n] for n in names]), np.array([lb[budget][n] for n in names]))
+        rows.append({"budget": budget, "systems": names, "tau": tau, "p": p})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bytegolf.crossmodel", description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+", help="NAME=COMPARE_DIR, one per model")
@@ -100,6 +122,17 @@ def main(argv: list[str] | None = None) -> None:
     points = model_points(models)
     ns.out.mkdir(parents=True, exist_ok=True)
     text = table(points, ns.baseline, ns.samples)
+    names = list(models)
+    taus = [
+        f"| {x} | {y} | {t['budget']:,} | {len(t['systems'])} | {t['tau']:.3f} | {t['p']:.3g} |"
+        for i, x in enumerate(names)
+        for y in names[i + 1 :]
+        for t in ranking_tau(models[x], models[y])
+        if len(t["systems"]) >= 2
+    ]
+    if taus:
+        head = "| model | model | budget | systems | Kendall tau-b (bpb) | p |\n|---|---|---:|---:|---:|---:|\n"
+        text += "\nDo the systems rank the same way on both models?\n\n" + head + "\n".join(taus) + "\n"
     (ns.out / "table.md").write_text(text)
     rows = [r for rs in points.values() for r in rs]
     plots.frontier(rows, "bpb", "bits per byte (sampled windows)", ns.out / "front.png")

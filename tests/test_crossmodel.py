@@ -56,3 +56,17 @@ def test_the_command_writes_table_and_front_and_names_a_bad_baseline(tmp_path: P
     assert (out / "front.png").read_bytes()[:4] == b"\x89PNG" and "Δbpb vs a" in (out / "table.md").read_text()
     with pytest.raises(SystemExit, match="baseline 'z'"):
         crossmodel.main([f"a={tmp_path / 'a'}", "--baseline", "z", "--out", str(out)])
+
+
+def test_ranking_tau_is_one_for_the_same_order_and_minus_one_for_the_reverse(tmp_path: Path) -> None:
+    for model, order in (("a", [1.7, 1.8, 1.9]), ("b", [1.6, 1.65, 2.0]), ("c", [2.0, 1.9, 1.8])):
+        for name, bpb in zip(("scalar", "clustered", "additive"), order, strict=True):
+            _point(tmp_path / model, name, 4_000_000, [bpb * 100 * math.log(2)], [0])
+            r = json.loads((tmp_path / model / "points/4000000" / name / "result.json").read_text())
+            (tmp_path / model / "points/4000000" / name / "result.json").write_text(
+                json.dumps({**r, "format": name, "bpb": bpb})
+            )
+    (same,) = crossmodel.ranking_tau(tmp_path / "a", tmp_path / "b")
+    (rev,) = crossmodel.ranking_tau(tmp_path / "a", tmp_path / "c")
+    assert same["tau"] == pytest.approx(1.0) and rev["tau"] == pytest.approx(-1.0)
+    assert same["systems"] == ["additive", "clustered", "scalar"] and same["budget"] == 4_000_000
