@@ -3,7 +3,11 @@ estimate of the coded size of its codes (an entropy-constrained, ECVQ-style rate
 
 For every matrix the export quantizes (2-D, more than `min_numel` values, not a control tensor), the
 forward pass uses the scalar format's reconstruction: per-row SDClip scale s = clip_k·std(row)/Q,
-codes q = clamp(round(W/s), -Q, Q), Ŵ = q·s, with a straight-through gradient (`ste`). The rate term
+codes q = clamp(round(W/s), -Q, Q), Ŵ = q·s, with a straight-through gradient (`ste`); int`bits` at
+`clip_k` for the block matrices and int`embed_bits` at `embed_clip_k` for the tied embedding, as the
+compare exports them (with the embedding at int6 too, the first batch's loss rose by 0.53 nats on the
+default model, nearly all of it the embedding's: every block matrix at int4 RTN costs about 0.013). The
+rate term
 is the entropy of each tensor's codes under their own empirical distribution, made differentiable by
 a triangular-kernel histogram of u = W/s (each value splits its mass between its two nearest integer
 codes), summed over tensors in bits. The loss is
@@ -50,6 +54,8 @@ class RateConfig:
     bits: int = 6
     clip_k: float = 12.85
     ste: bool = True
+    embed_bits: int = 7  # the tied embedding's own export setting (compare.embedding: GPTQ int7, k 14)
+    embed_clip_k: float = 14.0
     seq_len: int = 1024
     batch_seqs: int = 4
     min_numel: int = 65_536
@@ -119,8 +125,8 @@ def rate_finetune(
     """Finetune model in place on tokens with the rate term; write OUT/model.safetensors (the source
     dtypes kept), OUT/rate_train.json (settings, time, history) and OUT/curve.png; resume from
     OUT/train_state.pt when it is there."""
-    if cfg.steps < 0 or cfg.lam < 0 or not 2 <= cfg.bits <= 8:
-        raise ConfigError(f"rate: need steps >= 0, lam >= 0 and bits in 2..8, got {cfg}")
+    if cfg.steps < 0 or cfg.lam < 0 or not 2 <= cfg.bits <= 8 or not 2 <= cfg.embed_bits <= 8:
+        raise ConfigError(f"rate: need steps >= 0, lam >= 0 and bits, embed_bits in 2..8, got {cfg}")
     dev = torch.device(device)
     dtypes = {n: t.dtype for n, t in model.state_dict().items()}
     model.float().to(dev).train()
@@ -128,6 +134,9 @@ def rate_finetune(
     if not names:
         raise ConfigError(f"rate: no matrix has more than min_numel={cfg.min_numel} values to quantize")
     n_weights = sum(model.get_parameter(n).numel() for n in names)
+    setting = {
+        n: (cfg.embed_bits, cfg.embed_clip_k) if n == "tok_emb.weight" else (cfg.bits, cfg.clip_k) for n in names
+    }
     span = cfg.batch_seqs * cfg.seq_len + 1
     if tokens.size < span:
         raise ConfigError(f"rate: {tokens.size} train tokens, a batch needs {span}")
@@ -153,9 +162,10 @@ def rate_finetune(
         params = dict(model.named_parameters())
         rate = torch.zeros((), device=dev)
         for n in names:
-            params[n], u = fake_quant(params[n], cfg.bits, cfg.clip_k, cfg.ste)
+            bits, k = setting[n]
+            params[n], u = fake_quant(params[n], bits, k, cfg.ste)
             if cfg.lam > 0:
-                rate = rate + soft_entropy_bits(u, cfg.bits)
+                rate = rate + soft_entropy_bits(u, bits)
         ce = functional_call(model, params, (x, y))
         loss = ce + cfg.lam * rate / n_weights
         loss.backward()
@@ -163,7 +173,7 @@ def rate_finetune(
         opt.zero_grad(set_to_none=True)
         step += 1
         if step % cfg.log_every == 0 or step == 1 or step == cfg.steps:
-            bpw = sum(hard_entropy_bits(model.get_parameter(n).detach(), cfg.bits, cfg.clip_k) for n in names)
+            bpw = sum(hard_entropy_bits(model.get_parameter(n).detach(), *setting[n]) for n in names)
             history.append({"step": step, "loss": float(ce.detach()), "code_bits_per_weight": bpw / n_weights})
             log.info("rate step %d loss %.4f codes %.4f bits/weight", step, float(ce.detach()), bpw / n_weights)
         if step % cfg.save_every == 0 or step == cfg.steps:
