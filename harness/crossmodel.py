@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         text += "\nDo the systems rank the same way on both models?\n\n" + head + "\n".join(taus) + "\n"
     (ns.out / "table.md").write_text(text)
     rows = [r for rs in points.values() for r in rs]
-    plots.frontier(rows, "bpb", "bits per byte (sampled windows)", ns.out / "front.png")
+    plots.frontier(rows, "bpb", "bits per byte (sampled windows)", ns.out / "front.png", series="model")
     print(text)
     print(f"-> {ns.out / 'table.md'}, {ns.out / 'front.png'}")
 

@@ -38,7 +38,14 @@ def _mb(b: float) -> str:
     return f"{b / 1e6:g} MB"
 
 
-def frontier_figure(results: list[dict[str, Any]], y: str, ylabel: str, logy: bool = False, clip: float | None = None):
+def frontier_figure(
+    results: list[dict[str, Any]],
+    y: str,
+    ylabel: str,
+    logy: bool = False,
+    clip: float | None = None,
+    series: str = "format",
+):
     """The frontier plot as a matplotlib Figure (see `frontier`); its artists carry gids: "front:<system>",
     "cap:<bytes>", "ref_bpb", "reference:<label>" (the marker) and its text "reference_label:<label>"."""
     plt = _plt()
@@ -82,10 +89,10 @@ def frontier_figure(results: list[dict[str, Any]], y: str, ylabel: str, logy: bo
             ha="center", va="bottom", fontsize=8, color="0.3",
         )  # fmt: skip
     ref_bpbs = _ref_bpbs(results) if y == "bpb" else []
+    refs_label = "model (" if len(ref_bpbs) == 1 else "models ("
+    refs_label += ", ".join(f"{v:.4f}" for v in ref_bpbs)
     for i, v in enumerate(ref_bpbs):
-        ln = ax.axhline(
-            v, color="tab:red", ls=":", lw=1.3, label=f"unquantized model ({v:.4f} bpb)" if i == 0 else None
-        )
+        ln = ax.axhline(v, color="tab:red", ls=":", lw=1.3, label=f"unquantized {refs_label} bpb)" if i == 0 else None)
         ln.set_gid("ref_bpb")
     ys_all = [v for r in results if np.isfinite(v := analysis._num(r, y))]
     if clip and ys_all and max(ys_all) > clip * min(ys_all):
@@ -109,12 +116,12 @@ def frontier_figure(results: list[dict[str, Any]], y: str, ylabel: str, logy: bo
                 arrowprops={"arrowstyle": "-|>", "color": c},
             )
         ax.set_title(
-            f"{y} vs final bytes (lines: Pareto front per format; off-scale values on the top edge)",
+            f"{y} vs final bytes (lines: Pareto front per {series}; off-scale values on the top edge)",
             fontsize=10,
             pad=16,
         )
     else:
-        ax.set_title(f"{y} vs final bytes (lines: Pareto front per format)", fontsize=10, pad=16)
+        ax.set_title(f"{y} vs final bytes (lines: Pareto front per {series})", fontsize=10, pad=16)
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
@@ -127,7 +134,13 @@ def frontier_figure(results: list[dict[str, Any]], y: str, ylabel: str, logy: bo
 
 
 def frontier(
-    results: list[dict[str, Any]], y: str, ylabel: str, path: Path, logy: bool = False, clip: float | None = None
+    results: list[dict[str, Any]],
+    y: str,
+    ylabel: str,
+    path: Path,
+    logy: bool = False,
+    clip: float | None = None,
+    series: str = "format",
 ) -> Path:
     """Every point per format (faint) and its Pareto front (line) on (final bytes, y), written to path as PNG.
 
@@ -136,7 +149,7 @@ def frontier(
     horizontal line). clip: the y axis ends at clip × the lowest y; points above it are drawn on the
     top edge with their value."""
     plt = _plt()
-    fig = frontier_figure(results, y, ylabel, logy, clip)
+    fig = frontier_figure(results, y, ylabel, logy, clip, series)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
