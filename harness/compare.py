@@ -248,6 +248,7 @@ class AllocationSpec:
             "tol": self.tol,
             "max_rounds": self.max_rounds,
             "max_states": self.max_states,
+            "objective": self.objective,
         }
 
 

@@ -246,3 +246,13 @@ def test_a_randomized_allocated_system_gets_seed_points_and_a_front(tiny_bundle:
     assert front and all(r["budget_bytes"] is None and r["allocation"] for r in front)
     sizes = sorted({r["counted_bytes"] for r in rows if r["status"] != "seed"})
     assert len(sizes) >= 3 and sizes[0] < 0.8 * budget, sizes
+
+
+def test_the_objective_is_part_of_an_allocated_points_key(tiny_bundle: Path) -> None:
+    keys = {}
+    for objective in ("loss", "output_error"):
+        entry = f"{{format: scalar, objective: {objective}, candidates: [{{bits: 4}}, {{bits: 6}}]}}"
+        (sysm,) = [s for s in _systems(tiny_bundle, f"+compare.allocated.mine={entry}") if s.label == "mine"]
+        assert sysm.allocation.objective == objective
+        keys[objective] = sysm.allocation.ident()
+    assert keys["loss"] != keys["output_error"]  # a resumed compare with another objective re-evaluates
