@@ -19,9 +19,10 @@ train() {  # name, overrides...
   mkdir -p "$OUT/$name"
   cp "$WORK/$name/rate_train.json" "$WORK/$name/curve.png" "$WORK/${name}_run/train.log" "$OUT/$name/"
 }
+# (run at 3694561, before the tied embedding had its own setting in the loop: it was int6 k 12.85 too)
 train plain rate.lam=0 rate.ste=false
-train lam0.3 rate.lam=0.3
-train lam1 rate.lam=1.0
+train lam0.3 rate.lam=0.3 rate.embed_bits=6 rate.embed_clip_k=12.85
+train lam1 rate.lam=1.0 rate.embed_bits=6 rate.embed_clip_k=12.85
 for name in default plain lam0.3 lam1; do
   ckpt=$WORK/$name/model.safetensors
   [ "$name" = default ] && ckpt=results/default/model.safetensors
