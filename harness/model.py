@@ -127,7 +127,10 @@ class MLP(nn.Module):
         self.proj._zero_init = True
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        h = self.fc(x)
+        if torch.is_grad_enabled():
+            return self.proj(torch.relu(h).square())
+        return self.proj(h.relu_().square_())  # inference: in place, no new activation buffers
 
 
 class Block(nn.Module):

@@ -140,7 +140,7 @@ def test_full_objective_beats_blockdiag_on_cross_group_correlated_inputs():
     error, exactly."""
     w, h = cross_group()
     ctx = EncodeContext(hessians={"w": h}, hessian_counts={"w": 4096})
-    kw = {"num_codebooks": 1, "codebook_bits": 6, "max_rounds": 4}
+    kw = {"num_codebooks": 1, "codebook_bits": 6, "max_rounds": 4, "damp": 0.0}  # history: the undamped error
     full = Additive(objective="output", **kw).encode({"w": w}, ctx)
     block = Additive(objective="output_blockdiag", **kw).encode({"w": w}, ctx)
     e_full, e_block = output_error(w, full.recon["w"], h), output_error(w, block.recon["w"], h)
@@ -163,6 +163,27 @@ def test_output_objective_lowers_output_error():
     assert output_error(w, out, h) < 0.3 * output_error(w, mse, h)
 
 
+def test_damping_lowers_held_out_output_error():
+    """Calibrated on 160 inputs of 128 dims with a decaying spectrum, the undamped objective fits the
+    directions the sample barely spans; on 20,000 fresh inputs damping 0.1 measured 0.191 against 0.209
+    undamped (asserted: 5% lower), and it lowers the weight error too (0.62 against 0.70)."""
+    g = gen(3)
+    inp = 128
+    q, _ = torch.linalg.qr(torch.randn(inp, inp, generator=g, dtype=torch.float64))
+    mix = (q * torch.logspace(0, -3, inp, dtype=torch.float64).sqrt()) @ q.T
+    xc = torch.randn(160, inp, generator=g, dtype=torch.float64) @ mix
+    xv = torch.randn(20000, inp, generator=g, dtype=torch.float64) @ mix
+    w = torch.randn(64, inp, generator=g) * 0.05
+    ctx = EncodeContext(hessians={"w": (xc.T @ xc).float()}, hessian_counts={"w": 160})
+    recon = {
+        d: Additive(num_codebooks=1, codebook_bits=6, max_rounds=4, damp=d).encode({"w": w}, ctx).recon["w"]
+        for d in (0.0, 0.1)
+    }
+    held_out = {d: output_error(w, r, xv.T @ xv) for d, r in recon.items()}
+    assert held_out[0.1] < 0.95 * held_out[0.0], held_out
+    assert rel_mse(w, recon[0.1]) < rel_mse(w, recon[0.0])
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -177,7 +198,7 @@ def test_output_objective_lowers_output_error():
 def test_rounds_never_raise_the_objective(kw):
     w, h = correlated()
     kw = {"num_codebooks": 2, **kw}
-    fmt = Additive(codebook_bits=6, group_size=8, beam_width=4, max_rounds=4, tol=0.0, **kw)
+    fmt = Additive(codebook_bits=6, group_size=8, beam_width=4, max_rounds=4, tol=0.0, damp=0.0, **kw)
     enc = fmt.encode({"w": w}, EncodeContext(hessians={"w": h}))
     trace, history = enc.meta["trace"], enc.meta["history"]
     assert all(b <= a for a, b in pairwise(trace)), trace
@@ -455,6 +476,8 @@ def test_bad_input_raises_config_error():
         ({"num_codebooks": "2"}, "num_codebooks must be a number"),
         ({"num_codebooks": True}, "num_codebooks must be a number"),
         ({"codebook_bits": 17}, "codebook_bits must be an integer in 1..16"),
+        ({"damp": -0.1}, "damp must be a finite number >= 0"),
+        ({"damp": float("inf")}, "damp must be a finite number >= 0"),
         ({"group_size": 0}, "group_size must be an integer"),
         ({"objective": "kl"}, "objective must be one of auto, mse, output, output_blockdiag"),
         ({"codebook_update": "sgd"}, "codebook_update must be one of"),
