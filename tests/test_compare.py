@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bytegolf import artifact, store
+from bytegolf import artifact, precision, store
 from tests.test_run import TINY_ARGS, bytegolf
 
 pytestmark = pytest.mark.slow
@@ -267,3 +267,16 @@ def test_a_delta_inside_the_seed_spread_is_not_a_win() -> None:
     assert separable(clear, best) and not separable(inside, best) and not separable(ci_zero, {})
     assert separable(inside, {"spread": None})
     assert not separable({**clear, "p_adj": 0.06}, {}) and separable({**clear, "p_adj": 0.04}, {})  # after Holm
+
+
+def test_precision_check_reevaluates_the_landed_artifacts(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Re-evaluated in the compare's own precision, every ranked pair's Δbpb comes back exactly (ratio 1);
+    in bf16 the table is written all the same, with the verdict."""
+    out = tmp_path / "cmp"
+    assert _compare(tiny_bundle, out).returncode == 0
+    assert precision.main([str(out), "--precision", "fp32"]) == 0
+    text = (out / "precision.md").read_text()
+    assert "| 30,000 | clustered_" in text or "| 30,000 | scalar_" in text
+    assert "| 1.000 |" in text and "within 10% of its fp32 value (1 pairs)" in text
+    precision.main([str(out), "--precision", "bf16"])
+    assert "Δbpb bf16" in (out / "precision.md").read_text()
