@@ -2,7 +2,7 @@
 compare directory in another precision (bf16 by default) on the same windows, and sets each ranked pair's
 Δbpb (a point against its budget's best) beside the Δbpb the compare measured.
 
-Run: python -m bytegolf.precision DIR [--precision bf16] [--tolerance 0.1]
+Run: python -m bytegolf.precision DIR [--precision bf16] [--tolerance 0.1] [--budget BYTES ...]
 Prints a markdown table and writes it to DIR/precision.md. The verdict: every Δbpb in the new precision is
 within `tolerance` (relative) of the measured one, or the pairs that are not.
 """
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="bf16")
     p.add_argument("--tolerance", type=float, default=0.1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--budget", type=int, action="append", help="only this budget's pairs (repeatable)")
     a = p.parse_args(argv)
     register_resolvers()
     rows = [r for r in load_results([a.dir]) if evaluated(r)]
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(stored) != 1:
         raise SystemExit(f"{a.dir}: points were evaluated in different precisions {sorted(map(str, stored))}")
     budgets = sorted({int(r["budget_bytes"]) for r in rows if r.get("budget_bytes")}, reverse=True)
+    budgets = [b for b in budgets if not a.budget or b in a.budget]
     todo = pairs(rows, budgets)
     bpb: dict[str, float] = {}
     for i, row in enumerate({id(r): r for t in todo for r in (t["row"], t["best"])}.values()):
