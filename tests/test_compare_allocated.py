@@ -119,7 +119,14 @@ def test_the_allocated_point_and_its_plan_reproduce_the_artifact(
     assert node.pop("defaults") == ["base_plan", "_self_"] and len(node.rules) == 13
     settings.register()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        args = [f"bundle={tiny_bundle}", *TINY_ARGS, "eval.sample=true", "format.gptq=true", "codec=zstd"]
+        args = [
+            f"bundle={tiny_bundle}",
+            *TINY_ARGS,
+            "eval.sample=true",
+            "format.gptq=true",
+            "format.act_order=true",
+            "codec=zstd",
+        ]
         cfg = compose("run", overrides=args)
     with open_dict(cfg):
         cfg.plan = OmegaConf.merge(OmegaConf.structured(PlanConfig), node)
