@@ -56,11 +56,11 @@ def frontier_figure(
     for name, rs in groups.items():
         xs = np.array([analysis._num(r, "final_bytes") for r in rs])
         ys = np.array([analysis._num(r, y) for r in rs])
-        ax.scatter(xs, ys, s=14, alpha=0.35, color=colors[name])
+        ax.scatter(xs, ys, s=14, alpha=0.35, color=colors[name], zorder=7)  # over the reference labels
         f = analysis.front(rs, y)
         fx = [analysis._num(r, "final_bytes") for r in f]
         fy = [analysis._num(r, y) for r in f]
-        (line,) = ax.plot(fx, fy, "-o", ms=4, lw=1.6, color=colors[name], label=f"{name} ({len(rs)} points)")
+        (line,) = ax.plot(fx, fy, "-o", ms=4, lw=1.6, color=colors[name], label=f"{name} ({len(rs)} points)", zorder=7)
         line.set_gid(f"front:{name}")
     last_x, depth = -1.0, 0
     for k, r in enumerate(sorted(refs, key=lambda r: analysis._num(r, "final_bytes"))):
