@@ -200,7 +200,8 @@ def test_record_model_grams_cover_bank_slices() -> None:
         d = 96 if name.startswith("proj") else 32
         assert grams[name].shape == (d, d) and torch.allclose(grams[name], g, rtol=1e-4, atol=1e-4), name
     for b in BANKS:  # fold: the folded (2·out, in) matrix's Hessian is the sum over its slices
-        assert torch.allclose(grams[b], grams[f"{b}[0]"] + grams[f"{b}[1]"])
+        total = grams[f"{b}[0]"] + grams[f"{b}[1]"]  # fp32 sums in another order: tolerance at its scale
+        assert torch.allclose(grams[b], total, rtol=1e-5, atol=1e-6 * float(total.abs().max()))
     # the nn.Linear head and the tied head (F.linear on tok_emb.weight) see the same input, each counted once
     assert torch.allclose(grams["head.weight"], grams["tok_emb.weight"]) and torch.allclose(
         grams["head.weight"], by_hand["tok_emb.weight"], rtol=1e-4, atol=1e-4
