@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from bytegolf import adapters, artifact, evaldata
 from bytegolf.compare import evaluated, ranking
 from bytegolf.errors import ConfigError
-from bytegolf.evaluate import evaluate
+from bytegolf.evaluate import DTYPES, evaluate
 from bytegolf.store import load_results
 from bytegolf.sweep import register_resolvers
 
@@ -84,7 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", type=int, action="append", help="only this budget's pairs (repeatable)")
     a = p.parse_args(argv)
+    if a.precision not in DTYPES:
+        raise SystemExit(f"error: unknown precision {a.precision!r}; choose one of {sorted(DTYPES)}")
     register_resolvers()
+    try:
+        return _check(a)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _check(a: argparse.Namespace) -> int:
     rows = [r for r in load_results([a.dir]) if evaluated(r)]
     if not rows:
         raise SystemExit(f"{a.dir}: no evaluated compare points")

@@ -280,3 +280,10 @@ def test_precision_check_reevaluates_the_landed_artifacts(tiny_bundle: Path, tmp
     assert "| 1.000 |" in text and "within 10% of its fp32 value (1 pairs)" in text
     precision.main([str(out), "--precision", "bf16"])
     assert "Δbpb bf16" in (out / "precision.md").read_text()
+
+
+def test_precision_check_names_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown precision 'fp8'"):
+        precision.main([str(tmp_path), "--precision", "fp8"])
+    with pytest.raises(SystemExit, match="no evaluated compare points"):
+        precision.main([str(tmp_path)])
