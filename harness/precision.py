@@ -1,8 +1,9 @@
 """Does a cheaper evaluation precision change a compare's verdicts? Re-evaluates every landed artifact of a
-compare directory in another precision (bf16 by default) on the same windows, and sets each ranked pair's
+compare directory in another precision on the same windows, and sets each ranked pair's
 Δbpb (a point against its budget's best) beside the Δbpb the compare measured.
 
-Run: python -m bytegolf.precision DIR [--precision bf16] [--tolerance 0.1] [--budget BYTES ...]
+Run: python -m bytegolf.precision DIR [--precision P] [--tolerance 0.1] [--budget BYTES ...]
+(default P: fp32 when the compare evaluated in bf16, its default, else bf16)
 Prints a markdown table and writes it to DIR/precision.md. The verdict: every Δbpb in the new precision is
 within `tolerance` (relative) of the measured one, or the pairs that are not.
 """
@@ -79,12 +80,12 @@ def table(checked: list[dict[str, Any]], precision: str, stored: str, tolerance:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dir", type=Path)
-    p.add_argument("--precision", default="bf16")
+    p.add_argument("--precision", default=None, help="default: the other of fp32/bf16")
     p.add_argument("--tolerance", type=float, default=0.1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", type=int, action="append", help="only this budget's pairs (repeatable)")
     a = p.parse_args(argv)
-    if a.precision not in DTYPES:
+    if a.precision is not None and a.precision not in DTYPES:
         raise SystemExit(f"error: unknown precision {a.precision!r}; choose one of {sorted(DTYPES)}")
     register_resolvers()
     try:
@@ -100,6 +101,8 @@ def _check(a: argparse.Namespace) -> int:
     stored = {r.get("eval_precision") for r in rows}
     if len(stored) != 1:
         raise SystemExit(f"{a.dir}: points were evaluated in different precisions {sorted(map(str, stored))}")
+    if a.precision is None:
+        a.precision = "fp32" if stored == {"bf16"} else "bf16"
     budgets = sorted({int(r["budget_bytes"]) for r in rows if r.get("budget_bytes")}, reverse=True)
     budgets = [b for b in budgets if not a.budget or b in a.budget]
     todo = pairs(rows, budgets)

@@ -159,7 +159,7 @@ def test_compare_ranks_a_reference_export_at_its_own_size_and_at_the_budget(tiny
     assert "lowrank:" in text and "top_k: 3" in text and "grouping: all" in text
     assert "pg_top@own" in proc.stdout and "pg_top at its own size" in proc.stdout
     scalar_cfg = next((out / "points" / str(budget)).glob("scalar_*/config.yaml")).read_text()
-    assert "match: tok_emb.weight" in scalar_cfg and "clip_k: 14.0" in scalar_cfg  # Parameter Golf's embedding plan
+    assert "match: tok_emb.weight" in scalar_cfg and "clip_q: 0.9999984" in scalar_cfg  # pg_record's embedding rule
     point = next((out / "points" / str(budget)).glob("scalar_*"))
     again = bytegolf(
         "run",
@@ -270,16 +270,16 @@ def test_a_delta_inside_the_seed_spread_is_not_a_win() -> None:
 
 
 def test_precision_check_reevaluates_the_landed_artifacts(tiny_bundle: Path, tmp_path: Path) -> None:
-    """Re-evaluated in the compare's own precision, every ranked pair's Δbpb comes back exactly (ratio 1);
-    in bf16 the table is written all the same, with the verdict."""
+    """Re-evaluated in the compare's own precision (bf16), every ranked pair's Δbpb comes back exactly
+    (ratio 1); by default in the other one (fp32) the table is written all the same, with the verdict."""
     out = tmp_path / "cmp"
     assert _compare(tiny_bundle, out).returncode == 0
-    assert precision.main([str(out), "--precision", "fp32"]) == 0
+    assert precision.main([str(out), "--precision", "bf16"]) == 0
     text = (out / "precision.md").read_text()
     assert "| 30,000 | clustered_" in text or "| 30,000 | scalar_" in text
-    assert "| 1.000 |" in text and "within 10% of its fp32 value (1 pairs)" in text
-    precision.main([str(out), "--precision", "bf16"])
-    assert "Δbpb bf16" in (out / "precision.md").read_text()
+    assert "| 1.000 |" in text and "within 10% of its bf16 value (1 pairs)" in text
+    precision.main([str(out)])
+    assert "Δbpb fp32" in (out / "precision.md").read_text()
 
 
 def test_precision_check_names_bad_input(tmp_path: Path) -> None:
