@@ -119,9 +119,10 @@ def tiny_eval(tiny_bundle: Path, one_thread: None) -> tuple:
 def _old_evaluate(model, windows: np.ndarray, tables: ByteTables, batch_size: int) -> tuple[list[float], int]:
     """Evaluation as it was before sliding windows: per-window NLL sums and the byte total."""
     sums = []
-    for i in range(0, len(windows), batch_size):
-        chunk = torch.from_numpy(windows[i : i + batch_size])
-        sums.extend(model.token_nll(chunk[:, :-1], chunk[:, 1:]).double().sum(dim=1).tolist())
+    with torch.inference_mode():  # the model's inference path, as evaluate runs it
+        for i in range(0, len(windows), batch_size):
+            chunk = torch.from_numpy(windows[i : i + batch_size])
+            sums.extend(model.token_nll(chunk[:, :-1], chunk[:, 1:]).double().sum(dim=1).tolist())
     return sums, int(tables.count(windows[:, :-1], windows[:, 1:]).sum())
 
 

@@ -47,6 +47,26 @@ def test_model_is_causal() -> None:
     assert float(a.abs().max()) <= 30.0  # softcap
 
 
+@pytest.mark.parametrize("unique_blocks", [0, 2])
+def test_inference_path_matches_the_training_path(unique_blocks: int) -> None:
+    """The fused in-place forward that inference runs gives the training forward's logits (fp32), and
+    leaves its inputs and the skip activations untouched."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY.__dict__, "num_layers": 4, "unique_blocks": unique_blocks})
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.1)  # controls and gains away from 1 and 0 too
+    ids = torch.randint(0, cfg.vocab_size, (3, 24))
+    trained = model.logits(ids).detach()
+    with torch.inference_mode():
+        fused = model.logits(ids)
+        again = model.logits(ids)
+    torch.testing.assert_close(fused, trained, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused, again)
+    assert not torch.equal(fused, torch.zeros_like(fused))
+
+
 def test_checkpoint_roundtrip_infers_shape(tmp_path: Path) -> None:
     model = GPT(TINY)
     checkpoint.save_state_dict(model.state_dict(), tmp_path / "m.safetensors")
