@@ -137,7 +137,8 @@ class Encoder:
             lay = layout.LayoutConfig(**(self.layout_cfg if self.layout_cfg is not None else cfg.layout))
             written = artifact.write(path, units, self.codec, self.codec_params, lay)
             code = codebytes.artifact_code_bytes(path)["code_bytes"]
-            probe = Probe(value, written.final_bytes, code, round(time.perf_counter() - t0, 3))
+            err = self.output_error(units)
+            probe = Probe(value, written.final_bytes, code, round(time.perf_counter() - t0, 3), output_error=err)
             self.units[value] = units
             while len(self.units) > KEEP_ENCODINGS:
                 self.units.pop(next(iter(self.units)))
@@ -150,6 +151,23 @@ class Encoder:
         self.cache[value] = probe
         self._save()
         return probe
+
+    def output_error(self, units: list) -> float | None:
+        """The parameter-weighted mean output error (bytegolf.metrics.output_error) of the encoding's
+        reconstructions over the tensors with a Gram matrix, as a run reports it; None without any."""
+        from bytegolf import metrics
+
+        errs, weights = [], []
+        for unit in units:
+            if unit.format == "passthrough":
+                continue
+            for spec in unit.tensors:
+                g, rec = self.ws.grams.get(spec.name), (unit.recon or {}).get(spec.name)
+                w = self.ws.state[spec.name]
+                if g is not None and rec is not None and w.ndim == 2:
+                    errs.append(metrics.output_error(w.float(), rec.float(), g))
+                    weights.append(w.numel())
+        return metrics.weighted_mean(errs, weights) if errs else None
 
     def _save(self) -> None:
         if self.cache_file is None:

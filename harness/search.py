@@ -12,7 +12,10 @@ integers and stop when no integer is left inside the bracket. Every probe is enc
 A landing is the probe with the most counted bytes ≤ budget. Its status:
   ok            within `tol` of the budget (counted ≥ (1 − tol)·budget)
   short         fits, but the probes ran out or the integer knob has no value in between
-  at_limit      fits at the knob's end: the format cannot use this much budget
+  at_limit      the knob cannot reach the budget: the format cannot use this much budget. Bytes past
+                a knob's sweet spot need not buy quality (a clip below ~4σ cuts into the weights), so
+                where the probes carry an output error the landing is the fitting probe with the least
+                (ties: the most bytes), else the one with the most bytes
   does_not_fit  even the smallest setting is over the budget (reported, never raised)
 """
 
@@ -106,6 +109,7 @@ class Probe:
     code_bytes: int = 0
     seconds: float = 0.0
     error: str = ""
+    output_error: float | None = None  # the encoding's aggregate output error, where Gram matrices exist
 
     def counted(self, count_code: bool) -> int | None:
         if self.final_bytes is None:
@@ -172,6 +176,9 @@ def search(
             x, p = max(fits, key=lambda xp: (xp[1].counted(count_code), -xp[0]))
             c = p.counted(count_code)
             st = "ok" if c >= (1 - tol) * budget else (status or "short")
+            if st == "at_limit" and all(q.output_error is not None for _, q in fits):
+                x, p = min(fits, key=lambda xp: (xp[1].output_error, -xp[1].counted(count_code), xp[0]))
+                c = p.counted(count_code)
         else:
             x, p = min(valid, key=lambda xp: xp[1].counted(count_code))
             c, st = p.counted(count_code), "does_not_fit"

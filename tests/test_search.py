@@ -59,6 +59,28 @@ def test_out_of_reach_budgets_are_statuses_not_errors() -> None:
     assert high.status == "at_limit" and high.value == 1.0 and high.ratio == pytest.approx(0.5)
 
 
+def test_out_of_reach_budget_lands_on_the_least_output_error() -> None:
+    """When the knob cannot reach the budget, bytes past the sweet spot need not buy quality: a probe
+    with an output error lands on the least one among those that fit, not on the most bytes."""
+
+    def err(k: float) -> float:  # rounding error falls with the clip, clipping error rises below k = 5
+        return (k / 5) ** 2 + (5 / k) ** 4
+
+    def measure(x: float) -> Probe:
+        return Probe(x, int(clip_like(x)), 0, 0.0, output_error=err(x))
+
+    land = search.search(measure, CLIP, 12.85, 2_000_000)
+    fitting = [x for x, b in land.trace if b is not None and b <= 2_000_000]
+    assert land.status == "at_limit" and len(fitting) >= 3
+    assert land.value == min(fitting, key=err) != max(fitting, key=clip_like)
+    assert land.counted_bytes == int(clip_like(land.value))
+    # without an output error, the same search lands on the most bytes, as before
+    plain = search.search(Curve(clip_like), CLIP, 12.85, 2_000_000)
+    assert plain.status == "at_limit" and plain.value == max(fitting, key=clip_like)
+    # a budget in reach ignores the error: the most bytes within the tolerance
+    assert search.search(measure, CLIP, 12.85, 600_000).status == "ok"
+
+
 def test_integer_knob_takes_the_largest_setting_that_fits() -> None:
     bits = Curve(lambda b: 10_000 * b)
     land = search.search(bits, KNOBS["bits"], 6, 45_000)
@@ -111,6 +133,9 @@ def test_search_lands_within_one_percent_on_a_tiny_model(tiny_cfg, tmp_path: Pat
     enc = _encoder(tiny_cfg, ws, tmp_path, cache)
     big, small = enc(3.0).final_bytes, enc(30.0).final_bytes
     assert big > small > 0  # a larger clip multiple gives fewer bytes
+    # each probe carries the encoding's output error as a run would report it (4 bits: clipping at 3σ
+    # costs less than rounding with a step of 30σ/7)
+    assert 0 < enc(3.0).output_error < enc(30.0).output_error < 1
     budget = int(0.5 * big + 0.5 * small)
     land = search.search(enc, CLIP, 12.85, budget, tol=0.01)
     assert land.status == "ok", land
