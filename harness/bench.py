@@ -3,7 +3,8 @@ several worker processes (encode_jobs), and evaluation tokens/s against the mach
 
 Run: python -m bytegolf.bench [--bundle DIR] [--device cpu] [--windows 16] [--encode-jobs 2] [--repeats 1]
 Prints a markdown table; targets (2 CPU cores): RTN round trip ≤ 5 s, GPTQ ≤ 90 s, evaluation ≥ 80 % of
-the fp32 ceiling.
+the fp32 ceiling. Evaluation is timed eager and with eval.compile (torch.compile; its first call, which
+compiles, is timed apart).
 
 The ceiling: matmul GFLOP/s (best of a few square n×n by (n×n)ᵀ matmuls, F.linear as the model's linears
 call it, n the model's widest linear, at torch's current thread count) over the model's forward FLOPs per
@@ -139,11 +140,18 @@ def main() -> None:
     n = max(model.cfg.model_dim, model.cfg.mlp_mult * model.cfg.model_dim)
     for precision, dtype in PRECISIONS.items():
         before = matmul_gflops(n, dtype, device=args.device)
-        dt, r = float("inf"), None
-        for _ in range(max(1, args.repeats)):
-            t0 = time.perf_counter()
-            r = evaluate(model, val, tables, args.device, precision, progress=False)
-            dt = min(dt, time.perf_counter() - t0)
+        timed = {}
+        for compiled in (False, True):
+            if compiled:  # the one-off compile is not timed (it is reported apart)
+                t0 = time.perf_counter()
+                evaluate(model, val, tables, args.device, precision, progress=False, compile=True)
+                compile_s = time.perf_counter() - t0
+            dt, r = float("inf"), None
+            for _ in range(max(1, args.repeats)):
+                t0 = time.perf_counter()
+                r = evaluate(model, val, tables, args.device, precision, progress=False, compile=compiled)
+                dt = min(dt, time.perf_counter() - t0)
+            timed[compiled] = dt, r
         gflops = max(before, matmul_gflops(n, dtype, device=args.device))
         ceiling = gflops * 1e9 / flops
         rows.append(
@@ -154,17 +162,18 @@ def main() -> None:
                 f"ceiling {ceiling:,.0f} tokens/s at {flops / 1e6:.2f} MFLOP/token (window {SEQ_LEN})",
             )
         )
-        assert r is not None
-        rate = r.tokens / dt
-        rows.append(
-            (
-                f"evaluation {precision}",
-                f"{rate:,.0f} tokens/s",
-                dt,
-                f"{rate / ceiling:.0%} of the ceiling ({rate * flops / 1e9:.1f} GFLOP/s); "
-                f"loss {r.loss:.6f} bpb {r.bpb:.6f}",
+        for compiled, (dt, r) in timed.items():
+            assert r is not None
+            rate = r.tokens / dt
+            rows.append(
+                (
+                    f"evaluation {precision}" + (" (eval.compile, compiled)" if compiled else ""),
+                    f"{rate:,.0f} tokens/s",
+                    dt,
+                    f"{rate / ceiling:.0%} of the ceiling ({rate * flops / 1e9:.1f} GFLOP/s); "
+                    f"loss {r.loss:.6f} bpb {r.bpb:.6f}" + (f"; first call {compile_s:.0f} s" if compiled else ""),
+                )
             )
-        )
 
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, bundle {b}")
     print("| step | size / rate | seconds | detail |\n|---|---:|---:|---|")

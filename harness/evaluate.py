@@ -150,9 +150,12 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     reference: torch.nn.Module | None = None,
+    compile: bool = False,
 ) -> EvalResult:
     """Evaluate on windows (an array of shape (n, seq_len+1): non-overlapping, or `Windows`); loss is the
-    mean NLL per scored token in nats. With `reference`, also the KL-divergence statistics against it."""
+    mean NLL per scored token in nats. With `reference`, also the KL-divergence statistics against it.
+    compile: run the model's token_nll through torch.compile (fused kernels; a one-off compile of tens of
+    seconds per process and shape, so for long evaluations; the last batch is padded to the same shape)."""
     device = torch.device(device)
     w = windows if isinstance(windows, Windows) else Windows.from_array(windows)
     if batch_size < 1:
@@ -164,6 +167,8 @@ def evaluate(
             raise ConfigError("eval.kld needs models that expose logits(ids)")
         reference.eval().to(device)
         fid = FidelityAccumulator()
+    compiled = compile and fid is None
+    token_nll = torch.compile(model.token_nll, dynamic=False) if compiled else model.token_nll
     seq = w.seq_len
     pos = torch.arange(seq, device=device)[None, :]
     block_nll = np.zeros(w.block_first.size, dtype=np.float64)
@@ -171,11 +176,14 @@ def evaluate(
     bar = tqdm(range(0, len(w), batch_size), desc="eval", unit="batch", disable=not progress, leave=False)
     for start in bar:
         stop = min(start + batch_size, len(w))
-        chunk = torch.from_numpy(w.batch(start, stop)).to(device)
+        rows = w.batch(start, stop)
+        if compiled and stop - start < batch_size:  # one shape, one compile
+            rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - (stop - start), axis=0)])
+        chunk = torch.from_numpy(rows).to(device)
         ids, targets = chunk[:, :-1], chunk[:, 1:]
         with autocast(device, precision):
             if fid is None:
-                nll = model.token_nll(ids, targets)
+                nll = token_nll(ids, targets)[: stop - start]
             else:
                 logits = model.logits(ids).float()
                 ref_logits = reference.logits(ids).float()

@@ -65,10 +65,12 @@ def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str])
     ev.pop("kld", None)  # the reference's own eval does not depend on it
     if ev.get("stride", None) is None:
         ev.pop("stride", None)  # keys from before sliding evaluation stay valid
+    if not ev.get("compile", False):
+        ev.pop("compile", None)  # (and from before compiled evaluation)
     path = cache_dir() / "ref" / f"{_key(fp, ev, cfg.device)}.json"
     if path.is_file():
         return EvalResult(**json.loads(path.read_text()))
-    r = evaluate(model, windows, tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size)
+    r = evaluate(model, windows, tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size, compile=cfg.eval.compile)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, r.__dict__)
     return r
@@ -184,7 +186,14 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
             model = ad.build(decoded)
             reference = ref_model if cfg.eval.get("kld", False) else None  # lockstep: KLD needs both models' logits
             res = evaluate(
-                model, ed.val, ed.tables, cfg.device, cfg.eval.precision, cfg.eval.batch_size, reference=reference
+                model,
+                ed.val,
+                ed.tables,
+                cfg.device,
+                cfg.eval.precision,
+                cfg.eval.batch_size,
+                reference=reference,
+                compile=cfg.eval.compile,
             )
 
     params = sum(t.numel() for t in state.values())

@@ -67,7 +67,8 @@ class EvalSettings:
     """Non-overlapping validation windows (windows=0: all): the first ones, or with `sample` a sample
     drawn across all validation files with `seed`. stride (null: the windows as they are): sliding
     evaluation, windows `stride` tokens apart each scoring its last `stride` tokens (bytegolf.evaluate);
-    kld: also KL divergence and top-1 agreement against the unquantized model (a second forward pass)."""
+    kld: also KL divergence and top-1 agreement against the unquantized model (a second forward pass);
+    compile: the forward through torch.compile (faster on long evaluations, after a one-off compile)."""
 
     windows: int = 64
     seq_len: int = 1024
@@ -77,6 +78,7 @@ class EvalSettings:
     seed: int = 0
     stride: int | None = None
     kld: bool = False
+    compile: bool = False
 
 
 @dataclass

@@ -196,3 +196,16 @@ def test_run_records_kld_and_stride(tiny_bundle: Path, tmp_path: Path) -> None:
     proc = _run(f"bundle={tiny_bundle}", *RUN_ARGS, "eval.stride=65", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "eval.stride must be an integer in 1..64 (eval.seq_len) or null, got 65" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_compiled_evaluation_matches_eager_with_a_padded_last_batch(tiny_eval: tuple) -> None:
+    """eval.compile: the same NLL per block (to fp32 rounding) and the same token and byte counts,
+    with 7 windows in batches of 4 (the last one padded to the compiled shape and cut back)."""
+    model, _, tables, tokens = tiny_eval
+    w, _ = eval_windows(tokens, OmegaConf.create({"seq_len": 64, "windows": 7, "sample": False, "stride": None}))
+    eager = evaluate(model, w, tables, batch_size=4, progress=False)
+    fused = evaluate(model, w, tables, batch_size=4, progress=False, compile=True)
+    assert (fused.tokens, fused.bytes, len(fused.window_nll)) == (eager.tokens, eager.bytes, 7)
+    np.testing.assert_allclose(fused.window_nll, eager.window_nll, rtol=1e-5)
+    assert fused.bpb == pytest.approx(eager.bpb, rel=1e-6)
