@@ -1,7 +1,7 @@
 """Speed benchmark on the default bundle: encode+serialize+decode (RTN, GPTQ), GPTQ encoding by one and by
 several worker processes (encode_jobs), and evaluation tokens/s against the machine's matmul ceiling.
 
-Run: python -m bytegolf.bench [--bundle DIR] [--device cpu] [--windows 16] [--encode-jobs 2] [--repeats 1]
+Run: python -m bytegolf.bench [--bundle DIR] [--device cpu] [--windows 16] [--encode-jobs 2] [--repeats 2]
 Prints a markdown table; targets (2 CPU cores): RTN round trip ≤ 5 s, GPTQ ≤ 90 s, evaluation ≥ 80 % of
 the fp32 ceiling. Evaluation is timed eager and with eval.compile (torch.compile; its first call, which
 compiles, is timed apart).
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16, help="evaluation windows of 1024 tokens")
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--encode-jobs", type=int, default=2, help="worker processes for the parallel GPTQ encode")
-    ap.add_argument("--repeats", type=int, default=1, help="evaluations per precision (the fastest is reported)")
+    ap.add_argument("--repeats", type=int, default=2, help="evaluations per precision (the fastest is reported)")
     args = ap.parse_args()
     b = Path(args.bundle)
     state = checkpoint.load_state_dict(b / "model.safetensors")
