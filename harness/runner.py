@@ -329,8 +329,10 @@ def _extra_codecs(
             raise ConfigError(f"serializer {name} did not round-trip the artifact")
         code = codebytes.artifact_code_bytes(path)["code_bytes"]
         blob_codecs = [b["codec"] for b in container.read_manifest(path)["blobs"]]
+        roles = accounting.role_report(units, written.manifest["units"], written.blob_stored, written.final_bytes)
         out[name] = {
             "final_bytes": written.final_bytes,
+            "bytes_by_role": {role: v["bytes"] for role, v in roles.items()},
             "bits_per_weight": written.final_bytes * 8 / params,
             "code_bytes": code,
             "blob_codecs": {c: blob_codecs.count(c) for c in sorted(set(blob_codecs))},
@@ -365,12 +367,18 @@ def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
     return rows
 
 
+def _parts(by_role: dict[str, float] | None) -> str:
+    """ " (codes N B, scales N B, ...)", or "" where a result predates bytes by part."""
+    return f" ({', '.join(f'{k} {v:,.0f} B' for k, v in by_role.items())})" if by_role else ""
+
+
 def summary_line(r: dict[str, Any]) -> str:
     """The summary a run prints: one line of results, one of where the bytes went."""
     roles = sorted(r["bytes_by_role"].items(), key=lambda kv: -kv[1]["bytes"])
     shares = ", ".join(f"{name} {v['bytes']:,.0f} B ({v['share']:.1%})" for name, v in roles)
     extra = "".join(
         f"\n  {name}: {x['final_bytes']:,} B, {x['final_bytes'] / r['final_bytes'] - 1:+.2%} vs {r['codec']}"
+        + _parts(x.get("bytes_by_role"))
         for name, x in (r.get("extra_codecs") or {}).items()
     )
     over = r.get("bytes_over_bound")

@@ -165,6 +165,20 @@ def test_mixed_plan_runs_every_family_in_its_own_format(tiny_bundle: Path, tmp_p
     assert fmts["blocks.0.mlp.fc.weight"] == "sparse_outlier" and r["bytes_by_role"]["outliers"]["bytes"] > 0
 
 
+def test_an_extra_serializer_records_and_prints_its_bytes_by_part(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A serializer that reorders rows stores their permutation: its bytes by part name it, and the parts
+    add up to the file's bytes."""
+    entry = "[{name: rows, codec: zstd, layout: {reorder: ['blocks.*.mlp.fc.weight'], transpose: true}}]"
+    args = ["codec=zstd", f"extra_codecs={entry}", f"hydra.run.dir={tmp_path}"]
+    proc = bytegolf("run", f"bundle={tiny_bundle}", *TINY_ARGS, *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "result.json").read_text())["extra_codecs"]["rows"]
+    parts = rows["bytes_by_role"]
+    assert parts["perm"] > 0 and parts["codes"] > parts["perm"] and parts["scales"] > 0
+    assert abs(sum(parts.values()) - rows["final_bytes"]) <= len(parts)  # each part rounded to 0.1 B
+    assert f"perm {parts['perm']:,.0f} B" in proc.stdout + proc.stderr
+
+
 def test_a_preset_overrides_the_run_defaults(tmp_path: Path) -> None:
     """experiment=pg_top sets extra_codecs (its per-group serializer) over run.yaml's empty list."""
     proc = bytegolf("run", "experiment=pg_top", "--cfg", "job", cwd=tmp_path)
