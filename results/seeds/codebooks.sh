@@ -3,7 +3,7 @@
 # final bytes. clustered (k-means over 4-channel sub-vectors, knob: codebook size) with one codebook
 # per tensor, one per family (c_q, c_k, ..., fc, proj: shared by the 9 layers) and one global
 # codebook, each searched to 4 and 3 MB on the default model, 2 k-means seeds per landing, the
-# compare's default codec (per blob best of ans, brotli-11, zstd-22, zpaq), GPTQ int7 embedding,
+# compare's default codec (per blob best of ans, brotli-11, zstd-22, zpaq), the compare's embedding rule,
 # 256 sampled windows. Block calibration is off for all three (it cannot fit a codebook shared
 # across blocks, so it would favour the tensor scope).
 set -euo pipefail
