@@ -12,5 +12,5 @@ bytegolf compare hydra.run.dir=results/seeds/codebooks \
   'compare.formats=[clustered,clustered_family,clustered_global]' 'compare.references=[]' compare.allocated=null \
   '+compare.variants.clustered_family={format: clustered, params: {scope: family}}' \
   '+compare.variants.clustered_global={format: clustered, params: {scope: global}}' \
-  'compare.calibrate={}' 'compare.budgets=[4000000,3000000]' compare.front_points=2
+  '~compare.calibrate.clustered' 'compare.budgets=[4000000,3000000]' compare.front_points=0
 bytegolf report results/seeds/codebooks
