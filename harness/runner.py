@@ -368,7 +368,7 @@ def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
 
 
 def _parts(by_role: dict[str, float] | None) -> str:
-    """ " (codes N B, scales N B, ...)", or "" where a result predates bytes by part."""
+    """A serializer's bytes by part as the summary prints them, or "" where a result predates them."""
     return f" ({', '.join(f'{k} {v:,.0f} B' for k, v in by_role.items())})" if by_role else ""
 
 
