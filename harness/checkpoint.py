@@ -85,3 +85,20 @@ def build_model(sd: dict[str, Tensor], base: ModelConfig | None = None) -> GPT:
                 raise DataError(f"{name}: shape {tuple(sd[name].shape)} where the model needs {tuple(p.shape)}")
             p.copy_(sd[name].to(p.dtype))
     return model
+
+
+def unshare(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A shared-depth state dict written out as the unshared GPT it computes: layer i gets a copy of
+    block i mod U's matrices and layer i's own controls (`loops.<i>.*`). Same logits, U/L the bytes'
+    repetition made implicit; an unshared state dict comes back unchanged."""
+    loops = sorted({int(k.split(".")[1]) for k in sd if k.startswith("loops.")})
+    if not loops:
+        return dict(sd)
+    blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    out = {k: v for k, v in sd.items() if not k.startswith(("blocks.", "loops."))}
+    for i in loops:
+        head = f"blocks.{i % blocks}."
+        out.update({f"blocks.{i}.{k[len(head) :]}": v.clone() for k, v in sd.items() if k.startswith(head)})
+        own = f"loops.{i}."
+        out.update({f"blocks.{i}.{k[len(own) :]}": v.clone() for k, v in sd.items() if k.startswith(own)})
+    return out

@@ -49,6 +49,21 @@ def test_a_shared_depth_state_dict_round_trips_through_a_file(tmp_path: Path) ->
     assert len(mats) == 2 * 6 and len(ctrl) == 2 + 4 * 3 + 1  # q_gain per block, 3 vectors per loop, skips
 
 
+def test_unshare_writes_the_unshared_model_with_the_same_logits() -> None:
+    model = _shared_model().eval()
+    sd = checkpoint.unshare(model.state_dict())
+    assert not any(k.startswith("loops.") for k in sd)
+    flat = checkpoint.build_model(sd)
+    assert flat.cfg.unique_blocks == 0 and flat.cfg.num_layers == 4
+    assert torch.equal(sd["blocks.2.mlp.fc.weight"], sd["blocks.0.mlp.fc.weight"])  # layer 2 runs block 0
+    assert not torch.equal(sd["blocks.2.resid_mix"], sd["blocks.0.resid_mix"])  # with its own controls
+    ids = torch.randint(0, SHARED.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(flat.logits(ids), model.logits(ids))
+    plain = checkpoint.unshare(sd)
+    assert plain.keys() == sd.keys() and all(torch.equal(plain[k], sd[k]) for k in sd)
+
+
 def test_the_loops_run_the_shared_blocks_with_their_own_controls() -> None:
     model = _shared_model().eval()
     ids = torch.randint(0, SHARED.vocab_size, (1, 8))
