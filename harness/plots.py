@@ -183,16 +183,23 @@ def nominal_vs_actual(results: list[dict[str, Any]], path: Path) -> Path:
 
 
 def training_curve(history: list[dict[str, Any]], path: Path, title: str = "training") -> Path:
-    """Loss (left axis) and, where logged, code entropy in bits/weight (right axis) against step."""
+    """Train loss (left axis), validation loss where entries carry `val_loss`, and, where logged, code
+    entropy in bits/weight (right axis) against step."""
     plt = _plt()
-    steps = [h["step"] for h in history]
+    train = [h for h in history if "loss" in h]
+    steps = [h["step"] for h in train]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, [h["loss"] for h in history], color="tab:blue", marker=".", label="train loss (nats/token)")
+    ax.plot(steps, [h["loss"] for h in train], color="tab:blue", marker=".", label="train loss (nats/token)")
+    val = [h for h in history if "val_loss" in h]
+    if val:
+        ax.plot([h["step"] for h in val], [h["val_loss"] for h in val], color="tab:green", marker="o",
+                linestyle="--", label="validation loss (nats/token)")  # fmt: skip
+        ax.legend(loc="upper right")
     ax.set_xlabel("step")
-    ax.set_ylabel("train loss (nats/token)", color="tab:blue")
-    if any("code_bits_per_weight" in h for h in history):
+    ax.set_ylabel("loss (nats/token)" if val else "train loss (nats/token)", color="tab:blue")
+    if any("code_bits_per_weight" in h for h in train):
         ax2 = ax.twinx()
-        bits = [h.get("code_bits_per_weight", np.nan) for h in history]
+        bits = [h.get("code_bits_per_weight", np.nan) for h in train]
         ax2.plot(steps, bits, color="tab:red", marker=".", label="code entropy (bits/weight)")
         ax2.set_ylabel("code entropy (bits/weight)", color="tab:red")
     ax.set_title(title)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bytegolf import checkpoint, data, shards, tokenizer
+from bytegolf import checkpoint, data, plots, shards, tokenizer
 from bytegolf.evaluate import autocast, evaluate
 from bytegolf.model import GPT, ModelConfig, param_groups
 from bytegolf.muon import Muon
@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, files: data.DataFiles, out_dir: Path, model_cfg: Mod
     pos, step, seen = 0, 0, 0
     budget_s = cfg.minutes * 60
     t0 = time.perf_counter()
-    history = []
+    history, losses = [], []
     while True:
         elapsed = time.perf_counter() - t0
         progress = step / cfg.steps if cfg.steps > 0 else elapsed / budget_s
@@ -100,6 +100,7 @@ def train(cfg: TrainConfig, files: data.DataFiles, out_dir: Path, model_cfg: Mod
         seen += x.numel()
         if step % cfg.log_every == 0 or step == 1:
             el = time.perf_counter() - t0
+            losses.append({"step": step, "loss": loss.item()})
             log.info(
                 "step %d loss %.4f lr_scale %.3f tokens %d (%.0f tok/s) %.1f min",
                 step,
@@ -114,9 +115,14 @@ def train(cfg: TrainConfig, files: data.DataFiles, out_dir: Path, model_cfg: Mod
             history.append({"step": step, "val_loss": r.loss, "val_bpb": r.bpb})
             log.info("step %d val_loss %.4f val_bpb %.4f", step, r.loss, r.bpb)
     seconds = time.perf_counter() - t0
-    return _write_bundle(
+    stats = _write_bundle(
         model, cfg, files, out_dir, steps=step, tokens=seen, seconds=seconds, history=history, device=dev
     )
+    title = f"train: {model_cfg.num_layers} layers" + (
+        f" over {model_cfg.unique_blocks} blocks" if model_cfg.unique_blocks else ""
+    )
+    plots.training_curve(losses + history, out_dir / "curve.png", title)
+    return stats
 
 
 def _write_bundle(

@@ -144,6 +144,8 @@ def test_train_builds_a_bundle_that_run_accepts(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "bundle" / "model.json").read_text())
     assert stats["steps"] == 3 and stats["tokens_seen"] == 3 * 2 * 64
     assert stats["val_bpb"] > 0 and stats["unigram_bpb"] > 0
+    assert (tmp_path / "bundle" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "step 1 loss" in (tmp_path / "train" / "train.log").read_text()  # progress, in the run dir's log
     proc = bytegolf(
         "run",
         f"bundle={tmp_path / 'bundle'}",
