@@ -23,20 +23,23 @@ from bytegolf.stats import PairedDelta, kendall_tau_b, paired_bootstrap
 
 
 def model_points(models: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
-    """Evaluated points of each model's compare directory (the label of each point set to the model)."""
+    """Evaluated points of each model's compare directory: `system` keeps what the compare ranked the
+    point as, `variant` (the series in plots) becomes the model."""
+    from bytegolf.analysis import system
+
     out = {}
     for name, d in models.items():
         rows = [r for r in store.load_results([d]) if evaluated(r) and r.get("status") not in ("seed", "over_budget")]
         if not rows:
             raise BytegolfError(f"crossmodel: no evaluated point under {d} (model {name!r})")
-        out[name] = [{**r, "variant": name} for r in rows]
+        out[name] = [{**r, "system": system(r), "variant": name} for r in rows]
     return out
 
 
-def landing(rows: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:
-    """The point a compare ranked at budget (None where it has none)."""
-    here = [r for r in rows if r.get("budget_bytes") == budget]
-    return here[0] if here else None
+def landing(rows: list[dict[str, Any]], budget: int, system: str | None = None) -> dict[str, Any] | None:
+    """The system's point at budget; system None: the best (least bpb) there. None where there is none."""
+    here = [r for r in rows if r.get("budget_bytes") == budget and system in (None, r.get("system"))]
+    return min(here, key=lambda r: r["bpb"]) if here else None
 
 
 def paired(a: dict[str, Any], b: dict[str, Any], samples: int, level: float) -> PairedDelta:
@@ -55,30 +58,34 @@ def paired(a: dict[str, Any], b: dict[str, Any], samples: int, level: float) -> 
 def table(
     points: dict[str, list[dict[str, Any]]], baselines: list[str], samples: int = 2000, level: float = 0.95
 ) -> str:
-    """Markdown: per budget and model, bytes, knob, bpb, unquantized bpb and Δbpb against each baseline."""
+    """Markdown: per budget, system and model, bytes, knob, bpb, unquantized bpb and Δbpb against each
+    baseline model's landing of the same system; where the compares rank several systems, each model's
+    best at the budget is paired with each baseline's best too."""
     budgets = sorted({r["budget_bytes"] for rs in points.values() for r in rs if r.get("budget_bytes")}, reverse=True)
-    head = ["budget", "model", "final bytes", "knob", "bpb", "unquantized bpb"]
+    systems = sorted({r["system"] for rs in points.values() for r in rs})
+    head = ["budget", "system", "model", "final bytes", "knob", "bpb", "unquantized bpb"]
     head += [f"Δbpb vs {b} [{level:.0%} CI, documents]" for b in baselines]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for budget in budgets:
-        for name, rows in points.items():
-            r = landing(rows, budget)
-            if r is None:
-                lines.append(
-                    f"| {budget:,} | {name} | — | — | not landed | | " + " | ".join("" for _ in baselines) + " |"
-                )
-                continue
-            knob = f"{r['knob']} {r['knob_value']:.4g}" if r.get("knob_value") is not None else "—"
-            cells = [f"{budget:,}", name, f"{r['final_bytes']:,}", knob]
-            cells += [f"{r['bpb']:.4f}", f"{r['ref_bpb']:.4f}"]
-            for b in baselines:
-                other = landing(points[b], budget)
-                if b == name or other is None:
-                    cells.append("—")
-                else:
-                    d = paired(r, other, samples, level)
-                    cells.append(f"{d.delta:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]" + (" *" if d.significant else ""))
-            lines.append("| " + " | ".join(cells) + " |")
+        for sysname in systems + (["best"] if len(systems) > 1 else []):
+            pick = None if sysname == "best" else sysname
+            for name, rows in points.items():
+                r = landing(rows, budget, pick)
+                if r is None:
+                    lines.append(f"| {budget:,} | {sysname} | {name} | — | — | not landed | |" + " |" * len(baselines))
+                    continue
+                knob = f"{r['knob']} {r['knob_value']:.4g}" if r.get("knob_value") is not None else "—"
+                label = f"best: {r['system']}" if pick is None else sysname
+                cells = [f"{budget:,}", label, name, f"{r['final_bytes']:,}", knob]
+                cells += [f"{r['bpb']:.4f}", f"{r['ref_bpb']:.4f}"]
+                for b in baselines:
+                    other = landing(points[b], budget, pick)
+                    if b == name or other is None:
+                        cells.append("—")
+                    else:
+                        d = paired(r, other, samples, level)
+                        cells.append(f"{d.delta:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]" + (" *" if d.significant else ""))
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n`*`: the CI excludes 0. Negative Δ: the model is better than the baseline.\n"
 
 

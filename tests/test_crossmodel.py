@@ -35,7 +35,7 @@ def test_a_model_better_by_a_constant_gets_that_delta_with_a_ci_that_excludes_ze
     assert d.delta == pytest.approx(-2.0 / 100 / math.log(2))
     assert d.lo == pytest.approx(d.delta) and d.hi == pytest.approx(d.delta)  # constant shift: every resample agrees
     text = crossmodel.table(pts, ["a"], samples=200)
-    assert "| 7,000,000 | b | 7,000,000 | clip_k 12.5 |" in text and f"{d.delta:+.4f}" in text and " *" in text
+    assert "| 7,000,000 | scalar | b | 7,000,000 | clip_k 12.5 |" in text and f"{d.delta:+.4f}" in text and " *" in text
 
 
 def test_models_scored_on_other_windows_are_refused(tmp_path: Path) -> None:
@@ -70,3 +70,19 @@ def test_ranking_tau_is_one_for_the_same_order_and_minus_one_for_the_reverse(tmp
     (rev,) = crossmodel.ranking_tau(tmp_path / "a", tmp_path / "c")
     assert same["tau"] == pytest.approx(1.0) and rev["tau"] == pytest.approx(-1.0)
     assert same["systems"] == ["additive", "clustered", "scalar"] and same["budget"] == 4_000_000
+
+
+def test_several_systems_are_paired_system_by_system_and_best_against_best(tmp_path: Path) -> None:
+    docs = [0, 1]
+    for model, shift in (("a", 0.0), ("b", -1.0)):
+        for name, nll in (("scalar", [230.0, 240.0]), ("sparse_outlier", [210.0, 220.0])):
+            _point(tmp_path / model, f"{name}_{model}", 4_000_000, [x + shift for x in nll], docs)
+            f = tmp_path / model / "points/4000000" / f"{name}_{model}" / "result.json"
+            f.write_text(json.dumps({**json.loads(f.read_text()), "format": name}))
+    pts = crossmodel.model_points({"a": tmp_path / "a", "b": tmp_path / "b"})
+    assert crossmodel.landing(pts["a"], 4_000_000)["system"] == "sparse_outlier"  # the best there
+    assert crossmodel.landing(pts["a"], 4_000_000, "scalar")["system"] == "scalar"
+    text = crossmodel.table(pts, ["a"], samples=100)
+    delta = -1.0 / 100 / math.log(2)  # b is 1 nat better per 100-byte window, system by system
+    assert f"| 4,000,000 | scalar | b | 7,000,000 | clip_k 12.5 | {(235 - 1) / 100 / math.log(2):.4f}" in text
+    assert "| 4,000,000 | best: sparse_outlier | b |" in text and text.count(f"{delta:+.4f} [") == 3
