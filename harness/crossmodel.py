@@ -89,9 +89,10 @@ def table(
     return "\n".join(lines) + "\n\n`*`: the CI excludes 0. Negative Δ: the model is better than the baseline.\n"
 
 
-def ranking_tau(a: Path, b: Path) -> list[dict[str, Any]]:
-    """Per budget both compares ranked: Kendall tau-b between the bpb of the systems landed in both
-    (does a ranking found on one model hold on the other?), with its p-value and the systems."""
+def ranking_tau(a: Path, b: Path, pairs: list[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
+    """Kendall tau-b between the bpb of the systems landed in both compares (does a ranking found on one
+    model hold on the other?), with its p-value and the systems: per budget both ranked, or per
+    (budget in a, budget in b) pair, e.g. budgets at equal bits per weight on models of other sizes."""
     from bytegolf.analysis import system
 
     def landed(d: Path) -> dict[int, dict[str, float]]:
@@ -102,12 +103,23 @@ def ranking_tau(a: Path, b: Path) -> list[dict[str, Any]]:
         return out
 
     la, lb = landed(a), landed(b)
+    if pairs is None:
+        pairs = [(x, x) for x in sorted(set(la) & set(lb), reverse=True)]
     rows = []
-    for budget in sorted(set(la) & set(lb), reverse=True):
-        names = sorted(set(la[budget]) & set(lb[budget]))
-        tau, p = kendall_tau_b(np.array([la[budget][n] for n in names]), np.array([lb[budget][n] for n in names]))
-        rows.append({"budget": budget, "systems": names, "tau": tau, "p": p})
+    for ba, bb in pairs:
+        ra, rb = la.get(ba, {}), lb.get(bb, {})
+        names = sorted(set(ra) & set(rb))
+        tau, p = kendall_tau_b(np.array([ra[n] for n in names]), np.array([rb[n] for n in names]))
+        rows.append({"budget": ba, "budget_b": bb, "systems": names, "tau": tau, "p": p})
     return rows
+
+
+def _tau_pairs(specs: list[str]) -> list[tuple[int, int]] | None:
+    """`--tau A:B` options as (budget of the first model, budget of the second) pairs."""
+    try:
+        return [(int(float(x)), int(float(y))) for x, y in (s.split(":") for s in specs)] if specs else None
+    except ValueError:
+        raise SystemExit(f"crossmodel: --tau takes BUDGET_A:BUDGET_B in bytes, got {specs}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baseline", action="append", default=[], help="a model NAME every model is paired with")
     ap.add_argument("--out", type=Path, required=True, help="directory for table.md and front.png")
     ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument(
+        "--tau", action="append", default=[], metavar="A:B",
+        help="rank the first model at budget A against the second at budget B (repeatable; default: equal budgets)",
+    )  # fmt: skip
     ns = ap.parse_args(argv)
     models = {}
     for item in ns.models:
@@ -130,15 +146,18 @@ def main(argv: list[str] | None = None) -> None:
     ns.out.mkdir(parents=True, exist_ok=True)
     text = table(points, ns.baseline, ns.samples)
     names = list(models)
+    pairs = _tau_pairs(ns.tau)
+    model_pairs = [(names[0], names[1])] if pairs else [(x, y) for i, x in enumerate(names) for y in names[i + 1 :]]
     taus = [
-        f"| {x} | {y} | {t['budget']:,} | {len(t['systems'])} | {t['tau']:.3f} | {t['p']:.3g} |"
-        for i, x in enumerate(names)
-        for y in names[i + 1 :]
-        for t in ranking_tau(models[x], models[y])
+        f"| {x} | {t['budget']:,} | {y} | {t['budget_b']:,} | {len(t['systems'])} | {', '.join(t['systems'])} "
+        f"| {t['tau']:.3f} | {t['p']:.3g} |"
+        for x, y in model_pairs
+        for t in ranking_tau(models[x], models[y], pairs)
         if len(t["systems"]) >= 2
     ]
     if taus:
-        head = "| model | model | budget | systems | Kendall tau-b (bpb) | p |\n|---|---|---:|---:|---:|---:|\n"
+        head = "| model | budget | model | budget | n | systems in both | Kendall tau-b (bpb) | p |\n"
+        head += "|---|---:|---|---:|---:|---|---:|---:|\n"
         text += "\nDo the systems rank the same way on both models?\n\n" + head + "\n".join(taus) + "\n"
     (ns.out / "table.md").write_text(text)
     rows = [r for rs in points.values() for r in rs]

@@ -86,3 +86,20 @@ def test_several_systems_are_paired_system_by_system_and_best_against_best(tmp_p
     delta = -1.0 / 100 / math.log(2)  # b is 1 nat better per 100-byte window, system by system
     assert f"| 4,000,000 | scalar | b | 7,000,000 | clip_k 12.5 | {(235 - 1) / 100 / math.log(2):.4f}" in text
     assert "| 4,000,000 | best: sparse_outlier | b |" in text and text.count(f"{delta:+.4f} [") == 3
+
+
+def test_ranking_tau_pairs_other_budgets_and_the_command_prints_them(tmp_path: Path) -> None:
+    for model, budget, order in (("a", 8_000_000, [1.7, 1.8, 1.9]), ("b", 3_000_000, [1.9, 1.8, 1.7])):
+        for name, bpb in zip(("scalar", "clustered", "additive"), order, strict=True):
+            _point(tmp_path / model, name, budget, [bpb * 100 * math.log(2)], [0])
+            f = tmp_path / model / f"points/{budget}" / name / "result.json"
+            f.write_text(json.dumps({**json.loads(f.read_text()), "format": name, "bpb": bpb}))
+    assert crossmodel.ranking_tau(tmp_path / "a", tmp_path / "b") == []  # no budget in common
+    (t,) = crossmodel.ranking_tau(tmp_path / "a", tmp_path / "b", [(8_000_000, 3_000_000)])
+    assert t["tau"] == pytest.approx(-1.0) and (t["budget"], t["budget_b"]) == (8_000_000, 3_000_000)
+    out = tmp_path / "out"
+    crossmodel.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--tau", "8e6:3e6", "--out", str(out)])
+    row = "| a | 8,000,000 | b | 3,000,000 | 3 | additive, clustered, scalar | -1.000 |"
+    assert row in (out / "table.md").read_text()
+    with pytest.raises(SystemExit, match="BUDGET_A:BUDGET_B"):
+        crossmodel.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--tau", "8e6", "--out", str(out)])
