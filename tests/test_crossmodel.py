@@ -101,5 +101,7 @@ def test_ranking_tau_pairs_other_budgets_and_the_command_prints_them(tmp_path: P
     crossmodel.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--tau", "8e6:3e6", "--out", str(out)])
     row = "| a | 8,000,000 | b | 3,000,000 | 3 | additive, clustered, scalar | -1.000 |"
     assert row in (out / "table.md").read_text()
+    with pytest.raises(SystemExit, match=r"--tau 7000000:3000000: 0 system\(s\) landed"):
+        crossmodel.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--tau", "7e6:3e6", "--out", str(out)])
     with pytest.raises(SystemExit, match="BUDGET_A:BUDGET_B"):
         crossmodel.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--tau", "8e6", "--out", str(out)])
