@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     text = table(points, ns.baseline, ns.samples)
     names = list(models)
     pairs = _tau_pairs(ns.tau)
+    if pairs and len(names) < 2:
+        raise SystemExit("crossmodel: --tau needs two models (NAME=DIR NAME=DIR)")
     model_pairs = [(names[0], names[1])] if pairs else [(x, y) for i, x in enumerate(names) for y in names[i + 1 :]]
     for t in ranking_tau(models[names[0]], models[names[1]], pairs) if pairs else []:
         if len(t["systems"]) < 2:

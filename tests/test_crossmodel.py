@@ -103,5 +103,7 @@ def test_ranking_tau_pairs_other_budgets_and_the_command_prints_them(tmp_path: P
     assert row in (out / "table.md").read_text()
     with pytest.raises(SystemExit, match=r"--tau 7000000:3000000: 0 system\(s\) landed"):
         crossmodel.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--tau", "7e6:3e6", "--out", str(out)])
+    with pytest.raises(SystemExit, match="needs two models"):
+        crossmodel.main([f"a={tmp_path / 'a'}", "--tau", "8e6:3e6", "--out", str(out)])
     with pytest.raises(SystemExit, match="BUDGET_A:BUDGET_B"):
         crossmodel.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--tau", "8e6", "--out", str(out)])
