@@ -33,8 +33,10 @@ handed to the container under the winner's own name and parameters.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,9 +213,12 @@ def _candidates(codec: str, codec_params: dict[str, Any]) -> tuple[list[tuple[st
 
 
 def pack(
-    units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig
+    units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig, workers: int = 0
 ) -> tuple[list[dict], list[Blob]]:
-    """Manifest entries for the units and the blobs holding their streams, in the stable order above."""
+    """Manifest entries for the units and the blobs holding their streams, in the stable order above.
+
+    workers: blobs compressed at once when a codec "best" tries several candidates (0: one per
+    available core); the output does not depend on it."""
     items, entries = _items(units, cfg)
     candidates, screen, margin = _candidates(codec, codec_params)
     groups: dict[Any, list[_Item]] = defaultdict(list)
@@ -225,9 +230,8 @@ def pack(
     }[cfg.grouping]
     for it in items:
         groups[keys(it)].append(it)
-    blobs: list[Blob] = []
-    placed: dict[tuple[int, str], dict[str, Any]] = {}
-    for bi, members in enumerate(groups.values()):
+
+    def blob(members: list[_Item]) -> tuple[Blob, dict[int, dict[str, Any]]]:
         sections = _sections(members)
         layouts: dict[str, tuple[bytes, dict[int, dict[str, Any]], StreamInfo]] = {}
         for _, _, wants_symbols in candidates:
@@ -237,27 +241,38 @@ def pack(
         if len(candidates) == 1:
             name, params, wants_symbols = candidates[0]
             raw, where, info = layouts["byte" if wants_symbols else cfg.packing]
-            blobs.append(Blob(name, dict(params), raw, info))
-        else:
-            trials = list(candidates)
-            if screen and any(len(layouts[p][0]) > screen for p in layouts):
-                sizes = []
-                for name, params, wants_symbols in trials:
-                    raw, _, info = layouts["byte" if wants_symbols else cfg.packing]
-                    cut = raw[: screen - screen % info.itemsize]
-                    sizes.append(len(get_codec(name, **params).compress(cut, info)))
-                trials = [t for t, n in zip(trials, sizes, strict=True) if n <= min(sizes) * (1 + margin)]
-            choice = None
+            return Blob(name, dict(params), raw, info), where
+        trials = list(candidates)
+        if screen and any(len(layouts[p][0]) > screen for p in layouts):
+            sizes = []
             for name, params, wants_symbols in trials:
-                packing = "byte" if wants_symbols else cfg.packing
-                raw, _, info = layouts[packing]
-                out = get_codec(name, **params).compress(raw, info)
-                if choice is None or len(out) < len(choice[0]):
-                    choice = (out, name, params, packing)
-            assert choice is not None
-            out, name, params, packing = choice
-            raw, where, info = layouts[packing]
-            blobs.append(Blob(name, dict(params), raw, info, stored=out))
+                raw, _, info = layouts["byte" if wants_symbols else cfg.packing]
+                cut = raw[: screen - screen % info.itemsize]
+                sizes.append(len(get_codec(name, **params).compress(cut, info)))
+            trials = [t for t, n in zip(trials, sizes, strict=True) if n <= min(sizes) * (1 + margin)]
+        choice = None
+        for name, params, wants_symbols in trials:
+            packing = "byte" if wants_symbols else cfg.packing
+            raw, _, info = layouts[packing]
+            out = get_codec(name, **params).compress(raw, info)
+            if choice is None or len(out) < len(choice[0]):
+                choice = (out, name, params, packing)
+        assert choice is not None
+        out, name, params, packing = choice
+        raw, where, info = layouts[packing]
+        return Blob(name, dict(params), raw, info, stored=out), where
+
+    # With several candidates each blob is compressed here, blobs in parallel threads (the codecs'
+    # C libraries release the GIL); the choice per blob does not depend on the thread count.
+    jobs = workers or len(os.sched_getaffinity(0))
+    if len(candidates) > 1 and jobs > 1 and len(groups) > 1:
+        with ThreadPoolExecutor(min(jobs, len(groups))) as pool:
+            done = list(pool.map(blob, groups.values()))
+    else:
+        done = [blob(members) for members in groups.values()]
+    blobs: list[Blob] = [b for b, _ in done]
+    placed: dict[tuple[int, str], dict[str, Any]] = {}
+    for bi, (members, (_, where)) in enumerate(zip(groups.values(), done, strict=True)):
         for it in members:
             placed[(it.ui, it.name)] = {"blob": bi, **where[id(it)]}
     for ui, entry in enumerate(entries):
