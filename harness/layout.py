@@ -217,7 +217,7 @@ def pack(
 ) -> tuple[list[dict], list[Blob]]:
     """Manifest entries for the units and the blobs holding their streams, in the stable order above.
 
-    workers: blobs compressed at once when a codec "best" tries several candidates (0: one per
+    Every blob is compressed here (Blob.stored); workers: blobs compressed at once (0: one per
     available core); the output does not depend on it."""
     items, entries = _items(units, cfg)
     candidates, screen, margin = _candidates(codec, codec_params)
@@ -241,7 +241,7 @@ def pack(
         if len(candidates) == 1:
             name, params, wants_symbols = candidates[0]
             raw, where, info = layouts["byte" if wants_symbols else cfg.packing]
-            return Blob(name, dict(params), raw, info), where
+            return Blob(name, dict(params), raw, info, stored=get_codec(name, **params).compress(raw, info)), where
         trials = list(candidates)
         if screen and any(len(layouts[p][0]) > screen for p in layouts):
             sizes = []
@@ -262,10 +262,10 @@ def pack(
         raw, where, info = layouts[packing]
         return Blob(name, dict(params), raw, info, stored=out), where
 
-    # With several candidates each blob is compressed here, blobs in parallel threads (the codecs'
-    # C libraries release the GIL); the choice per blob does not depend on the thread count.
+    # Blobs are compressed here, in parallel threads (the codecs' C libraries release the GIL); the
+    # output does not depend on the thread count.
     jobs = workers or len(os.sched_getaffinity(0))
-    if len(candidates) > 1 and jobs > 1 and len(groups) > 1:
+    if jobs > 1 and len(groups) > 1:
         with ThreadPoolExecutor(min(jobs, len(groups))) as pool:
             done = list(pool.map(blob, groups.values()))
     else:

@@ -133,15 +133,16 @@ def test_writes_are_byte_identical(tmp_path: Path) -> None:
         assert (tmp_path / "a.bgz").read_bytes() == (tmp_path / "b.bgz").read_bytes(), name
 
 
-def test_best_chooses_the_same_blobs_whatever_the_worker_count() -> None:
-    """Blobs are compressed in parallel threads under "best"; one worker or four give the same blobs."""
+def test_blobs_are_the_same_whatever_the_worker_count() -> None:
+    """Blobs are compressed in parallel threads; one worker or four give the same blobs and choices."""
     cfg = layout.LayoutConfig(grouping="tensor")
-    params = {"candidates": ["zlib", "ans", {"name": "zpaq", "level": 2}, "raw"]}
-    runs = [layout.pack(make_units(), "best", params, cfg, workers=w) for w in (1, 4)]
-    (e1, b1), (e4, b4) = runs
-    assert len(b1) > 2 and e1 == e4
-    assert [(b.codec, b.params, b.stored) for b in b1] == [(b.codec, b.params, b.stored) for b in b4]
-    assert len({b.codec for b in b1}) > 1  # the candidates really compete
+    best = {"candidates": ["zlib", "ans", {"name": "zpaq", "level": 2}, "raw"]}
+    for name, params in [("best", best), ("brotli", {"quality": 5})]:
+        (e1, b1), (e4, b4) = (layout.pack(make_units(), name, params, cfg, workers=w) for w in (1, 4))
+        assert len(b1) > 2 and e1 == e4
+        assert [(b.codec, b.params, b.stored) for b in b1] == [(b.codec, b.params, b.stored) for b in b4]
+        assert all(b.stored is not None for b in b1)
+    assert len({b.codec for b in layout.pack(make_units(), "best", best, cfg)[1]}) > 1  # candidates compete
 
 
 def test_order_is_by_unit_then_stream_name(tmp_path: Path) -> None:
