@@ -152,7 +152,7 @@ def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], d
 @dataclass
 class CompareSettings:
     """Formats (null: every registered one but passthrough and lowrank; []: none), reference presets (each at its
-    own size and, with search_references, searched to every budget), budgets in bytes, search and
+    own size and, those in search_references (true: all), searched to every budget), budgets in bytes, search and
     bootstrap settings.
 
     params: per-format settings over the YAML defaults, e.g. {scalar: {bits: 8}};
@@ -168,7 +168,7 @@ class CompareSettings:
 
     formats: list[str] | None = None
     references: list[str] = field(default_factory=lambda: list(REFERENCES))
-    search_references: bool = True
+    search_references: Any = True  # true: every reference; false: none; a list: those references
     budgets: list[float] = field(default_factory=lambda: [16e6, 8e6, 4e6])
     params: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
@@ -331,6 +331,7 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
     allocated = _allocated(node, {*REGISTRY, *variants, *refs}, float(cc.tol))
     if not (names or refs or allocated):
         raise ConfigError("compare: need at least one format, reference or allocated system")
+    _searched_references(cc)  # a bad compare.search_references fails before any work
     extra_params = OmegaConf.to_container(cc.params, resolve=True) or {}
     knob_over = OmegaConf.to_container(cc.knobs, resolve=True) or {}
     calibrate = OmegaConf.to_container(cc.calibrate, resolve=True) or {}
@@ -474,7 +475,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             )
             print(f"{sysm.label} at its own size: {counted:,} B", flush=True)
             rows.append(_point(cfg, sysm, enc, own, out_dir, run_point))
-            if not cc.get("search_references", True):
+            if sysm.label not in _searched_references(cc):
                 continue
         for budget in budgets:
             target = budget
@@ -499,6 +500,21 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     df = store.collect([out_dir / "points"])
     store.save_table(df, out_dir / "results")
     return rows
+
+
+def _searched_references(cc: Any) -> list[str]:
+    """The references searched to every budget: compare.search_references true (all), false (none) or a
+    list (those of them in compare.references)."""
+    refs = list(cc.get("references") or [])
+    want = cc.get("search_references", True)
+    if isinstance(want, bool):
+        return refs if want else []
+    if isinstance(want, str) or not hasattr(want, "__iter__"):
+        raise ConfigError(f"compare.search_references must be true, false or a list of references, got {want!r}")
+    unknown = [str(r) for r in want if r not in refs and r not in REFERENCES]
+    if unknown:
+        raise ConfigError(f"compare.search_references: {unknown} are not references (known: {sorted(REFERENCES)})")
+    return [str(r) for r in want if r in refs]  # one left out of compare.references is not compared at all
 
 
 def _randomized(sysm: System) -> bool:

@@ -111,6 +111,25 @@ def test_compare_rejects_a_malformed_variant() -> None:
     assert _variants({"v": {"format": "scalar", "plan": plan}}, REGISTRY)["v"][2] == plan
 
 
+def test_search_references_takes_true_false_or_a_list_of_references() -> None:
+    from omegaconf import OmegaConf
+
+    from bytegolf.compare import _searched_references
+    from bytegolf.errors import ConfigError
+
+    def cc(want: object) -> object:
+        return OmegaConf.create({"references": ["pg_baseline", "pg_record"], "search_references": want})
+
+    assert _searched_references(cc(True)) == ["pg_baseline", "pg_record"]
+    assert _searched_references(cc(False)) == []
+    assert _searched_references(cc(["pg_record"])) == ["pg_record"]
+    assert _searched_references(cc(["pg_top", "pg_record"])) == ["pg_record"]  # pg_top is not compared
+    with pytest.raises(ConfigError, match=r"\['pg_tpo'\] are not references"):
+        _searched_references(cc(["pg_tpo"]))
+    with pytest.raises(ConfigError, match="true, false or a list"):
+        _searched_references(cc("pg_record"))
+
+
 def test_compare_settings_for_an_unknown_name_fail_before_any_work(tiny_bundle: Path, tmp_path: Path) -> None:
     proc = bytegolf(
         "compare", f"bundle={tiny_bundle}", "+compare.params.nope.bits=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path
