@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bytegolf import search, store, sweep
+from bytegolf import artifact, search, store, sweep
 from bytegolf.analysis import REFERENCE_SYSTEMS, system
 from bytegolf.errors import ConfigError
 from bytegolf.plan import PlanConfig, format_defaults, merge_settings
@@ -51,6 +52,10 @@ from bytegolf.stats import adjust_pvalues, paired_bootstrap
 log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parent.parent / "experiments" / "experiment"
 REFERENCES = REFERENCE_SYSTEMS  # Parameter Golf's exports, always ranked
+# a point's own keys, which a twin's result does not pass on (bytegolf.compare._take_over)
+TWIN_DROP = {"variant", "reference", "budget_bytes", "seed_budget", "status", "landed_ratio", "counted_bytes"}
+TWIN_DROP |= {"count_code", "knob", "knob_value", "search_probes", "search_trace", "config_hash", "cap_bytes"}
+TWIN_DROP |= {"fits_cap"}
 EMBEDDING = "tok_emb.weight"  # the tied embedding, which compare.embedding (scalar settings) quantizes
 WAIT_S = 5.0  # seconds between looks at a point another compare is evaluating
 WRAPPERS = ("passthrough", "lowrank")  # formats that are not systems of their own by default
@@ -474,7 +479,9 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 [(value, counted)],
             )
             print(f"{sysm.label} at its own size: {counted:,} B", flush=True)
-            rows.append(_point(cfg, sysm, enc, own, out_dir, run_point))
+            own_row = _point(cfg, sysm, enc, own, out_dir, run_point)
+            rows.append(own_row)
+            own_dir = Path(own_row.get("artifact") or out_dir).parent
             if sysm.label not in _searched_references(cc):
                 continue
         for budget in budgets:
@@ -484,7 +491,10 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 landing = replace(landing, budget=budget, ratio=(landing.counted_bytes or 0) / budget)
                 log.info("%s at %s B: %s", sysm.label, f"{budget:,}", landing.describe())
                 print(f"{sysm.label} at {budget:,} B: {landing.describe()}", flush=True)
-                row = _point(cfg, sysm, enc, landing, out_dir, run_point)
+                twin = (
+                    (own_dir, own_row) if sysm.reference and landing.value == own.value and "bpb" in own_row else None
+                )
+                row = _point(cfg, sysm, enc, landing, out_dir, run_point, twin=twin)
                 over = _counted(row, count_code) - budget if evaluated(row) else 0
                 if over <= 0:
                     break
@@ -607,11 +617,14 @@ def _point(
     out_dir: Path,
     run_point,
     seed: int | None = None,
+    twin: tuple[Path, dict] | None = None,
 ) -> dict:
     """Evaluate a landed point (or record that the budget is out of reach) into its own directory.
 
     landing.status own: the reference at its own size; front: a frontier point off the budgets;
-    seed: the landing again with another seed (encoded afresh). None of these is ranked."""
+    seed: the landing again with another seed (encoded afresh). None of these is ranked.
+    twin: (directory, result) of an evaluated point with the same encoding, codec and layout (a
+    reference whose search ends at its own setting): its artifact and result are taken over."""
     fmt, own = enc.fmt, landing.status == "own"
     unranked = landing.status in ("own", "front", "seed")
     label = sysm.label + ("@own" if own else "")
@@ -663,8 +676,11 @@ def _point(
                 done = store.finished(d, chash)  # finished between our check and our claim
                 if done is not None:
                     return done
-                reuse = enc.units.pop(landing.value, None) if seed is None else None
-                result = run_point(pc, d, units=reuse)
+                if twin is not None and twin[1].get("final_bytes") == landing.final_bytes:
+                    result = _take_over(twin, d, pc)
+                else:
+                    reuse = enc.units.pop(landing.value, None) if seed is None else None
+                    result = run_point(pc, d, units=reuse)
                 if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec and seed is None:
                     calibrated = int(pc.get("finetune", {}).get("steps") or 0) > 0
                     (log.info if calibrated else log.warning)(
@@ -685,6 +701,25 @@ def _point(
         done = store.finished(d, chash)
         if done is not None:
             return done
+
+
+def _take_over(twin: tuple[Path, dict], d: Path, pc: DictConfig) -> dict:
+    """The twin point's artifact, log and result as this point's (same encoding; only the cap differs)."""
+    src, row = twin
+    for name in (artifact.ARTIFACT_NAME, "run.log"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, d / name)
+    counted = _counted(row, bool(pc.budget.count_code))
+    keep = {k: v for k, v in row.items() if k not in TWIN_DROP}
+    print(f"  the same artifact as {src.parent.name}/{src.name}: its evaluation is reused", flush=True)
+    cap = pc.budget.cap_bytes
+    return {
+        **keep,
+        "artifact": str(d / artifact.ARTIFACT_NAME),
+        "cap_bytes": cap,
+        "fits_cap": counted <= cap,
+        "same_as": src.name,
+    }
 
 
 # ------------------------------------------------------------------ allocated systems

@@ -33,9 +33,12 @@ handed to the container under the winner's own name and parameters.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
 import re
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,6 +215,30 @@ def _candidates(codec: str, codec_params: dict[str, Any]) -> tuple[list[tuple[st
     return out, int(getattr(c, "screen", 0)), float(getattr(c, "margin", 0.0))
 
 
+_MEMO_BYTES = 256 << 20  # compressed outputs kept, most recent first (a search's probe and its landing)
+_memo: OrderedDict[tuple, bytes] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def _compress(name: str, params: dict[str, Any], raw: bytes, info: StreamInfo) -> bytes:
+    """codec(name, params).compress(raw, info), remembered: the codecs are deterministic, so the same
+    input compressed again (a landed point written after its search probe) is looked up, not recomputed."""
+    key = (name, json.dumps(params, sort_keys=True, default=str), info.itemsize, info.alphabet, len(raw))
+    key += (hashlib.blake2b(raw, digest_size=20).digest(),)
+    with _memo_lock:
+        out = _memo.get(key)
+        if out is not None:
+            _memo.move_to_end(key)
+            return out
+    out = get_codec(name, **params).compress(raw, info)
+    with _memo_lock:
+        _memo[key] = out
+        total = sum(len(v) for v in _memo.values())
+        while total > _MEMO_BYTES and len(_memo) > 1:
+            total -= len(_memo.popitem(last=False)[1])
+    return out
+
+
 def pack(
     units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig, workers: int = 0
 ) -> tuple[list[dict], list[Blob]]:
@@ -241,20 +268,20 @@ def pack(
         if len(candidates) == 1:
             name, params, wants_symbols = candidates[0]
             raw, where, info = layouts["byte" if wants_symbols else cfg.packing]
-            return Blob(name, dict(params), raw, info, stored=get_codec(name, **params).compress(raw, info)), where
+            return Blob(name, dict(params), raw, info, stored=_compress(name, params, raw, info)), where
         trials = list(candidates)
         if screen and any(len(layouts[p][0]) > screen for p in layouts):
             sizes = []
             for name, params, wants_symbols in trials:
                 raw, _, info = layouts["byte" if wants_symbols else cfg.packing]
                 cut = raw[: screen - screen % info.itemsize]
-                sizes.append(len(get_codec(name, **params).compress(cut, info)))
+                sizes.append(len(_compress(name, params, cut, info)))
             trials = [t for t, n in zip(trials, sizes, strict=True) if n <= min(sizes) * (1 + margin)]
         choice = None
         for name, params, wants_symbols in trials:
             packing = "byte" if wants_symbols else cfg.packing
             raw, _, info = layouts[packing]
-            out = get_codec(name, **params).compress(raw, info)
+            out = _compress(name, params, raw, info)
             if choice is None or len(out) < len(choice[0]):
                 choice = (out, name, params, packing)
         assert choice is not None

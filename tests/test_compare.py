@@ -194,6 +194,35 @@ def test_compare_ranks_a_reference_export_at_its_own_size_and_at_the_budget(tiny
     assert (redo["final_bytes"], redo["bpb"]) == (rows["scalar"]["final_bytes"], rows["scalar"]["bpb"])
 
 
+def test_a_reference_searched_back_to_its_own_setting_reuses_its_evaluation(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "twin"
+    budget = 10**9  # out of the clip knob's reach: the landing is the least-error probe, here the export's own k
+    proc = bytegolf(
+        "compare",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        *ONE_POINT,
+        "compare.formats=[]",
+        "compare.references=[pg_record]",
+        "+compare.knobs.pg_record={lo: 12.85, hi: 14.0}",  # the clip can only grow from k 12.85
+        f"compare.budgets=[{budget}]",
+        "compare.samples=300",
+        f"hydra.run.dir={out}",
+        cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    own_dir = next(out.glob("points/own/pg_record@own_*"))
+    landed_dir = next(out.glob(f"points/{budget}/pg_record_*"))
+    own, landed = (json.loads((d / store.RESULT).read_text()) for d in (own_dir, landed_dir))
+    assert landed["status"] == "at_limit" and landed["knob_value"] == own["knob_value"] == 12.85
+    assert landed["same_as"] == own_dir.name and "its evaluation is reused" in proc.stdout
+    assert (landed_dir / "model.bgz").read_bytes() == (own_dir / "model.bgz").read_bytes()
+    assert landed["artifact"] == str(landed_dir / "model.bgz") and (landed_dir / "config.yaml").is_file()
+    assert (landed["bpb"], landed["final_bytes"]) == (own["bpb"], own["final_bytes"])
+    assert landed["budget_bytes"] == landed["cap_bytes"] == budget and landed["fits_cap"]
+    assert own["budget_bytes"] is None and own["status"] == "own"
+
+
 def test_compare_accepts_every_group_it_uses(tmp_path: Path) -> None:
     groups = ["finetune.steps=200", "layout=role", "calib.windows=2", "eval.windows=8", "budget.count_code=true"]
     groups += ["plan=mixed", "model.num_layers=9", "data=stdlib", "codec=fair", "compare.calibrate.clustered.steps=5"]

@@ -145,6 +145,37 @@ def test_blobs_are_the_same_whatever_the_worker_count() -> None:
     assert len({b.codec for b in layout.pack(make_units(), "best", best, cfg)[1]}) > 1  # candidates compete
 
 
+def test_a_blob_compressed_again_is_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A landing written after its search probe does not compress the same blobs twice."""
+    calls: list[str] = []
+    real = layout.get_codec
+
+    class Spy:
+        def __init__(self, name: str, **params: Any) -> None:
+            self.name, self.codec = name, real(name, **params)
+
+        def config(self) -> dict[str, Any]:
+            return self.codec.config()
+
+        def compress(self, data: bytes, info: Any) -> bytes:
+            calls.append(self.name)
+            return self.codec.compress(data, info)
+
+    def spy(name: str, **params: Any) -> Any:
+        return Spy(name, **params) if name == "brotli" else real(name, **params)
+
+    monkeypatch.setattr(layout, "get_codec", spy)
+    cfg = layout.LayoutConfig(grouping="role")
+    params = {"quality": 4, "lgwin": 18}  # a setting no other test uses, so nothing is remembered yet
+    first = layout.pack(make_units(seed=7), "brotli", params, cfg)
+    n = len(calls)
+    again = layout.pack(make_units(seed=7), "brotli", params, cfg)
+    assert n == len(first[1]) > 1 and len(calls) == n  # every blob compressed once, none the second time
+    assert [b.stored for b in first[1]] == [b.stored for b in again[1]]
+    layout.pack(make_units(seed=8), "brotli", params, cfg)
+    assert len(calls) > n  # other data is compressed
+
+
 def test_order_is_by_unit_then_stream_name(tmp_path: Path) -> None:
     units = make_units()
     reordered = make_units()
