@@ -20,7 +20,7 @@ verbs:
             -m sweeps (e.g. run -m format=scalar,clustered codec=zstd,brotli format.bits=3,4,6 hydra/launcher=joblib)
   train     train the default model and write a bundle (e.g. train.steps=700); with rate.init=CKPT finetune
             it storage-natively: export quantizer in the loop + rate.lam × code bits (e.g. rate.lam=0.5)
-  compare   every format at equal final bytes per budget, evaluated, winners with bootstrap CIs
+  compare   systems (reference exports, formats, allocations) at equal final bytes per budget, ranked with CIs
             (e.g. compare compare.budgets=[8e6,4e6] compare.formats=[scalar,clustered])
   allocate  per-tensor settings (of one format, or mixed formats per tensor) that minimise output error within
             the budget, evaluated (e.g. allocate budget.cap_bytes=8e6 'allocate.candidates=[{bits:4},{bits:6}]',
