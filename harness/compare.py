@@ -53,9 +53,25 @@ log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parent.parent / "experiments" / "experiment"
 REFERENCES = REFERENCE_SYSTEMS  # Parameter Golf's exports, always ranked
 # a point's own keys, which a twin's result does not pass on (bytegolf.compare._take_over)
-TWIN_DROP = {"variant", "reference", "budget_bytes", "seed_budget", "status", "landed_ratio", "counted_bytes"}
-TWIN_DROP |= {"count_code", "knob", "knob_value", "search_probes", "search_trace", "config_hash", "cap_bytes"}
-TWIN_DROP |= {"fits_cap"}
+TWIN_DROP = frozenset(
+    [
+        "variant",
+        "reference",
+        "budget_bytes",
+        "seed_budget",
+        "status",
+        "landed_ratio",
+        "counted_bytes",
+        "count_code",
+        "knob",
+        "knob_value",
+        "search_probes",
+        "search_trace",
+        "config_hash",
+        "cap_bytes",
+        "fits_cap",
+    ]
+)
 EMBEDDING = "tok_emb.weight"  # the tied embedding, which compare.embedding (scalar settings) quantizes
 WAIT_S = 5.0  # seconds between looks at a point another compare is evaluating
 WRAPPERS = ("passthrough", "lowrank")  # formats that are not systems of their own by default
@@ -481,7 +497,6 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             print(f"{sysm.label} at its own size: {counted:,} B", flush=True)
             own_row = _point(cfg, sysm, enc, own, out_dir, run_point)
             rows.append(own_row)
-            own_dir = Path(own_row.get("artifact") or out_dir).parent
             if sysm.label not in _searched_references(cc):
                 continue
         for budget in budgets:
@@ -491,9 +506,8 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 landing = replace(landing, budget=budget, ratio=(landing.counted_bytes or 0) / budget)
                 log.info("%s at %s B: %s", sysm.label, f"{budget:,}", landing.describe())
                 print(f"{sysm.label} at {budget:,} B: {landing.describe()}", flush=True)
-                twin = (
-                    (own_dir, own_row) if sysm.reference and landing.value == own.value and "bpb" in own_row else None
-                )
+                same = sysm.reference and landing.value == own.value and "bpb" in own_row
+                twin = (Path(own_row["artifact"]).parent, own_row) if same else None
                 row = _point(cfg, sysm, enc, landing, out_dir, run_point, twin=twin)
                 over = _counted(row, count_code) - budget if evaluated(row) else 0
                 if over <= 0:

@@ -150,17 +150,17 @@ def main(argv: list[str] | None = None) -> None:
     if pairs and len(names) < 2:
         raise SystemExit("crossmodel: --tau needs two models (NAME=DIR NAME=DIR)")
     model_pairs = [(names[0], names[1])] if pairs else [(x, y) for i, x in enumerate(names) for y in names[i + 1 :]]
-    for t in ranking_tau(models[names[0]], models[names[1]], pairs) if pairs else []:
+    results = [(x, y, t) for x, y in model_pairs for t in ranking_tau(models[x], models[y], pairs)]
+    for x, y, t in results if pairs else []:
         if len(t["systems"]) < 2:
             raise SystemExit(
                 f"crossmodel: --tau {t['budget']}:{t['budget_b']}: {len(t['systems'])} system(s) landed in both "
-                f"{names[0]} and {names[1]} at those budgets (need 2)"
+                f"{x} and {y} at those budgets (need 2)"
             )
     taus = [
         f"| {x} | {t['budget']:,} | {y} | {t['budget_b']:,} | {len(t['systems'])} | {', '.join(t['systems'])} "
         f"| {t['tau']:.3f} | {t['p']:.3g} |"
-        for x, y in model_pairs
-        for t in ranking_tau(models[x], models[y], pairs)
+        for x, y, t in results
         if len(t["systems"]) >= 2
     ]
     if taus:
