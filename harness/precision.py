@@ -37,9 +37,18 @@ def reevaluate(row: dict[str, Any], precision: str, device: str = "cpu") -> floa
     ref_model = ad.build(ad.load_state())
     ed = evaldata.load(cfg, ad, ref_model)
     decoded, _ = artifact.read(path)
-    batch = int(cfg.eval.batch_size)
-    compiled = bool(cfg.eval.get("compile", False))
-    res = evaluate(ad.build(decoded), ed.val, ed.tables, device, precision, batch, progress=False, compile=compiled)
+    ev = cfg.eval
+    res = evaluate(
+        ad.build(decoded),
+        ed.val,
+        ed.tables,
+        device,
+        precision,
+        ev.get("batch_size"),
+        progress=False,
+        compile=bool(ev.get("compile", False)),
+        streams=ev.get("streams"),
+    )
     if res.window_bytes != row["window_bytes"]:
         raise ConfigError(f"{out}: the re-evaluation scored other windows than the stored result")
     return res.bpb

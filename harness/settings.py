@@ -68,11 +68,14 @@ class EvalSettings:
     drawn across all validation files with `seed`. stride (null: the windows as they are): sliding
     evaluation, windows `stride` tokens apart each scoring its last `stride` tokens (bytegolf.evaluate);
     kld: also KL divergence and top-1 agreement against the unquantized model (a second forward pass);
-    compile: the forward through torch.compile (faster on long evaluations, after a one-off compile)."""
+    compile: the forward through torch.compile (faster on long evaluations, after a one-off compile);
+    batch_size: windows per forward (null: 1 on the CPU, 16 on CUDA); streams: windows evaluated at once
+    on the CPU, each on one core (null: torch's thread count; bytegolf.evaluate.evaluate)."""
 
     windows: int = 64
     seq_len: int = 1024
-    batch_size: int = 8
+    batch_size: int | None = None
+    streams: int | None = None
     precision: str = "fp32"
     sample: bool = False
     seed: int = 0

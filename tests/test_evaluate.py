@@ -209,3 +209,48 @@ def test_compiled_evaluation_matches_eager_with_a_padded_last_batch(tiny_eval: t
     assert (fused.tokens, fused.bytes, len(fused.window_nll)) == (eager.tokens, eager.bytes, 7)
     np.testing.assert_allclose(fused.window_nll, eager.window_nll, rtol=1e-5)
     assert fused.bpb == pytest.approx(eager.bpb, rel=1e-6)
+
+
+# ---- streams ------------------------------------------------------------------------------------
+
+
+def test_streams_give_the_single_stream_result_and_restore_threads(tiny_eval: tuple) -> None:
+    """Two streams (each a thread running torch on one core) give the one-stream result bit for bit
+    at one window per batch, the same to fp32 rounding with shrunk batches, and leave torch's thread
+    count as it was; bad values are errors naming eval.streams."""
+    model, _, tables, tokens = tiny_eval
+    arr, _ = data.sample_windows(tokens, 64, 5)
+    threads = torch.get_num_threads()
+    one = evaluate(model, arr, tables, batch_size=1, progress=False, streams=1)
+    two = evaluate(model, arr, tables, batch_size=1, progress=False, streams=2)
+    assert two.window_nll == one.window_nll and (two.bpb, two.bytes) == (one.bpb, one.bytes)
+    big = evaluate(model, arr, tables, batch_size=8, progress=False, streams=2)  # batches of 3 and 2
+    np.testing.assert_allclose(big.window_nll, one.window_nll, rtol=1e-6)
+    assert torch.get_num_threads() == threads
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match=r"eval\.streams"):
+            evaluate(model, arr, tables, progress=False, streams=bad)
+    with pytest.raises(ConfigError, match=r"eval\.batch_size"):
+        evaluate(model, arr, tables, progress=False, batch_size=0)
+
+
+class FailsOnThirdBatch(torch.nn.Module):
+    """A 'model' that scores two batches and fails on the third."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def token_nll(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("batch 3 failed")
+        return torch.ones(targets.shape, dtype=torch.float64)
+
+
+def test_a_failing_stream_raises_and_restores_threads() -> None:
+    threads = torch.get_num_threads()
+    windows = np.ones((6, 5), dtype=np.int64)
+    with pytest.raises(RuntimeError, match="batch 3 failed"):
+        evaluate(FailsOnThirdBatch(), windows, _ones(4), batch_size=1, progress=False, streams=2)
+    assert torch.get_num_threads() == threads

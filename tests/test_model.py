@@ -1,4 +1,4 @@
-"""The baseline model: Parameter Golf's shapes, key names, causality; checkpoint loading."""
+"""The baseline model: Parameter Golf's shapes, key names, causality, blocked CPU attention; checkpoint loading."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bytegolf import checkpoint
+from bytegolf import model as M
 from bytegolf.errors import DataError
 from bytegolf.model import GPT, ModelConfig
 from tests.conftest import TINY
@@ -65,6 +66,39 @@ def test_inference_path_matches_the_training_path(unique_blocks: int) -> None:
     torch.testing.assert_close(fused, trained, rtol=1e-5, atol=1e-5)
     assert torch.equal(fused, again)
     assert not torch.equal(fused, torch.zeros_like(fused))
+
+
+def _naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention in float64 from its definition, kv heads repeated for grouped queries."""
+    q, k, v = (x.double() for x in (q, k, v))
+    g = q.size(1) // k.size(1)
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    s = q @ k.transpose(-1, -2) / q.size(-1) ** 0.5
+    t = q.size(2)
+    s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    return s.softmax(-1) @ v
+
+
+@pytest.mark.parametrize(("t", "heads", "kv_heads"), [(256, 8, 4), (320, 4, 4), (200, 4, 2), (64, 4, 2)])
+def test_blocked_cpu_attention_is_causal_attention(t: int, heads: int, kv_heads: int) -> None:
+    """Inference attention on the CPU (blocks of 64 queries merged by log-sum-exp when t is a multiple of
+    64 above it, torch's kernel otherwise) equals causal attention computed from its definition, for the
+    (batch, seq, heads, dim) layout the model passes (transposed views), grouped-query or not."""
+    torch.manual_seed(0)
+    q = torch.randn(2, t, heads, 16).transpose(1, 2)
+    k, v = (torch.randn(2, t, kv_heads, 16).transpose(1, 2) for _ in range(2))
+    want = _naive_attention(q, k, v)
+    with torch.inference_mode():
+        got = M.causal_attention(q, k, v)
+        half = M.causal_attention(*(x.bfloat16() for x in (q, k, v)))
+    assert got.shape == q.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
+    torch.testing.assert_close(half.double(), want, rtol=0, atol=3e-2)  # bf16 inputs: 8-bit mantissas
+    assert float((half.double() - want).abs().mean()) < 4e-3
+    with torch.inference_mode():  # the other half of the keys changes the late queries, not the early ones
+        moved = M.causal_attention(q, torch.cat((k[:, :, : t // 2], -k[:, :, t // 2 :]), dim=2), v)
+    torch.testing.assert_close(moved[:, :, : t // 2], got[:, :, : t // 2], rtol=0, atol=1e-6)
+    assert not torch.allclose(moved[:, :, t // 2 :], got[:, :, t // 2 :], atol=1e-3)
 
 
 def test_checkpoint_roundtrip_infers_shape(tmp_path: Path) -> None:
