@@ -132,8 +132,12 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     own_lse = own_lse.view(b, n, h, blk).transpose(1, 2).reshape(b, h, t)[:, :, blk:]
     before = [_FLASH_CPU(q[:, :, a : a + blk], k[:, :, :a], v[:, :, :a]) for a in range(blk, t, blk)]
     before_lse = torch.cat([lse for _, lse in before], dim=2)
-    share = torch.sigmoid(before_lse - own_lse).unsqueeze(-1).to(q.dtype)  # softmax mass on the keys before
-    out[:, :, blk:].lerp_(torch.cat([o for o, _ in before], dim=2), share)
+    share = torch.sigmoid(before_lse - own_lse).unsqueeze(-1)  # softmax mass on the keys before
+    before = torch.cat([o for o, _ in before], dim=2)
+    if q.dtype == torch.float32:
+        out[:, :, blk:].lerp_(before, share)
+    else:  # merged in fp32, rounded once
+        out[:, :, blk:] = torch.lerp(out[:, :, blk:].float(), before.float(), share)
     return out
 
 
