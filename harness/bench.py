@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from bytegolf import artifact, checkpoint, data, layout, shards, tokenizer
 from bytegolf.calibration import gram_matrices
-from bytegolf.evaluate import eval_streams, evaluate
+from bytegolf.evaluate import CPU_BATCH_TOKENS, eval_streams, evaluate
 from bytegolf.formats import EncodeContext
 from bytegolf.model import ModelConfig
 from bytegolf.plan import PlanConfig, make_plan
@@ -146,7 +146,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     modes = {  # label: evaluate's keyword arguments
         f"1 stream × {threads} threads, batch 8": {"batch_size": 8, "streams": 1},
-        f"default: {eval_streams(None, torch.device(args.device), False, False)} streams × 1 thread, batch 1": {},
+        f"default: {eval_streams(None, torch.device(args.device), False, False)} streams × 1 thread, "
+        f"batch {max(1, CPU_BATCH_TOKENS // SEQ_LEN)}": {},
         "eval.compile, batch 8": {"batch_size": 8, "compile": True},
     }
     for precision, dtype in PRECISIONS.items():

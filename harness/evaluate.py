@@ -36,6 +36,7 @@ from bytegolf.tokenizer import ByteTables
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BYTE_CHUNK = 4096  # blocks whose byte counts are computed at once
+CPU_BATCH_TOKENS = 1024  # tokens per forward on the CPU by default (one 1024-token window was fastest)
 
 
 @dataclass
@@ -169,14 +170,15 @@ def evaluate(
     mean NLL per scored token in nats. With `reference`, also the KL-divergence statistics against it.
     compile: run the model's token_nll through torch.compile (fused kernels; a one-off compile of tens of
     seconds per process and shape, so for long evaluations; the last batch is padded to the same shape).
-    batch_size: windows per forward (None: 1 on the CPU, where small batches stay in cache, 16 on CUDA).
+    batch_size: windows per forward (None: on the CPU as many as make CPU_BATCH_TOKENS tokens, at least one,
+    so that a batch's activations stay in cache; 16 on CUDA).
     streams: batches evaluated at once on the CPU, each in its own thread running torch on one core
     (None: as many as torch's threads; see `eval_streams`); on 2 cores two single-threaded streams are
     faster than one stream on two threads. Batches shrink so that every stream has one."""
     device = torch.device(device)
     w = windows if isinstance(windows, Windows) else Windows.from_array(windows)
     if batch_size is None:
-        batch_size = 1 if device.type == "cpu" else 16
+        batch_size = max(1, CPU_BATCH_TOKENS // w.seq_len) if device.type == "cpu" else 16
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"eval.batch_size must be at least 1, got {batch_size}")
     model.eval().to(device)

@@ -69,8 +69,8 @@ class EvalSettings:
     evaluation, windows `stride` tokens apart each scoring its last `stride` tokens (bytegolf.evaluate);
     kld: also KL divergence and top-1 agreement against the unquantized model (a second forward pass);
     compile: the forward through torch.compile (faster on long evaluations, after a one-off compile);
-    batch_size: windows per forward (null: 1 on the CPU, 16 on CUDA); streams: windows evaluated at once
-    on the CPU, each on one core (null: torch's thread count; bytegolf.evaluate.evaluate)."""
+    batch_size: windows per forward (null: 1024 tokens' worth on the CPU, 16 on CUDA); streams: batches
+    evaluated at once on the CPU, each on one core (null: torch's thread count; bytegolf.evaluate)."""
 
     windows: int = 64
     seq_len: int = 1024
