@@ -144,10 +144,16 @@ def main() -> None:
     flops = forward_flops_per_token(model.cfg, SEQ_LEN)
     n = max(model.cfg.model_dim, model.cfg.mlp_mult * model.cfg.model_dim)
     threads = torch.get_num_threads()
+    cpu = torch.device(args.device).type == "cpu"
+    defaults = (
+        f"defaults: {eval_streams(None, torch.device('cpu'), False, False)} streams × 1 thread, "
+        f"batch {max(1, CPU_BATCH_TOKENS // SEQ_LEN)}"
+        if cpu
+        else "defaults: 1 stream, batch 16"
+    )
     modes = {  # label: evaluate's keyword arguments
         f"1 stream × {threads} threads, batch 8": {"batch_size": 8, "streams": 1},
-        f"default: {eval_streams(None, torch.device(args.device), False, False)} streams × 1 thread, "
-        f"batch {max(1, CPU_BATCH_TOKENS // SEQ_LEN)}": {},
+        defaults: {},
         "eval.compile, batch 8": {"batch_size": 8, "compile": True},
     }
     for precision, dtype in PRECISIONS.items():
