@@ -130,10 +130,9 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     own, own_lse = _FLASH_CPU(blocks(q, h), blocks(k, hk), blocks(v, hk), is_causal=True)
     out = own.transpose(1, 2).reshape(b, t, h, d).transpose(1, 2)
     own_lse = own_lse.view(b, n, h, blk).transpose(1, 2).reshape(b, h, t)[:, :, blk:]
-    before = [_FLASH_CPU(q[:, :, a : a + blk], k[:, :, :a], v[:, :, :a]) for a in range(blk, t, blk)]
-    before_lse = torch.cat([lse for _, lse in before], dim=2)
-    share = torch.sigmoid(before_lse - own_lse).unsqueeze(-1)  # softmax mass on the keys before
-    before = torch.cat([o for o, _ in before], dim=2)
+    parts = [_FLASH_CPU(q[:, :, a : a + blk], k[:, :, :a], v[:, :, :a]) for a in range(blk, t, blk)]
+    before = torch.cat([o for o, _ in parts], dim=2)  # each block's attention over the keys before it
+    share = torch.sigmoid(torch.cat([lse for _, lse in parts], dim=2) - own_lse).unsqueeze(-1)  # their mass
     if q.dtype == torch.float32:
         out[:, :, blk:].lerp_(before, share)
     else:  # merged in fp32, rounded once
