@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 OUTCOMES = ("identical", "different", "artifact_error", "other_exception", "crash", "hang", "memory")
 BUGS = ("other_exception", "crash", "hang", "memory")
 KINDS = {  # mutation -> weight
@@ -372,10 +374,14 @@ def _preload() -> None:
             reg.load(name)
 
 
-def run_cases(cases: list[tuple[Case, str, dict[str, str]]], jobs: int, timeout: float, mem_bytes: int) -> None:
-    """Decode each (case, file, expected digests) in a forked, memory-limited child, `jobs` at a time."""
+def run_cases(
+    cases: list[tuple[Case, str, dict[str, str]]], jobs: int, timeout: float, mem_bytes: int, progress: bool = False
+) -> None:
+    """Decode each (case, file, expected digests) in a forked, memory-limited child, `jobs` at a time;
+    progress: a bar of finished cases on stderr."""
     todo = list(reversed(cases))
     running: dict[int, _Running] = {}
+    bar = tqdm(total=len(cases), desc="fuzz", unit="case", disable=not progress, leave=False)
     while todo or running:
         while todo and len(running) < jobs:
             case, path, digests = todo.pop()
@@ -399,11 +405,14 @@ def run_cases(cases: list[tuple[Case, str, dict[str, str]]], jobs: int, timeout:
                     r.chunks.append(chunk)
                 _finish(r, status, False)
                 del running[pid]
+                bar.update()
             elif time.monotonic() - r.start > timeout:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 _finish(r, None, True)
                 del running[pid]
+                bar.update()
+    bar.close()
 
 
 def fuzz(
@@ -414,10 +423,11 @@ def fuzz(
     mem_mb: int = 1024,
     workdir: Path | None = None,
     keep: Path | None = None,
+    progress: bool = False,
 ) -> Report:
     """Build base artifacts, corrupt them n_cases times and decode each in a jail; the cases come back classified.
 
-    keep: a folder to copy the files of the bug cases into (named by case index)."""
+    keep: a folder to copy the files of the bug cases into (named by case index); progress: a bar on stderr."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bytegolf-fuzz-", dir=workdir) as tmp:
         tmpdir = Path(tmp)
@@ -442,7 +452,7 @@ def fuzz(
             path = tmpdir / f"case{i}.bgz"
             path.write_bytes(data)
             todo.append((Case(i, bases[bi]["name"], kind, note), str(path), bases[bi]["digests"]))
-        run_cases(todo, jobs, timeout, mem_mb << 20)
+        run_cases(todo, jobs, timeout, mem_mb << 20, progress)
         report = Report([c for c, _, _ in todo], time.perf_counter() - t0)
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
@@ -467,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
         bases = build_bases(ns.build, ns.seed)
         (ns.build / "bases.json").write_text(json.dumps(bases))
         return
-    report = fuzz(ns.cases, ns.seed, ns.jobs, ns.timeout, ns.mem_mb, keep=ns.keep)
+    report = fuzz(ns.cases, ns.seed, ns.jobs, ns.timeout, ns.mem_mb, keep=ns.keep, progress=True)
     print(report.table())
     bugs = report.bugs()
     for c in bugs[:30]:
