@@ -174,7 +174,8 @@ def evaluate(
     so that a batch's activations stay in cache; 16 on CUDA).
     streams: batches evaluated at once on the CPU, each in its own thread running torch on one core
     (None: as many as torch's threads; see `eval_streams`); on 2 cores two single-threaded streams are
-    faster than one stream on two threads. Batches shrink so that every stream has one."""
+    faster than one stream on two threads. Batches shrink so that every stream has one. While streams
+    run, torch's thread count is 1 for the whole process; it is restored after, on errors too."""
     device = torch.device(device)
     w = windows if isinstance(windows, Windows) else Windows.from_array(windows)
     if batch_size is None:
