@@ -70,8 +70,8 @@ def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str])
     path = cache_dir() / "ref" / f"{_key(fp, ev, cfg.device)}.json"
     if path.is_file():
         return EvalResult(**json.loads(path.read_text()))
-    e = cfg.eval
-    r = evaluate(model, windows, tables, cfg.device, e.precision, e.batch_size, compile=e.compile, streams=e.streams)
+    e, streams = cfg.eval, cfg.eval.get("streams")  # .get: configs written before streams have no such key
+    r = evaluate(model, windows, tables, cfg.device, e.precision, e.batch_size, compile=e.compile, streams=streams)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, r.__dict__)
     return r
@@ -195,7 +195,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
                 cfg.eval.batch_size,
                 reference=reference,
                 compile=cfg.eval.compile,
-                streams=cfg.eval.streams,
+                streams=cfg.eval.get("streams"),
             )
 
     params = sum(t.numel() for t in state.values())
