@@ -5,7 +5,7 @@ first `screen` bytes, and only candidates within `margin` (relative) of the smal
 output compress the whole blob; the smallest whole output wins. Screening saves the slow
 candidates' time on blobs where they are clearly behind; the winner is always measured in full.
 
-The artifact writer (bytegolf.layout) resolves "best" per blob before the container sees it: each
+The artifact writer (bytegolf.artifact.layout) resolves "best" per blob before the container sees it: each
 candidate compresses the blob (bit-packed or one symbol per item, as that candidate prefers), the
 smallest wins, and the manifest records the WINNER's codec name and parameters, so a reader never
 needs this module. Used directly as a codec (outside the layout) it writes one byte naming the

@@ -53,7 +53,7 @@ Then rounds of
   (c) scales: closed-form per-row least squares s_r = w_r A ĉ_rᵀ / ĉ_r A ĉ_rᵀ, rounded to fp16.
 Each of (b) and (c) is kept only when f, evaluated with the codebooks and scales as stored,
 does not rise. Rounds stop when f improves by less than tol (relative) or after max_rounds.
-Block finetune of codebooks and scales: harness/finetune.py through `trainable`.
+Block finetune of codebooks and scales: harness/quantize/block_calibration.py through `trainable`.
 
 Decoding: Σ_m codebook_m[code_m] accumulated in fp32 in the order m = 0..M−1, plus the partial
 codebook's codeword on its rows, times the row scale (fp16 read as fp32), cast to the tensor's

@@ -1,7 +1,7 @@
 """Array helpers the formats share: tensor <-> numpy (bf16 as its bits), dtype names, input checks, symbol sizes.
 
 Nothing here is about one format. It imports only numpy, torch and bytegolf.errors; code bytes
-(bytegolf.codebytes) count it for every format that imports it.
+(bytegolf.measure.codebytes) count it for every format that imports it.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class Format:
         return dict(vars(self))
 
     def trainable(self, enc: Encoded, device: str | torch.device) -> Trainable | None:
-        """What block calibration may train in this unit (harness/finetune.py); None: nothing."""
+        """What block calibration may train in this unit (harness/quantize/block_calibration.py); None: nothing."""
         return None
 
 

@@ -9,7 +9,7 @@ reached from both sides (b = 2: [−2, 1], scale |A|max/1.5; b = 4: [−8, 7], s
 - B: `b_bits`, one fp16 scale per group of `group_size` entries of the flattened B.
 Parameter Golf's leading record uses rank 4, A int2, B int4 with groups of 64, on the three
 tensors with the largest ‖W − Ŵ‖_F; which tensors get a correction is the plan's choice
-(bytegolf.plan: `plan.lowrank`), this module only corrects what it is given.
+(bytegolf.quantize.plan: `plan.lowrank`), this module only corrects what it is given.
 
 Decoding: base decode, then (base(W) as fp32) + A_q·diag-scaled · B_q·scaled in fp32, cast to the
 tensor's dtype. Streams: the base's streams under "base." (roles unchanged); "lowrank.a",

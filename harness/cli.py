@@ -8,8 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bytegolf import allocate, compare, sweep
 from bytegolf.errors import BytegolfError
+from bytegolf.run import sweep
+from bytegolf.search import allocate
+from bytegolf.study import compare
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "experiments"
@@ -36,7 +38,7 @@ A sweep started again with the same hydra.sweep.dir skips its finished points.""
 
 log = logging.getLogger("bytegolf")
 
-# Importing bytegolf.sweep registers the ${repo:}, ${cache:} and ${bytegolf_point:} resolvers (workers
+# Importing bytegolf.run.sweep registers the ${repo:}, ${cache:} and ${bytegolf_point:} resolvers (workers
 # import it when they unpickle the task, before they compose their job's config).
 
 
@@ -105,7 +107,7 @@ def run_task(cfg: DictConfig) -> dict | None:
     """Hydra task for `bytegolf run`: one point, skipped when its result is already there.
 
     In a sweep a failing point leaves error.json and the sweep goes on (the parent exits 1 at the end)."""
-    from bytegolf.runner import summary_line
+    from bytegolf.run.point import summary_line
 
     out = _output_dir()
     try:
@@ -127,7 +129,7 @@ def run_task(cfg: DictConfig) -> dict | None:
 
 def compare_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf compare`."""
-    from bytegolf.compare import run_compare
+    from bytegolf.study.compare import run_compare
 
     try:
         if cfg.threads > 0:
@@ -142,8 +144,8 @@ def compare_task(cfg: DictConfig) -> None:
 
 def allocate_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf allocate`."""
-    from bytegolf.allocate import describe, run_allocate
-    from bytegolf.runner import summary_line
+    from bytegolf.run.point import summary_line
+    from bytegolf.search.allocate import describe, run_allocate
 
     try:
         if cfg.threads > 0:
@@ -161,9 +163,9 @@ def train_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf train`: build the corpus data if needed, train, write the bundle."""
     import torch
 
-    from bytegolf import data
-    from bytegolf.model import ModelConfig
-    from bytegolf.train import TrainConfig, train
+    from bytegolf.data import bundle as data
+    from bytegolf.model.gpt import ModelConfig
+    from bytegolf.model.train import TrainConfig, train
 
     if cfg.get("rate") is not None and cfg.rate.get("init"):
         return _rate_task(cfg)
@@ -202,11 +204,13 @@ def train_task(cfg: DictConfig) -> None:
 
 
 def _rate_task(cfg: DictConfig) -> None:
-    """`bytegolf train rate.init=CKPT ...`: storage-native finetuning of a checkpoint (bytegolf.ratetrain)."""
+    """`bytegolf train rate.init=CKPT ...`: storage-native finetuning of a checkpoint (bytegolf.model.ratetrain)."""
     import torch
 
-    from bytegolf import checkpoint, data, shards
-    from bytegolf.ratetrain import RateConfig, rate_finetune
+    from bytegolf.data import bundle as data
+    from bytegolf.data import shards
+    from bytegolf.model import checkpoint
+    from bytegolf.model.ratetrain import RateConfig, rate_finetune
 
     try:
         if cfg.threads > 0:
@@ -242,7 +246,7 @@ def results_main(args: list[str]) -> None:
     """`bytegolf results DIR... [--out STEM]`: aggregate, save parquet + CSV, print."""
     import argparse
 
-    from bytegolf import store
+    from bytegolf.run import store
 
     ap = argparse.ArgumentParser(prog="bytegolf results", description="every result.json under DIRs as one table")
     ap.add_argument("dirs", nargs="+", type=Path)
@@ -258,7 +262,7 @@ def report_main(args: list[str]) -> None:
     """`bytegolf report DIR [--out DIR]`: markdown + PNG report of the results under DIR."""
     import argparse
 
-    from bytegolf.report import write_report
+    from bytegolf.study.report import write_report
 
     ap = argparse.ArgumentParser(prog="bytegolf report", description="markdown report with plots of a results dir")
     ap.add_argument("dir", type=Path)
@@ -274,14 +278,14 @@ def report_main(args: list[str]) -> None:
 
 def inspect_main(args: list[str]) -> None:
     """`bytegolf inspect ARTIFACT`."""
-    from bytegolf.inspect import inspect_main as main_
+    from bytegolf.measure.inspection import inspect_main as main_
 
     main_(args)
 
 
 def decode_main(args: list[str]) -> None:
     """`bytegolf decode ARTIFACT OUT.safetensors`."""
-    from bytegolf.inspect import decode_main as main_
+    from bytegolf.measure.inspection import decode_main as main_
 
     main_(args)
 

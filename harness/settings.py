@@ -10,18 +10,18 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from bytegolf.calibration import CalibConfig
+from bytegolf.artifact.layout import LayoutConfig
 from bytegolf.codecs import REGISTRY as CODECS
-from bytegolf.finetune import FinetuneConfig
 from bytegolf.formats import REGISTRY as FORMATS
-from bytegolf.layout import LayoutConfig
-from bytegolf.plan import PlanConfig
-from bytegolf.train import TrainConfig
+from bytegolf.model.train import TrainConfig
+from bytegolf.quantize.block_calibration import FinetuneConfig
+from bytegolf.quantize.grams import CalibConfig
+from bytegolf.quantize.plan import PlanConfig
 
 
 @dataclass
 class ModelSettings:
-    """A model adapter (`name`: gpt, module, hf, weights; bytegolf.adapters), its checkpoint (safetensors or
+    """A model adapter (`name`: gpt, module, hf, weights; bytegolf.model.adapters), its checkpoint (safetensors or
     torch state dict) and the settings its tensors do not carry.
 
     The shape fields are used by `train`; `run` reads the shape off the checkpoint. module: `file`, `build`,
@@ -55,7 +55,7 @@ class DataSettings:
     tokenizer: str | None = MISSING
     train: str | None = MISSING
     val: str = MISSING
-    kind: str = "shards"  # shards (Parameter Golf token files) or text (raw text files: bytegolf.evaldata)
+    kind: str = "shards"  # shards (Parameter Golf token files) or text (raw text files: bytegolf.data.evaldata)
     corpus: str | None = None
     build: bool = False
     vocab_size: int = 1024
@@ -66,11 +66,11 @@ class DataSettings:
 class EvalSettings:
     """Non-overlapping validation windows (windows=0: all): the first ones, or with `sample` a sample
     drawn across all validation files with `seed`. stride (null: the windows as they are): sliding
-    evaluation, windows `stride` tokens apart each scoring its last `stride` tokens (bytegolf.evaluate);
+    evaluation, windows `stride` tokens apart each scoring its last `stride` tokens (bytegolf.measure.evaluate);
     kld: also KL divergence and top-1 agreement against the unquantized model (a second forward pass);
     compile: the forward through torch.compile (faster on long evaluations, after a one-off compile);
     batch_size: windows per forward (null: 1024 tokens' worth on the CPU, 16 on CUDA); streams: batches
-    evaluated at once on the CPU, each on one core (null: torch's thread count; bytegolf.evaluate)."""
+    evaluated at once on the CPU, each on one core (null: torch's thread count; bytegolf.measure.evaluate)."""
 
     windows: int = 64
     seq_len: int = 1024

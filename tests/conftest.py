@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bytegolf import checkpoint, corpus, shards, tokenizer
-from bytegolf.model import GPT, ModelConfig
+from bytegolf.data import corpus, shards, tokenizer
+from bytegolf.model import checkpoint
+from bytegolf.model.gpt import GPT, ModelConfig
 
 TINY = ModelConfig(vocab_size=512, num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2)
 

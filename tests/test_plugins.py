@@ -168,7 +168,7 @@ def test_a_plugin_distribution_adds_a_format_to_bytegolf_run(tiny_bundle: Path, 
 
     It goes into its own --target directory put on PYTHONPATH, not into the shared venv, so other
     processes using the venv meanwhile never see it; the directory is removed at the end."""
-    from tests.test_run import TINY_ARGS
+    from tests.integration.test_run import TINY_ARGS
 
     src = tmp_path / "plugin"
     src.mkdir()
@@ -189,7 +189,7 @@ def test_a_plugin_distribution_adds_a_format_to_bytegolf_run(tiny_bundle: Path, 
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         result = json.loads((out / "result.json").read_text())
         assert result["format"] == "myfmt", result["format"]
-        from bytegolf import container
+        from bytegolf.artifact import container
 
         units = container.read_manifest(out / "model.bgz")["units"]
         assert any(u.get("format") == "myfmt" for u in units)

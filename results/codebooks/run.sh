@@ -19,5 +19,5 @@ run additive_2bit format=additive format.num_codebooks=2 format.group_size=8
 run additive_3bit format=additive format.num_codebooks=3 format.group_size=8
 run additive_4bit format=additive format.num_codebooks=2 format.group_size=4
 run additive_2bit_calibrated format=additive format.num_codebooks=2 format.group_size=8 finetune.steps=100
-python -m bytegolf.study_table "$out" > results/codebooks/table.md
+python -m bytegolf.tools.study_table "$out" > results/codebooks/table.md
 cat results/codebooks/table.md

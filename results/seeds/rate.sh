@@ -30,5 +30,5 @@ for name in default plain lam0.3 lam1; do
     'compare.formats=[scalar]' 'compare.references=[]' compare.allocated=null \
     'compare.budgets=[7000000,6000000]' compare.front_points=2
 done
-python -m bytegolf.crossmodel --out "$OUT" --baseline default --baseline plain \
+python -m bytegolf.study.crossmodel --out "$OUT" --baseline default --baseline plain \
   default="$OUT/compare_default" plain="$OUT/compare_plain" lam0.3="$OUT/compare_lam0.3" lam1="$OUT/compare_lam1"

@@ -13,6 +13,6 @@ cp "$WORK/lam0.3_e7/rate_train.json" "$WORK/lam0.3_e7/curve.png" "$WORK/lam0.3_e
 bytegolf compare model.checkpoint="$WORK/lam0.3_e7/model.safetensors" hydra.run.dir="$OUT/compare_lam0.3_e7" \
   'compare.formats=[scalar]' 'compare.references=[]' compare.allocated=null \
   'compare.budgets=[7000000,6000000]' compare.front_points=2
-python -m bytegolf.crossmodel --out "$OUT" --baseline default --baseline plain \
+python -m bytegolf.study.crossmodel --out "$OUT" --baseline default --baseline plain \
   default="$OUT/compare_default" plain="$OUT/compare_plain" lam0.3="$OUT/compare_lam0.3" lam1="$OUT/compare_lam1" \
   lam0.3_e7="$OUT/compare_lam0.3_e7"

@@ -27,6 +27,6 @@ for name in default plain qat_e7 lam0.3_e7 lam1_e7; do
     'compare.formats=[scalar]' 'compare.references=[]' compare.allocated=null \
     'compare.budgets=[7000000,6000000]' compare.front_points=2
 done
-python -m bytegolf.crossmodel --out "$OUT" --baseline default --baseline plain \
+python -m bytegolf.study.crossmodel --out "$OUT" --baseline default --baseline plain \
   default="$OUT/compare_default" plain="$OUT/compare_plain" qat_e7="$OUT/compare_qat_e7" \
   lam0.3_e7="$OUT/compare_lam0.3_e7" lam1_e7="$OUT/compare_lam1_e7"

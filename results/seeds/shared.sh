@@ -25,7 +25,7 @@ for m in shared3 default; do  # the points and logs, without the artifacts
   mkdir -p "$OUT/compare_$m"
   tar -C "$WORK/compare_$m" --exclude='*.bgz' --exclude='*.safetensors' -cf - . | tar -C "$OUT/compare_$m" -xf -
 done
-python -m bytegolf.crossmodel --out "$OUT" --baseline default default="$OUT/compare_default" shared3="$OUT/compare_shared3"
+python -m bytegolf.study.crossmodel --out "$OUT" --baseline default default="$OUT/compare_default" shared3="$OUT/compare_shared3"
 # 3. repetition through the codec
 mkdir -p "$WORK/flat"
 python -c "from bytegolf import checkpoint as c; import sys; c.save_state_dict(c.unshare(c.load_state_dict(sys.argv[1])), sys.argv[2])" \

@@ -1,0 +1,406 @@
+"""One run point: quantize, write the artifact, decode it from disk, evaluate, record the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import resource
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bytegolf.artifact import container, layout
+from bytegolf.artifact import file as artifact
+from bytegolf.codecs import get_codec
+from bytegolf.data import evaldata
+from bytegolf.errors import ConfigError
+from bytegolf.formats import EncodeContext, Encoded
+from bytegolf.measure import accounting, codebytes, metrics
+from bytegolf.measure.evaluate import EvalResult, evaluate
+from bytegolf.model import adapters, checkpoint
+from bytegolf.quantize.block_calibration import finetune
+from bytegolf.quantize.grams import encode_sequential
+from bytegolf.quantize.plan import make_plan, plan_config
+from bytegolf.run.provenance import git_revision, source_hash
+from bytegolf.run.store import write_json_atomic
+
+log = logging.getLogger("bytegolf")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BYTEGOLF_CACHE", REPO / ".cache" / "bytegolf"))
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class Stages:
+    """Wall-clock seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        log.info("%s ...", name)
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def _params(node: DictConfig) -> tuple[str, dict[str, Any]]:
+    d = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(d, dict)
+    return str(d.pop("name")), d
+
+
+def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) -> EvalResult:
+    ev = OmegaConf.to_container(cfg.eval)
+    ev.pop("kld", None)  # the reference's own eval does not depend on it
+    if ev.get("stride", None) is None:
+        ev.pop("stride", None)  # keys from before sliding evaluation stay valid
+    if not ev.get("compile", False):
+        ev.pop("compile", None)  # (and from before compiled evaluation)
+    path = cache_dir() / "ref" / f"{_key(fp, ev, cfg.device)}.json"
+    if path.is_file():
+        return EvalResult(**json.loads(path.read_text()))
+    e, streams = cfg.eval, cfg.eval.get("streams")  # .get: configs written before streams have no such key
+    r = evaluate(model, windows, tables, cfg.device, e.precision, e.batch_size, compile=e.compile, streams=streams)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, r.__dict__)
+    return r
+
+
+def _calib_windows(ed: evaldata.EvalData, cfg: DictConfig) -> np.ndarray:
+    return ed.calib_windows(cfg.calib.seq_len, cfg.calib.windows)
+
+
+def _grams(
+    ad: adapters.ModelAdapter, model, ed: evaldata.EvalData | None, cfg: DictConfig, fp: dict[str, str]
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The calibration Gram matrices (cached by checkpoint, calibration data and settings); none for an
+    adapter without a model (model=weights)."""
+    if cfg.calib.windows <= 0 or model is None or ed is None:
+        return {}, 0
+    calib = {k: v for k, v in OmegaConf.to_container(cfg.calib).items() if k != "sequential"}  # same Grams
+    parts = [fp["checkpoint"], fp["train"], calib]
+    if ad.name != "gpt":  # the same weights under other code (or another tokenizer) are another model
+        parts += [ad.name, fp.get("code"), fp.get("tokenizer"), "F.linear"]  # Grams of F.linear/einsum uses too
+    path = cache_dir() / "calib" / f"{_key(*parts)}.safetensors"
+    if path.is_file():
+        from safetensors.torch import load_file
+
+        g = load_file(str(path))
+        return g, int(g.pop("__rows__").item())
+    grams, rows = ad.grams(model, _calib_windows(ed, cfg), cfg.device, cfg.calib.batch_size)
+    checkpoint.save_state_dict({**grams, "__rows__": torch.tensor([rows])}, path)
+    return grams, rows
+
+
+def encode_units(
+    cfg: DictConfig,
+    state: dict[str, torch.Tensor],
+    plan: list,
+    ctx: EncodeContext,
+    lowrank,
+    ed: evaldata.EvalData | None,
+    progress: bool = True,
+) -> list[Encoded]:
+    """The plan's encoding: all at once on the unquantized model's Grams (by `encode_jobs` worker
+    processes when > 1, the same bytes), or block by block with calib.sequential (each block's Grams from
+    the model whose earlier blocks are quantized; one process)."""
+    if not cfg.calib.get("sequential", False) or cfg.calib.windows <= 0:
+        jobs = cfg.get("encode_jobs", 1)
+        return artifact.encode_state(state, plan, ctx, progress, lowrank, jobs=1 if jobs is None else jobs)
+    ad = adapters.get_adapter(cfg.model)
+    if not ad.evaluates or ed is None:
+        raise ConfigError(f"calib.sequential needs a model to calibrate; model={ad.name} has none")
+    windows = _calib_windows(ed, cfg)
+
+    def grams_of(current: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        return ad.grams(ad.build(current), windows, cfg.device, cfg.calib.batch_size, progress=False)
+
+    return encode_sequential(state, plan, ctx, grams_of, lowrank)
+
+
+def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None) -> dict[str, Any]:
+    """Run one point of the grid and write result.json (plus the artifact) into out_dir.
+
+    units: this config's encoding when the caller already has it (compare's landed probe); it is
+    written, decoded, checked and evaluated exactly as a fresh one would be."""
+    t_start = time.perf_counter()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    st = Stages()
+    fmt_name, fmt_params = _params(cfg.format)
+    codec_name, codec_params = _params(cfg.codec)
+    lay = layout.LayoutConfig(**cfg.layout)
+    get_codec(codec_name, **codec_params)  # bad codec settings fail before any work is done
+    extra_serializers = serializers(list(cfg.get("extra_codecs") or []), lay)
+
+    with st("load"):
+        ad = adapters.get_adapter(cfg.model)
+        state = ad.load_state()
+        artifact.check_finite(state)  # NaN/Inf weights end here, before evaluation and calibration
+        ref_model = ad.build(state)
+        ed = evaldata.load(cfg, ad, ref_model) if ref_model is not None else None
+        fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(ed.fingerprints if ed else {})}
+    with st("eval_reference"):
+        ref = _reference_eval(ref_model, ed.val, ed.tables, cfg, fp) if ed else None
+    with st("calibrate"):
+        grams, rows = _grams(ad, ref_model, ed, cfg, fp)
+    with st("plan"):
+        plan_cfg = plan_config(cfg.plan)
+        plan = make_plan(state, plan_cfg, fmt_name, fmt_params)
+    reused = units is not None
+    with st("encode"):
+        if units is None:
+            counts = dict.fromkeys(grams, rows)
+            ctx = EncodeContext(hessians=grams, hessian_counts=counts, device=cfg.device, seed=cfg.seed)
+            units = encode_units(cfg, state, plan, ctx, plan_cfg.lowrank, ed)
+        elif [t.name for u in units for t in u.tensors] != [a.name for g in artifact.group_units(plan) for a in g]:
+            raise ConfigError("run_point: the given encoding does not cover this plan's tensors")
+    with st("finetune"):
+        units, ft_report = _finetune(units, ref_model, ed, cfg, ad)
+    path = out_dir / artifact.ARTIFACT_NAME
+    with st("write"):
+        written = artifact.write(path, units, codec_name, codec_params, lay)
+    with st("decode"):
+        decoded, _ = artifact.read(path)
+        artifact.verify_bit_exact(decoded, units)
+    with st("extra_codecs"):
+        extra = _extra_codecs(out_dir, units, extra_serializers, decoded)
+    with st("metrics"):
+        tensor_rows = _tensor_metrics(state, decoded, units, grams)
+        storage = accounting.storage_summary(units, written.manifest["units"], written.blob_stored, written.final_bytes)
+        code = codebytes.artifact_code_bytes(path)
+    with st("eval"):
+        res = None
+        if ed is not None:
+            model = ad.build(decoded)
+            reference = ref_model if cfg.eval.get("kld", False) else None  # lockstep: KLD needs both models' logits
+            res = evaluate(
+                model,
+                ed.val,
+                ed.tables,
+                cfg.device,
+                cfg.eval.precision,
+                cfg.eval.batch_size,
+                reference=reference,
+                compile=cfg.eval.compile,
+                streams=cfg.eval.get("streams"),
+            )
+
+    params = sum(t.numel() for t in state.values())
+    total_bytes = written.final_bytes + code["code_bytes"]
+    counted = total_bytes if cfg.budget.count_code else written.final_bytes
+    quantized = [r for r in tensor_rows if r["format"] != "passthrough"]
+    weights = [r["params"] for r in quantized]
+    nominal = sum(u.nominal_bits for u in units)
+    result = {
+        "format": fmt_name,
+        "codec": codec_name,
+        "format_params": fmt_params,
+        "codec_params": codec_params,
+        "layout": OmegaConf.to_container(cfg.layout),
+        "params": params,
+        "final_bytes": written.final_bytes,
+        "bits_per_weight": written.final_bytes * 8 / params,
+        "nominal_bits_per_weight": nominal / params,
+        "code_bytes": code["code_bytes"],
+        "total_bytes": total_bytes,
+        "codecs_used": code["codecs"],
+        "fits_cap": counted <= cfg.budget.cap_bytes,
+        "cap_bytes": cfg.budget.cap_bytes,
+        "cap_counts_code": cfg.budget.count_code,
+        "rel_mse": metrics.weighted_mean([r["rel_mse"] for r in quantized], weights),
+        "sqnr_db": metrics.weighted_mean([r["sqnr_db"] for r in quantized], weights),
+        "output_error": metrics.weighted_mean([r["output_error"] for r in quantized], weights),
+        **(_eval_fields(res, ref, ed, cfg) if res is not None and ref is not None else _unmeasured(ad)),
+        **storage,
+        "tensors": tensor_rows,
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "stage_seconds": st.seconds,
+        "encoding_reused": reused,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": cfg.device,
+        "git_revision": git_revision(),
+        "source_hash": source_hash(),
+        "fingerprints": fp,
+        "calibration_rows": rows,
+        "artifact": str(path),
+        "extra_codecs": extra,
+        "finetune": ft_report,
+        "lowrank_tensors": [t.name for u in units if u.format == "lowrank" for t in u.tensors],
+    }
+    write_json_atomic(out_dir / "result.json", result)
+    return result
+
+
+def _eval_fields(res: EvalResult, ref: EvalResult, ed: evaldata.EvalData, cfg: DictConfig) -> dict[str, Any]:
+    """result.json's evaluation fields."""
+    return {
+        "val_loss": res.loss,
+        "ppl": res.ppl,
+        "bpb": res.bpb,
+        "ref_val_loss": ref.loss,
+        "ref_bpb": ref.bpb,
+        "delta_bpb": res.bpb - ref.bpb,
+        "eval_tokens": res.tokens,
+        "eval_bytes": res.bytes,
+        "eval_precision": cfg.eval.precision,
+        "eval_stride": cfg.eval.get("stride", None),
+        "kld": res.kld,
+        "window_nll": res.window_nll,
+        "window_bytes": res.window_bytes,
+        "ref_window_nll": ref.window_nll,
+        "window_docs": ed.val_docs.tolist(),
+    }
+
+
+def _unmeasured(ad: adapters.ModelAdapter) -> dict[str, Any]:
+    """result.json's evaluation fields for an adapter without a model: null, and why."""
+    keys = ("val_loss", "ppl", "bpb", "ref_val_loss", "ref_bpb", "delta_bpb", "kld", "window_nll", "window_bytes")
+    return {
+        **dict.fromkeys(keys),
+        "bpb_measured": False,
+        "bpb_not_measured": f"model={ad.name} has no model to evaluate: weight error and bytes only",
+    }
+
+
+def _finetune(units, ref_model, ed: evaldata.EvalData | None, cfg: DictConfig, ad: adapters.ModelAdapter):
+    """ClusComp-style block calibration of codebooks and scales (codes frozen), when finetune.steps > 0."""
+    if "finetune" not in cfg or cfg.finetune.steps <= 0:
+        return units, {"steps": 0}
+    if not ad.blockwise:
+        raise ConfigError(
+            f"finetune.steps > 0 (block calibration) needs the built-in model's blocks; model={ad.name} has none "
+            "(set finetune.steps=0)"
+        )
+    ft_cfg = OmegaConf.to_object(cfg.finetune)
+    n_win = ft_cfg.windows or cfg.calib.windows
+    if ed is None or ed.files is None or not ed.files.train or n_win <= 0:
+        raise ConfigError("finetune needs train shards and windows > 0 (finetune.windows or calib.windows)")
+    windows = ed.calib_windows(cfg.calib.seq_len, n_win)
+    return finetune(units, ref_model, windows, ft_cfg, cfg.device, seed=cfg.seed)
+
+
+def serializers(
+    entries: list[Any], lay: layout.LayoutConfig
+) -> list[tuple[str, str, dict[str, Any], layout.LayoutConfig]]:
+    """extra_codecs entries as (name, codec, params, layout), checked: a codec name (its defaults, the
+    run's layout) or a mapping {name, codec, params, layout}."""
+    out = []
+    for entry in entries:
+        if isinstance(entry, str):
+            out.append((entry, entry, get_codec(entry).config(), lay))
+            continue
+        e = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
+        unknown = set(e) - {"name", "codec", "params", "layout"}
+        if unknown or "codec" not in e:
+            raise ConfigError(
+                f"extra_codecs entry {e!r}: needs codec (and name, params, layout), not {sorted(unknown)}"
+            )
+        codec, params = str(e["codec"]), dict(e.get("params") or {})
+        get_codec(codec, **params)
+        entry_lay = layout.LayoutConfig(**e["layout"]) if e.get("layout") else lay
+        out.append((str(e.get("name") or codec), codec, params, entry_lay))
+    return out
+
+
+def _extra_codecs(
+    out_dir: Path, units, entries: list[tuple[str, str, dict, layout.LayoutConfig]], decoded
+) -> dict[str, dict]:
+    """The same streams through other serializers (see `serializers`): bytes only, each file decoded and checked."""
+    out = {}
+    params = sum(v.numel() for v in decoded.values())
+    for name, codec, codec_params, entry_lay in entries:
+        path = out_dir / f"model.{name}.bgz"
+        t0 = time.perf_counter()
+        written = artifact.write(path, units, codec, codec_params, entry_lay)
+        t1 = time.perf_counter()
+        again, _ = artifact.read(path)
+        if any(not torch.equal(again[k], v) for k, v in decoded.items()):
+            raise ConfigError(f"serializer {name} did not round-trip the artifact")
+        code = codebytes.artifact_code_bytes(path)["code_bytes"]
+        blob_codecs = [b["codec"] for b in container.read_manifest(path)["blobs"]]
+        roles = accounting.role_report(units, written.manifest["units"], written.blob_stored, written.final_bytes)
+        out[name] = {
+            "final_bytes": written.final_bytes,
+            "bytes_by_role": {role: v["bytes"] for role, v in roles.items()},
+            "bits_per_weight": written.final_bytes * 8 / params,
+            "code_bytes": code,
+            "blob_codecs": {c: blob_codecs.count(c) for c in sorted(set(blob_codecs))},
+            "layout": entry_lay.describe(),
+            "seconds_write": round(t1 - t0, 3),
+            "seconds_read": round(time.perf_counter() - t1, 3),
+        }
+    return out
+
+
+def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
+    """Per-tensor error measures of the decoded weights against the originals."""
+    rows = []
+    for unit in units:
+        unit_numel = sum(math.prod(t.shape) for t in unit.tensors) or 1
+        for spec in unit.tensors:
+            w, w_hat = state[spec.name], decoded[spec.name]
+            rel = metrics.rel_mse(w.float(), w_hat.float()) if w.is_floating_point() else 0.0
+            g = grams.get(spec.name)
+            out_err = metrics.output_error(w.float(), w_hat.float(), g) if g is not None and w.ndim == 2 else math.nan
+            rows.append(
+                {
+                    "name": spec.name,
+                    "format": unit.format,
+                    "params": w.numel(),
+                    "rel_mse": rel,
+                    "sqnr_db": metrics.sqnr_db(rel),
+                    "output_error": out_err,
+                    "nominal_bits": unit.nominal_bits * w.numel() / unit_numel,
+                }
+            )
+    return rows
+
+
+def _parts(by_role: dict[str, float] | None) -> str:
+    """A serializer's bytes by part as the summary prints them, or "" where a result predates them."""
+    return f" ({', '.join(f'{k} {v:,.0f} B' for k, v in by_role.items())})" if by_role else ""
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    """The summary a run prints: one line of results, one of where the bytes went."""
+    roles = sorted(r["bytes_by_role"].items(), key=lambda kv: -kv[1]["bytes"])
+    shares = ", ".join(f"{name} {v['bytes']:,.0f} B ({v['share']:.1%})" for name, v in roles)
+    extra = "".join(
+        f"\n  {name}: {x['final_bytes']:,} B, {x['final_bytes'] / r['final_bytes'] - 1:+.2%} vs {r['codec']}"
+        + _parts(x.get("bytes_by_role"))
+        for name, x in (r.get("extra_codecs") or {}).items()
+    )
+    over = r.get("bytes_over_bound")
+    bound = f"; {over:.3f}× the entropy bound" if over else ""
+    k = r.get("kld")
+    kld = f" KLD {k['mean']:.4g}±{k['se']:.2g} top-1 {k['top1_agreement']:.1%}" if k else ""
+    bpb = (
+        f"bpb {r['bpb']:.4f} (Δ {r['delta_bpb']:+.4f} vs {r['ref_bpb']:.4f})"
+        if r.get("bpb") is not None
+        else "bpb not measured"
+    )
+    return (
+        f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B (+{r['code_bytes']:,} B code; "
+        f"{r['bits_per_weight']:.3f} bits/weight, "
+        f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} output_err {r['output_error']:.3e} "
+        f"{bpb}{kld}"
+        f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s\n"
+        f"  bytes by role: {shares}{bound}{extra}"
+    )

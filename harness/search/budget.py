@@ -1,0 +1,278 @@
+"""Equal-bytes search: move a format's rate knob until the artifact is as large as the budget allows.
+
+Each format names its rate knob (`Format.rate_knob`, per instance). The search treats the counted
+bytes (final bytes, plus the decoder's code bytes when `budget.count_code`) as a monotone function
+of the knob, in whichever direction the measurements show. It brackets the budget by stepping
+geometrically from the format's default, then narrows the bracket by the secant rule on
+(knob, log bytes) — log-knob for knobs with a log scale, since H(q) ≈ b − log2 k + const —
+safeguarded by bisection. Integer knobs (bits, codebook size, number of codebooks) move over the
+integers and stop when no integer is left inside the bracket. Every probe is encode + write only
+(bytegolf.search.prober), cached by knob value; nothing is evaluated during the search.
+
+A landing is the probe with the most counted bytes ≤ budget. Its status:
+  ok            within `tol` of the budget (counted ≥ (1 − tol)·budget)
+  short         fits, but the probes ran out or the integer knob has no value in between
+  at_limit      the knob cannot reach the budget: the format cannot use this much budget. Bytes past
+                a knob's sweet spot need not buy quality (a clip below ~4σ cuts into the weights), so
+                where the probes carry an output error the landing is the fitting probe with the least
+                (ties: the most bytes), else the one with the most bytes
+  does_not_fit  even the smallest setting is over the budget (reported, never raised)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bytegolf.errors import ConfigError
+
+log = logging.getLogger("bytegolf")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A rate knob's search range: [lo, hi], log or linear steps, integer or continuous."""
+
+    name: str
+    lo: float
+    hi: float
+    log: bool = True
+    integer: bool = False
+
+    def snap(self, x: float) -> float:
+        """x clamped to the range, rounded to an integer or to 5 significant digits."""
+        x = min(max(x, self.lo), self.hi)
+        return float(round(x)) if self.integer else float(f"{x:.5g}")
+
+    def t(self, x: float) -> float:
+        """Search coordinate."""
+        return math.log(x) if self.log else x
+
+    def x(self, t: float) -> float:
+        return math.exp(t) if self.log else t
+
+    def value(self, x: float) -> int | float:
+        """The value as the format takes it."""
+        return round(x) if self.integer else float(x)
+
+
+# Ranges for the knobs the built-in formats declare; an unknown knob gets one from its default.
+KNOBS: dict[str, Knob] = {
+    # SDClip clips each row at clip_k·std: below ~3σ it cuts into the bulk of the weights, so bytes
+    # still rise while quality collapses (int6 at k=1.6: rel MSE 0.14); the search stops at 3.
+    "clip_k": Knob("clip_k", 3.0, 64.0),
+    "lam": Knob("lam", 1e-4, 100.0),
+    "bits": Knob("bits", 2, 8, log=False, integer=True),
+    "codebook_size": Knob("codebook_size", 2, 65536, integer=True),
+    # additive: a real number, ⌊x⌋ AQLM codebooks plus a partial one on a share x − ⌊x⌋ of the rows,
+    # so bytes move continuously (one whole codebook is ≈2.35 MB on the 17M-parameter model)
+    "num_codebooks": Knob("num_codebooks", 1, 16, log=False),
+    "fraction": Knob("fraction", 1e-4, 0.5),
+    "rank": Knob("rank", 1, 512, integer=True),
+}
+
+
+def knob_for(name: str | None, default: Any, override: dict[str, Any] | None = None) -> Knob | None:
+    """The search range of a knob: from KNOBS, else inferred from the default's type; override
+    (keys lo, hi, log, integer) wins."""
+    if name is None:
+        return None
+    knob = KNOBS.get(name)
+    if knob is None:
+        if isinstance(default, bool) or not isinstance(default, (int, float)) or default <= 0:
+            raise ConfigError(
+                f"rate knob {name!r} (default {default!r}) has no known range; set compare.knobs.<format>.lo/hi"
+            )
+        if isinstance(default, int):
+            knob = Knob(name, 1, max(16, default * 64), integer=True)
+        else:
+            knob = Knob(name, default / 256, default * 256)
+    if override:
+        unknown = set(override) - {"lo", "hi", "log", "integer"}
+        if unknown:
+            raise ConfigError(f"knob settings for {name}: unknown keys {sorted(unknown)} (use lo, hi, log, integer)")
+        knob = replace(knob, **{k: v for k, v in override.items()})
+    if not knob.lo < knob.hi or (knob.log and knob.lo <= 0):
+        raise ConfigError(f"knob {name}: need 0 < lo < hi on a log scale (lo < hi otherwise), got {knob}")
+    return knob
+
+
+@dataclass
+class Probe:
+    """One encode + write at a knob value (final_bytes None: the value is invalid for the format)."""
+
+    value: float
+    final_bytes: int | None
+    code_bytes: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    output_error: float | None = None  # the encoding's aggregate output error, where Gram matrices exist
+
+    def counted(self, count_code: bool) -> int | None:
+        if self.final_bytes is None:
+            return None
+        return self.final_bytes + (self.code_bytes if count_code else 0)
+
+
+@dataclass
+class Landing:
+    """Where the search for one budget ended."""
+
+    budget: int
+    status: str
+    knob: str | None
+    value: float | None
+    final_bytes: int | None
+    counted_bytes: int | None
+    code_bytes: int
+    ratio: float  # counted / budget
+    probes: int  # distinct knob values this budget's search asked for (the encoder's cache serves repeats)
+    trace: list[tuple[float, int | None]] = field(default_factory=list)  # (value, counted) in probe order
+
+    def describe(self) -> str:
+        where = f"{self.knob}={self.value:g}" if self.knob else "fixed settings"
+        if self.status == "does_not_fit":
+            return f"does not fit: smallest {self.counted_bytes:,} B at {where} ({self.ratio:.4f} × budget)"
+        return f"{where}: {self.counted_bytes:,} B = {self.ratio:.4f} × budget [{self.status}, {self.probes} probes]"
+
+
+Measure = Callable[[float], Probe]
+
+
+def search(
+    measure: Measure,
+    knob: Knob | None,
+    start: float | None,
+    budget: int,
+    count_code: bool = False,
+    tol: float = 0.005,
+    max_probes: int = 24,
+) -> Landing:
+    """Find the knob value whose counted bytes are ≤ budget and as large as possible.
+
+    measure(value) encodes and writes at that value (cached by the caller, so values shared by the
+    searches for several budgets are encoded once); knob None: the format has no rate knob and its
+    one setting fits or not. max_probes bounds the distinct values this search asks for."""
+    seen: dict[float, Probe] = {}
+    trace: list[tuple[float, int | None]] = []
+
+    def ev(x: float) -> int | None:
+        x = knob.snap(x) if knob else x
+        if x not in seen:
+            seen[x] = measure(x)
+            trace.append((x, seen[x].counted(count_code)))
+        return seen[x].counted(count_code)
+
+    def landing(status: str | None = None) -> Landing:
+        valid = [(x, p) for x, p in seen.items() if p.final_bytes is not None]
+        if not valid:
+            errs = "; ".join(f"{x:g}: {p.error}" for x, p in seen.items())
+            raise ConfigError(f"no {knob.name if knob else 'setting'} value could be encoded ({errs})")
+        fits = [(x, p) for x, p in valid if p.counted(count_code) <= budget]
+        if fits:
+            x, p = max(fits, key=lambda xp: (xp[1].counted(count_code), -xp[0]))
+            c = p.counted(count_code)
+            st = "ok" if c >= (1 - tol) * budget else (status or "short")
+            if st == "at_limit" and all(q.output_error is not None for _, q in fits):
+                x, p = min(fits, key=lambda xp: (xp[1].output_error, -xp[1].counted(count_code), xp[0]))
+                c = p.counted(count_code)
+        else:
+            x, p = min(valid, key=lambda xp: xp[1].counted(count_code))
+            c, st = p.counted(count_code), "does_not_fit"
+        name = knob.name if knob else None
+        return Landing(budget, st, name, x, p.final_bytes, c, p.code_bytes, c / budget, len(seen), trace)
+
+    if knob is None or start is None:
+        ev(0.0 if start is None else start)
+        return landing()
+
+    x0 = knob.snap(start)
+    b0 = ev(x0)
+    if b0 is None:  # the default itself is invalid here: restart from the middle of the range
+        x0 = knob.snap(knob.x((knob.t(knob.lo) + knob.t(knob.hi)) / 2))
+        b0 = ev(x0)
+        if b0 is None:
+            return landing()
+
+    # Direction (+1: bytes grow with the knob): probe out on both sides until the bytes differ.
+    direction = 0
+    unit = 0.7 if knob.log else 1.0
+    for mult in (1, -1, 2, -2, 4, -4, 8, -8):
+        x1 = knob.snap(knob.x(knob.t(x0) + mult * unit))
+        b1 = ev(x1) if x1 != x0 else None
+        if b1 is not None and b1 != b0:
+            direction = 1 if (b1 - b0) * (x1 - x0) > 0 else -1
+            break
+    if direction == 0:
+        log.info("%s: the bytes do not change over the probed values; one setting", knob.name)
+        return landing("at_limit" if b0 <= budget else None)
+
+    def bracket() -> tuple[tuple[float, int] | None, tuple[float, int] | None]:
+        """(fitting probe with most bytes, non-fitting probe with fewest bytes)."""
+        valid = [(x, p.counted(count_code)) for x, p in seen.items() if p.final_bytes is not None]
+        fit = [xb for xb in valid if xb[1] <= budget]
+        over = [xb for xb in valid if xb[1] > budget]
+        # ties in bytes (a flat stretch of the knob): the probe nearest the other side, so the bracket shrinks
+        return (
+            max(fit, key=lambda xb: (xb[1], direction * xb[0])) if fit else None,
+            min(over, key=lambda xb: (xb[1], direction * xb[0])) if over else None,
+        )
+
+    # Expand geometrically from the best probe so far until the budget is bracketed or the range ends.
+    edge_more = knob.hi if direction > 0 else knob.lo  # the end with the most bytes
+    edge_less = knob.lo if direction > 0 else knob.hi
+    step = unit
+    while len(seen) < max_probes:
+        fit, over = bracket()
+        if fit and over:
+            break
+        x_from, edge = (fit[0], edge_more) if fit else (over[0], edge_less)
+        if x_from == edge:
+            return landing("at_limit" if fit else None)  # the knob goes no further
+        sign = 1 if edge > x_from else -1
+        x_new = knob.snap(knob.x(knob.t(x_from) + sign * step))
+        if x_new == x_from and knob.integer:
+            x_new = knob.snap(x_from + sign)
+        if x_new in seen and seen[x_new].final_bytes is not None:
+            if x_new == edge:  # the range's end is known already (bytes need not be monotone there)
+                return landing("at_limit" if fit else None)
+            step *= 2  # already known (and on the same side): go further
+            continue
+        for _ in range(4):  # invalid there (e.g. more centroids than sub-vectors): come back halfway
+            if x_new == x_from or ev(x_new) is not None:
+                break
+            x_new = knob.snap(knob.x((knob.t(x_from) + knob.t(x_new)) / 2))
+        if x_new == x_from or x_new not in seen or seen[x_new].final_bytes is None:
+            return landing("at_limit" if fit else None)  # x_from is as far as the knob goes
+        step *= 2
+
+    # Narrow the bracket: secant on (t, log bytes) aimed inside the tolerance, bisection as safeguard.
+    target = budget * (1 - tol / 2)
+    last_side = same_side = 0
+    while len(seen) < max_probes:
+        fit, over = bracket()
+        if fit is None or over is None or fit[1] >= (1 - tol) * budget:
+            break
+        tf, to = knob.t(fit[0]), knob.t(over[0])
+        lf, lo_ = math.log(max(fit[1], 1)), math.log(over[1])
+        frac = (math.log(target) - lf) / (lo_ - lf) if lo_ > lf else 0.5
+        frac = 0.5 if same_side >= 2 else min(max(frac, 0.1), 0.9)
+        x_new = knob.snap(knob.x(tf + frac * (to - tf)))
+        lo_x, hi_x = sorted((fit[0], over[0]))
+        if not lo_x < x_new < hi_x:
+            mid = knob.snap(knob.x((tf + to) / 2))
+            x_new = mid if lo_x < mid < hi_x else knob.snap(fit[0] + (1 if over[0] > fit[0] else -1))
+            if not lo_x < x_new < hi_x:
+                break  # nothing representable left between the two
+        if x_new in seen:
+            break  # already probed: the bracket no longer shrinks
+        b = ev(x_new)
+        if b is None:
+            break
+        side = 1 if b <= budget else -1
+        same_side = same_side + 1 if side == last_side else 1
+        last_side = side
+    return landing()

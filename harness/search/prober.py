@@ -1,0 +1,188 @@
+"""Probe encoder: encode + write one format at one knob value and measure its bytes (the search's `measure`).
+
+A `Workspace` holds what every probe shares (state dict, plan settings, calibration Gram
+matrices); an `Encoder` is one format's `measure(value)` for bytegolf.search.budget: it makes the plan at
+that value, encodes, writes a probe artifact with the run's layout and codec, counts its final and
+code bytes, deletes the file and returns a `Probe`. Probes are cached by knob value, in memory and
+(optionally) in a JSON file, so a rerun or another budget's search does not encode again; the
+last few encodings are kept so a landing is not encoded twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bytegolf.errors import ConfigError
+from bytegolf.search.budget import Knob, Probe
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from bytegolf.formats import EncodeContext
+
+log = logging.getLogger("bytegolf")
+
+
+class Workspace:
+    """What every probe of every format shares: the state dict, the plan settings, the Gram matrices."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        from omegaconf import OmegaConf
+
+        from bytegolf.data import evaldata
+        from bytegolf.model import adapters
+        from bytegolf.quantize.plan import PlanConfig, Rule
+        from bytegolf.run.point import _grams
+
+        self.cfg = cfg
+        self.adapter = ad = adapters.get_adapter(cfg.model)
+        self.state = ad.load_state()
+        model = ad.build(self.state) if cfg.calib.windows > 0 or ad.blockwise else None
+        self.data = evaldata.load(cfg, ad, model) if model is not None else None
+        fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(self.data.fingerprints if self.data else {})}
+        self.fingerprint = fp["checkpoint"]
+        if cfg.calib.windows > 0:
+            self.grams, self.rows = _grams(ad, model, self.data, cfg, fp)
+        else:
+            self.grams, self.rows = {}, 0
+        plan_cfg = OmegaConf.to_object(cfg.plan)
+        assert isinstance(plan_cfg, PlanConfig)
+        plan_cfg.rules = [r if isinstance(r, Rule) else Rule(**r) for r in plan_cfg.rules]
+        self.plan_cfg = plan_cfg
+
+    def sensitivities(self) -> dict[str, Any]:
+        """Each weight's loss sensitivity (bytegolf.quantize.sensitivity) on the calibration windows, gathered once;
+        the built-in GPT only."""
+        if getattr(self, "_sens", None) is None:
+            from bytegolf.quantize.sensitivity import output_fishers
+            from bytegolf.run.point import _calib_windows
+
+            if self.adapter.name != "gpt" or self.data is None or not self.grams:
+                raise ConfigError(
+                    "the loss objective needs the built-in GPT and calibration windows (calib.windows > 0); "
+                    "use objective output_error"
+                )
+            model = self.adapter.build(self.state)
+            windows = _calib_windows(self.data, self.cfg)
+            self._sens, _ = output_fishers(model, windows, self.cfg.device, self.cfg.calib.batch_size)
+        return self._sens
+
+    def context(self) -> EncodeContext:
+        """The EncodeContext of every encode on this workspace (Gram matrices, device, seed)."""
+        from bytegolf.formats import EncodeContext
+
+        counts = dict.fromkeys(self.grams, self.rows)
+        return EncodeContext(hessians=self.grams, hessian_counts=counts, device=self.cfg.device, seed=self.cfg.seed)
+
+
+KEEP_ENCODINGS = 4  # encodings an Encoder keeps in memory (each about the model's fp32 size)
+
+
+class Encoder:
+    """measure(value): encode + write one format at one knob value; cached in memory and in a JSON file."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        fmt: str,
+        params: dict[str, Any],
+        knob: Knob | None,
+        codec: str,
+        codec_params: dict[str, Any],
+        work_dir: Path,
+        cache_file: Path | None = None,
+        plan_at: Callable[[float], Any] | None = None,
+        layout_cfg: dict[str, Any] | None = None,
+    ) -> None:
+        """plan_at(value): the PlanConfig at a knob value (default: the workspace's); layout_cfg: the
+        layout settings (default: the run config's)."""
+        self.ws, self.fmt, self.params, self.knob = ws, fmt, dict(params), knob
+        self.plan_at, self.layout_cfg = plan_at, layout_cfg
+        self.codec, self.codec_params = codec, dict(codec_params)
+        self.work_dir, self.cache_file = work_dir, cache_file
+        self.cache: dict[float, Probe] = {}
+        self.units: dict[float, list] = {}  # the last few probes' encodings, so a landing is not encoded again
+        if cache_file is not None and cache_file.is_file():
+            import json
+
+            for p in json.loads(cache_file.read_text()).get("probes", []):
+                self.cache[float(p["value"])] = Probe(**p)
+
+    def params_at(self, value: float) -> dict[str, Any]:
+        return {**self.params, self.knob.name: self.knob.value(value)} if self.knob else dict(self.params)
+
+    def __call__(self, value: float) -> Probe:
+        if value in self.cache:
+            return self.cache[value]
+        import torch
+
+        from bytegolf.artifact import file as artifact
+        from bytegolf.artifact import layout
+        from bytegolf.measure import codebytes
+        from bytegolf.quantize.plan import make_plan
+        from bytegolf.run.point import encode_units
+
+        t0 = time.perf_counter()
+        cfg = self.ws.cfg
+        path = self.work_dir / f".probe-{self.fmt}-{os.getpid()}.bgz"  # own file: compares may share work_dir
+        try:
+            torch.manual_seed(cfg.seed)
+            plan_cfg = self.plan_at(value) if self.plan_at else self.ws.plan_cfg
+            plan = make_plan(self.ws.state, plan_cfg, self.fmt, self.params_at(value))
+            units = encode_units(cfg, self.ws.state, plan, self.ws.context(), plan_cfg.lowrank, self.ws.data, False)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            lay = layout.LayoutConfig(**(self.layout_cfg if self.layout_cfg is not None else cfg.layout))
+            written = artifact.write(path, units, self.codec, self.codec_params, lay)
+            code = codebytes.artifact_code_bytes(path)["code_bytes"]
+            err = self.output_error(units)
+            probe = Probe(value, written.final_bytes, code, round(time.perf_counter() - t0, 3), output_error=err)
+            self.units[value] = units
+            while len(self.units) > KEEP_ENCODINGS:
+                self.units.pop(next(iter(self.units)))
+        except ConfigError as exc:
+            probe = Probe(value, None, 0, round(time.perf_counter() - t0, 3), str(exc))
+        finally:
+            path.unlink(missing_ok=True)
+        name = self.knob.name if self.knob else "settings"
+        log.info("probe %s %s=%g: %s", self.fmt, name, value, probe.final_bytes or probe.error)
+        self.cache[value] = probe
+        self._save()
+        return probe
+
+    def output_error(self, units: list) -> float | None:
+        """The parameter-weighted mean output error (bytegolf.measure.metrics.output_error) of the encoding's
+        reconstructions over the tensors with a Gram matrix, as a run reports it; None without any."""
+        from bytegolf.measure import metrics
+
+        errs, weights = [], []
+        for unit in units:
+            if unit.format == "passthrough":
+                continue
+            for spec in unit.tensors:
+                g, rec = self.ws.grams.get(spec.name), (unit.recon or {}).get(spec.name)
+                w = self.ws.state[spec.name]
+                if g is not None and rec is not None and w.ndim == 2:
+                    errs.append(metrics.output_error(w.float(), rec.float(), g))
+                    weights.append(w.numel())
+        return metrics.weighted_mean(errs, weights) if errs else None
+
+    def _save(self) -> None:
+        if self.cache_file is None:
+            return
+        from bytegolf.run.store import write_json_atomic
+
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "format": self.fmt,
+            "params": self.params,
+            "knob": asdict(self.knob) if self.knob else None,
+            "codec": self.codec,
+            "probes": [asdict(p) for p in sorted(self.cache.values(), key=lambda p: p.value)],
+        }
+        write_json_atomic(self.cache_file, body)

@@ -1,0 +1,1184 @@
+"""`bytegolf compare`: every format at equal final bytes, per budget, evaluated and ranked.
+
+For each format (default: every registered format but passthrough, each with its YAML defaults
+from experiments/format/, plus compare.params.<format>; or named variants of one format) and
+each budget, the equal-bytes search (harness/search/budget.py) moves the format's rate knob with
+encode + write probes only (harness/search/prober.py). Each landed point is then run like `bytegolf run`
+from its probe's encoding (bytegolf.run.point.run_point: the artifact is written, decoded from the
+file, checked bit for bit and evaluated) into points/<budget>/<format or variant>_<config hash>/result.json, with
+the budget, the knob value and how close it landed. A budget no setting reaches gives a row
+with status does_not_fit. Per budget the lowest bpb wins; every other format gets Δbpb against
+the winner with a paired bootstrap CI over the evaluation windows.
+
+Randomized systems (a format with `randomized = True`) are evaluated again at each landing with
+other seeds (compare.seeds), which gives the ranking's seed spread; every system gets
+compare.front_points evaluated points across the budgets' range for its frontier (points/front/).
+
+Allocated systems (compare.allocated.<name>: a format, candidates and/or a knob in `bytegolf allocate`'s
+language, bytegolf.search.allocate) have no knob to search: every unit × candidate is measured once (bytes
+with the probe codec, output error) into search/<name>_<hash>.allocation.json, and per budget the
+least-error allocation within it is landed from those tables (bytegolf.search.allocate.land: a few probe
+writes; landings are cached in the same file), then evaluated like any point, encoded afresh from its
+plan (a rule per tensor), into points/<budget>/<name>_<key>/ with config.yaml, plan.yaml,
+allocation.json and allocation.md beside result.json. The key covers the run config, the candidates,
+tol, max_rounds, max_states and the target, so other allocation settings are other points.
+
+A compare started again in the same directory (hydra.run.dir=...) reuses the probe caches and the
+allocation tables in search/ and skips points whose result.json is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from bytegolf.artifact import file as artifact
+from bytegolf.errors import ConfigError
+from bytegolf.quantize.plan import PlanConfig, format_defaults, merge_settings
+from bytegolf.run import store, sweep
+from bytegolf.run.provenance import git_revision, source_hash
+from bytegolf.search import budget as search
+from bytegolf.search.prober import Encoder, Workspace
+from bytegolf.study.analysis import REFERENCE_SYSTEMS, system
+from bytegolf.study.stats import adjust_pvalues, paired_bootstrap
+
+log = logging.getLogger("bytegolf")
+PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "experiment"
+REFERENCES = REFERENCE_SYSTEMS  # Parameter Golf's exports, always ranked
+# a point's own keys, which a twin's result does not pass on (bytegolf.study.compare._take_over)
+TWIN_DROP = frozenset(
+    [
+        "variant",
+        "reference",
+        "budget_bytes",
+        "seed_budget",
+        "status",
+        "landed_ratio",
+        "counted_bytes",
+        "count_code",
+        "knob",
+        "knob_value",
+        "search_probes",
+        "search_trace",
+        "config_hash",
+        "cap_bytes",
+        "fits_cap",
+    ]
+)
+EMBEDDING = "tok_emb.weight"  # the tied embedding, which compare.embedding (scalar settings) quantizes
+WAIT_S = 5.0  # seconds between looks at a point another compare is evaluating
+WRAPPERS = ("passthrough", "lowrank")  # formats that are not systems of their own by default
+
+
+@dataclass
+class System:
+    """What the compare ranks: a format with its settings and rate knob, a plan, a layout and a codec.
+
+    `reference`: a Parameter Golf export, also evaluated at its own size; its plan rules that set the
+    knob move with it in proportion (the recipe's per-tensor clip multiples scale together). Other
+    systems' rules (the embedding plan) stay fixed."""
+
+    label: str
+    fmt: str
+    params: dict[str, Any]
+    knob: search.Knob | None
+    codec: str
+    codec_params: dict[str, Any]
+    layout: dict[str, Any]
+    plan: dict[str, Any]
+    reference: bool = False
+    finetune: dict[str, Any] = field(default_factory=dict)  # block calibration settings over the run's
+    allocation: AllocationSpec | None = None  # an allocated system (compare.allocated): no knob, no search
+
+    def plan_at(self, value: float | None) -> dict[str, Any]:
+        """The plan settings at a knob value (a reference's rules that set the knob scaled by value / default)."""
+        plan = dict(self.plan)
+        k = self.knob
+        default = self.params.get(k.name) if k else None
+        fixed = not self.reference or k is None or value is None or k.integer
+        if fixed or not isinstance(default, (int, float)) or default <= 0:
+            return plan
+        factor = float(k.value(value)) / float(default)
+        rules = []
+        for r in plan.get("rules") or []:
+            r = dict(r)
+            if k.name in (r.get("params") or {}) and (r.get("format") in (None, self.fmt)):
+                r["params"] = {**r["params"], k.name: float(r["params"][k.name]) * factor}
+            rules.append(r)
+        plan["rules"] = rules
+        return plan
+
+    def plan_config(self, value: float | None):
+        """plan_at as the PlanConfig the encoder uses."""
+        from bytegolf.quantize.lqer import LowRankPlan
+        from bytegolf.quantize.plan import PlanConfig, Rule
+
+        d = self.plan_at(value)
+        rules = [Rule(**r) for r in d.get("rules") or []]
+        lowrank = LowRankPlan(**(d.get("lowrank") or {}))
+        return PlanConfig(
+            **{**{k: v for k, v in d.items() if k not in ("rules", "lowrank")}, "rules": rules, "lowrank": lowrank}
+        )
+
+
+def _container(node: Any) -> dict[str, Any]:
+    out = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
+    assert isinstance(out, dict)
+    return out
+
+
+def _group_defaults(group: str, name: str) -> dict[str, Any]:
+    """Settings of experiments/<group>/<name>.yaml (without its defaults list); {} when there is none."""
+    path = PRESETS.parent / group / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    node = _container(OmegaConf.load(path))
+    node.pop("defaults", None)
+    return node
+
+
+def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], dict[str, Any], dict, dict]:
+    """(format, params, codec with name, layout, plan) of an experiment preset, over the compare's settings."""
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise ConfigError(f"compare.references: unknown preset {name!r}; known: {known}")
+    node = _container(OmegaConf.load(path))
+    groups = {"format": None, "codec": None}
+    for entry in node.pop("defaults", []):
+        if isinstance(entry, dict):
+            for k, v in entry.items():
+                key = str(k).removeprefix("override ").strip().lstrip("/")
+                if key in groups:
+                    groups[key] = str(v)
+    fmt = groups["format"]
+    if fmt is None:
+        raise ConfigError(f"compare.references: preset {name} names no format")
+    params = merge_settings(format_defaults(fmt), node.get("format") or {})
+    codec_name = groups["codec"] or str(cfg.codec.name)
+    codec = {"name": codec_name, **merge_settings(_group_defaults("codec", codec_name), node.get("codec") or {})}
+    lay = merge_settings(_container(cfg.layout), node.get("layout") or {})
+    own = {k: v for k, v in _container(cfg.plan).items() if k not in ("rules", "lowrank")}  # the recipe's own rules
+    plan = merge_settings(own, node.get("plan") or {})
+    return fmt, params, codec, lay, plan
+
+
+@dataclass
+class CompareSettings:
+    """Formats (null: every registered one but passthrough and lowrank; []: none), reference presets (each at its
+    own size and, those in search_references (true: all), searched to every budget), budgets in bytes, search and
+    bootstrap settings.
+
+    params: per-format settings over the YAML defaults, e.g. {scalar: {bits: 8}};
+    knobs: per-format knob ranges, e.g. {scalar: {lo: 2.0, hi: 30.0}} (keys lo, hi, log, integer);
+    variants: named settings of one format compared as systems of their own, listed in `formats`
+    by their label, e.g. {rows: {format: sparse_outlier, params: {layout: row}}}; params and knobs
+    then take the label as key; calibrate: per-system block calibration (finetune) settings over the
+    run's, e.g. {clustered: {steps: 200}} (ClusComp's calibration step); allocated: named systems whose
+    point at each budget is the budget-optimal per-tensor allocation over candidates (bytegolf.search.allocate's
+    candidate and knob language), e.g. {mix: {format: scalar, candidates: [{bits: 4}, {bits: 6}]}};
+    embedding: scalar settings for the tied embedding in every format's plan (null: the format quantizes
+    it like any matrix; allocated systems take the embedding's settings from their candidates)."""
+
+    formats: list[str] | None = None
+    references: list[str] = field(default_factory=lambda: list(REFERENCES))
+    search_references: Any = True  # true: every reference; false: none; a list: those references
+    budgets: list[float] = field(default_factory=lambda: [16e6, 8e6, 4e6])
+    params: dict[str, Any] = field(default_factory=dict)
+    knobs: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, Any] = field(default_factory=dict)
+    calibrate: dict[str, Any] = field(default_factory=dict)
+    allocated: dict[str, Any] | None = field(default_factory=dict)  # null: no allocated system
+    embedding: dict[str, Any] | None = None
+    probe_codec: dict[str, Any] | None = None
+    tol: float = 0.005
+    max_probes: int = 24
+    samples: int = 1000
+    level: float = 0.95
+    rank_by: str = "bpb"  # bpb, or kld (mean KL(ref||quant) per token; needs eval.kld=true)
+    seeds: int = 2  # randomized encoders (k-means, AQLM init) are run with this many seeds at every landing
+    front_points: int = 6  # evaluated points per system across the budgets' range (landings count)
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_compare", node=CompareSettings, package="compare")
+
+
+def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple[str, dict, dict, dict]]:
+    """compare.variants as label -> (format, params, plan, layout), checked (plan and layout over the compare's)."""
+    out = {}
+    for label, v in node.items():
+        if label in registry:
+            raise ConfigError(f"compare.variants: label {label!r} is a format's name; pick another")
+        if (
+            not isinstance(v, dict)
+            or v.get("format") not in registry
+            or set(v) - {"format", "params", "plan", "layout"}
+        ):
+            raise ConfigError(
+                f"compare.variants.{label}: need {{format: <one of {', '.join(sorted(registry))}>, params: {{...}}}}"
+                " (and optionally plan: {...}, layout: {...})"
+            )
+        out[label] = (
+            str(v["format"]),
+            dict(v.get("params") or {}),
+            dict(v.get("plan") or {}),
+            dict(v.get("layout") or {}),
+        )
+    return out
+
+
+ALLOCATED_KEYS = (
+    "format",
+    "params",
+    "candidates",
+    "knob",
+    "objective",
+    "tol",
+    "max_rounds",
+    "max_states",
+    "plan",
+    "layout",
+)
+
+
+@dataclass
+class AllocationSpec:
+    """An allocated system's allocation settings (compare.allocated.<name>): its checked candidates (the
+    entry's candidates, then those along its knob) and how the allocation lands (bytegolf.search.allocate.land)."""
+
+    candidates: list[Any]  # bytegolf.search.allocate.Candidate
+    tol: float
+    max_rounds: int
+    max_states: int
+    objective: str = "auto"  # bytegolf.search.allocate.OBJECTIVES
+
+    def ident(self) -> dict[str, Any]:
+        """What a point of the system depends on beyond its run config (part of its point key)."""
+        return {
+            "candidates": [c.as_dict() for c in self.candidates],
+            "tol": self.tol,
+            "max_rounds": self.max_rounds,
+            "max_states": self.max_states,
+            "objective": self.objective,
+        }
+
+
+def _allocated(
+    node: dict[str, Any], taken: set[str], tol: float
+) -> dict[str, tuple[str, dict[str, Any], dict, dict, AllocationSpec]]:
+    """compare.allocated as name -> (format, params, plan, layout, spec), checked before any work (plan and
+    layout over the compare's; tol defaults to compare.tol). Errors name the entry."""
+    from bytegolf.formats import REGISTRY
+    from bytegolf.search import allocate
+
+    out = {}
+    for name, v in node.items():
+        where = f"compare.allocated.{name}"
+        if name in taken:
+            raise ConfigError(f"{where}: {name!r} is already a format, variant or reference; pick another name")
+        if not isinstance(v, dict) or set(v) - set(ALLOCATED_KEYS):
+            raise ConfigError(
+                f"{where}: need {{format: F, candidates: [...]}} and optionally knob, params, objective, tol, "
+                f"max_rounds, max_states, plan, layout; got {v!r}"
+            )
+        fmt = v.get("format")
+        if fmt not in REGISTRY:
+            raise ConfigError(f"{where}: unknown format {fmt!r}; known: {', '.join(sorted(REGISTRY))}")
+        params = merge_settings(format_defaults(str(fmt)), dict(v.get("params") or {}))
+        cands = allocate.check_candidates(str(fmt), params, v.get("candidates"), v.get("knob"), where=where)
+        spec = AllocationSpec(
+            cands,
+            float(v.get("tol", tol)),
+            int(v.get("max_rounds", 5)),
+            int(v.get("max_states", allocate.MAX_STATES)),
+            str(v.get("objective", "auto")),
+        )
+        if not 0 < spec.tol < 1 or spec.max_rounds < 1 or spec.max_states < 1:
+            raise ConfigError(f"{where}: need 0 < tol < 1, max_rounds >= 1 and max_states >= 1")
+        if spec.objective not in allocate.OBJECTIVES:
+            raise ConfigError(f"{where}.objective: {spec.objective!r} is not one of {', '.join(allocate.OBJECTIVES)}")
+        out[str(name)] = (str(fmt), params, dict(v.get("plan") or {}), dict(v.get("layout") or {}), spec)
+    return out
+
+
+def _budgets(values: list[float]) -> list[int]:
+    out = []
+    for v in values:
+        if not v > 0:
+            raise ConfigError(f"compare.budgets: every budget must be a positive number of bytes, got {v!r}")
+        out.append(int(v))
+    return out
+
+
+def point_cfg(
+    cfg: DictConfig, sysm: System, params: dict[str, Any], budget: int, value: float | None = None
+) -> DictConfig:
+    """The run config of one point of a system (`bytegolf run` with it reproduces the point): its format
+    settings, plan at the knob value, layout and codec, and cap = budget (0: no budget)."""
+    c = cfg.copy()
+    with open_dict(c):
+        c.pop("compare", None)
+        c.format = OmegaConf.create({"name": sysm.fmt, **params})
+        c.codec = OmegaConf.create({"name": sysm.codec, **sysm.codec_params})
+        c.layout = OmegaConf.create(sysm.layout)
+        c.plan = OmegaConf.merge(OmegaConf.structured(PlanConfig), sysm.plan_at(value))
+        if sysm.finetune:
+            c.finetune = OmegaConf.merge(c.finetune, sysm.finetune)
+        c.budget.cap_bytes = budget or c.budget.cap_bytes
+    return c
+
+
+def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] | None]:
+    """Every system the compare ranks, checked before any work, and the probe codec (None: each
+    system's own codec)."""
+    from bytegolf.formats import REGISTRY
+
+    cc = cfg.compare
+    variants = _variants(OmegaConf.to_container(cc.variants, resolve=True) or {}, REGISTRY)
+    refs = [str(r) for r in (cc.get("references") or [])]
+    names = list(cc.formats) if cc.formats is not None else [f for f in REGISTRY if f not in WRAPPERS] + list(variants)
+    node = OmegaConf.to_container(cc.allocated, resolve=True) if cc.get("allocated") else {}
+    assert isinstance(node, dict)
+    allocated = _allocated(node, {*REGISTRY, *variants, *refs}, float(cc.tol))
+    if not (names or refs or allocated):
+        raise ConfigError("compare: need at least one format, reference or allocated system")
+    _searched_references(cc)  # a bad compare.search_references fails before any work
+    extra_params = OmegaConf.to_container(cc.params, resolve=True) or {}
+    knob_over = OmegaConf.to_container(cc.knobs, resolve=True) or {}
+    calibrate = OmegaConf.to_container(cc.calibrate, resolve=True) or {}
+    embedding = OmegaConf.to_container(cc.embedding, resolve=True) if cc.get("embedding") else None
+    for key in (*extra_params, *knob_over, *calibrate):  # entries for formats this compare leaves out are unused
+        if key not in names and key not in REGISTRY and key not in variants and key not in refs:
+            raise ConfigError(
+                f"compare.params/knobs name {key!r}, which is neither a format, a variant nor a reference"
+            )
+    codec = _container(cfg.codec)
+    codec_name = str(codec.pop("name"))
+    probe_codec = None
+    if cc.get("probe_codec"):
+        pc = _container(cc.probe_codec)
+        probe_codec = (str(pc.pop("name")), pc)
+        from bytegolf.codecs import get_codec
+        from bytegolf.codecs.best import candidate_spec
+
+        get_codec(probe_codec[0], **probe_codec[1])
+        offered = [candidate_spec(c)[0] for c in codec.get("candidates", [])] if codec_name == "best" else []
+        if (
+            probe_codec[0] not in offered
+        ):  # a probe_codec codec outside the compare's candidates could land files over budget
+            log.info(
+                "compare.probe_codec %s is not among codec %s's candidates: probes use %s",
+                probe_codec[0],
+                codec_name,
+                codec_name,
+            )
+            probe_codec = None
+
+    from bytegolf.formats import get_format
+
+    out: list[System] = []
+    for label in [*refs, *names]:
+        reference = label in refs and label not in names
+        if reference:
+            fmt, params, ref_codec, lay, plan = reference_system(label, cfg)
+            params = merge_settings(params, extra_params.get(label, {}))
+            c_name = str(ref_codec.pop("name"))
+            c_params = ref_codec
+        else:
+            fmt, own, v_plan, v_lay = variants.get(label, (label, {}, {}, {}))
+            params = merge_settings(format_defaults(fmt), own, extra_params.get(label, {}))
+            c_name, c_params = codec_name, dict(codec)
+            lay = merge_settings(_container(cfg.layout), v_lay)
+            plan = merge_settings(_container(cfg.plan), v_plan)
+            if embedding and not v_plan.get("rules"):  # Parameter Golf's embedding rule goes first
+                rule = {"match": EMBEDDING, "format": "scalar", "params": dict(embedding)}
+                plan["rules"] = [rule, *(plan.get("rules") or [])]
+        instance = get_format(fmt, **params)
+        from bytegolf.codecs import get_codec
+
+        get_codec(c_name, **c_params)
+        knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
+        tune = dict(calibrate.get(label) or {})
+        out.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference, tune))
+    for label, (fmt, params, a_plan, a_lay, spec) in allocated.items():  # the candidates set the embedding
+        lay = merge_settings(_container(cfg.layout), a_lay)
+        plan = merge_settings(_container(cfg.plan), a_plan)
+        out.append(System(label, fmt, params, None, codec_name, dict(codec), lay, plan, allocation=spec))
+    return out, probe_codec
+
+
+def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """Search, evaluate and rank; returns one row per (budget, system)."""
+    from bytegolf.run.point import run_point
+
+    cc = cfg.compare
+    budgets = _budgets(list(cc.budgets))
+    if not budgets:
+        raise ConfigError("compare: need at least one budget")
+    count_code = bool(cfg.budget.count_code)
+    if cc.get("rank_by", "bpb") not in ("bpb", "kld"):
+        raise ConfigError(f"compare.rank_by must be bpb or kld, got {cc.rank_by!r}")
+    if cc.get("rank_by") == "kld" and not cfg.eval.get("kld", False):
+        raise ConfigError("compare.rank_by=kld needs eval.kld=true (the KL divergence is measured in evaluation)")
+    ranked, probe_codec = systems(cfg)
+    tuned = [s.label for s in ranked if int((s.finetune or {}).get("steps", 0) or 0) > 0]
+    model_name = str(cfg.model.get("name", "gpt") or "gpt")
+    if tuned and model_name != "gpt":
+        raise ConfigError(
+            f"compare.calibrate asks block calibration of {', '.join(tuned)}, which only model=gpt has; "
+            f"with model={model_name} set compare.calibrate.<system>.steps=0"
+        )
+    ws = Workspace(cfg)
+    works = {s.label: AllocationWork(cfg, s, ws, probe_codec, out_dir) for s in ranked if s.allocation}
+    for label, work in list(works.items()):
+        try:
+            work.check()  # a candidate that matches no tensor fails before any system's work
+        except ConfigError as exc:
+            if model_name == "gpt":
+                raise
+            # the default allocated systems name the built-in GPT's tensors: another model skips them
+            log.warning("compare.allocated.%s skipped on model=%s: %s", label, model_name, exc)
+            del works[label]
+            ranked = [s for s in ranked if s.label != label]
+    rows: list[dict[str, Any]] = []
+    for sysm in ranked:
+        if sysm.label in works:
+            rows.extend(_allocated_points(cfg, works.pop(sysm.label), budgets, rows, out_dir, run_point))
+            continue
+        p_name, p_params = (sysm.codec, sysm.codec_params) if sysm.reference or not probe_codec else probe_codec
+        ident, _ = sweep.point_config(
+            point_cfg(cfg, sysm, {**sysm.params, **({sysm.knob.name: 0} if sysm.knob else {})}, 0)
+        )
+        for k in ("eval", "budget"):
+            ident.pop(k, None)
+        ident["probe_codec"] = [p_name, p_params]
+        cache = out_dir / "search" / f"{sysm.label}_{store.config_hash(ident)}.json"
+        enc = Encoder(
+            ws,
+            sysm.fmt,
+            sysm.params,
+            sysm.knob,
+            p_name,
+            p_params,
+            out_dir / "search",
+            cache,
+            plan_at=sysm.plan_config,
+            layout_cfg=sysm.layout,
+        )
+        start = sysm.params.get(sysm.knob.name) if sysm.knob else None
+        if sysm.reference:  # the export as published, at its own size
+            value = sysm.knob.snap(start) if sysm.knob and start is not None else 0.0
+            probe = enc(value)
+            if probe.final_bytes is None:
+                raise ConfigError(f"reference {sysm.label} does not encode: {probe.error}")
+            counted = probe.counted(count_code)
+            own = search.Landing(
+                0,
+                "own",
+                sysm.knob.name if sysm.knob else None,
+                value,
+                probe.final_bytes,
+                counted,
+                probe.code_bytes,
+                1.0,
+                1,
+                [(value, counted)],
+            )
+            print(f"{sysm.label} at its own size: {counted:,} B", flush=True)
+            own_row = _point(cfg, sysm, enc, own, out_dir, run_point)
+            rows.append(own_row)
+            if sysm.label not in _searched_references(cc):
+                continue
+        for budget in budgets:
+            target = budget
+            for _ in range(3):  # calibration can move the bytes past the probe's: land lower and again
+                landing = search.search(enc, sysm.knob, start, target, count_code, cc.tol, cc.max_probes)
+                landing = replace(landing, budget=budget, ratio=(landing.counted_bytes or 0) / budget)
+                log.info("%s at %s B: %s", sysm.label, f"{budget:,}", landing.describe())
+                print(f"{sysm.label} at {budget:,} B: {landing.describe()}", flush=True)
+                same = sysm.reference and landing.value == own.value and "bpb" in own_row
+                twin = (Path(own_row["artifact"]).parent, own_row) if same else None
+                row = _point(cfg, sysm, enc, landing, out_dir, run_point, twin=twin)
+                over = _counted(row, count_code) - budget if evaluated(row) else 0
+                if over <= 0:
+                    break
+                print(f"  {over:,} B over the budget after calibration: searching again below it", flush=True)
+                target = budget - (_counted(row, count_code) - (landing.counted_bytes or 0)) - 1
+                _set_aside(row)
+            rows.append(row)
+            if row.get("bpb") is not None and _randomized(sysm):
+                rows.extend(_seed_points(cfg, sysm, enc, landing, out_dir, run_point))
+        if int(cc.get("front_points", 0)) > 0 and sysm.knob is not None:
+            rows.extend(_front(cfg, sysm, enc, budgets, rows, out_dir, run_point))
+    _print_ranking(rows, budgets, cc)
+    df = store.collect([out_dir / "points"])
+    store.save_table(df, out_dir / "results")
+    return rows
+
+
+def _searched_references(cc: Any) -> list[str]:
+    """The references searched to every budget: compare.search_references true (all), false (none) or a
+    list (those of them in compare.references)."""
+    refs = list(cc.get("references") or [])
+    want = cc.get("search_references", True)
+    if isinstance(want, bool):
+        return refs if want else []
+    if isinstance(want, str) or not hasattr(want, "__iter__"):
+        raise ConfigError(f"compare.search_references must be true, false or a list of references, got {want!r}")
+    unknown = [str(r) for r in want if r not in refs and r not in REFERENCES]
+    if unknown:
+        raise ConfigError(f"compare.search_references: {unknown} are not references (known: {sorted(REFERENCES)})")
+    return [str(r) for r in want if r in refs]  # one left out of compare.references is not compared at all
+
+
+def _randomized(sysm: System) -> bool:
+    """Whether the system's encoder draws random numbers (k-means or codebook initialisation)."""
+    from bytegolf.formats import get_format
+
+    return bool(getattr(get_format(sysm.fmt, **sysm.params), "randomized", False))
+
+
+def _seed_points(
+    cfg: DictConfig, sysm: System, enc: Encoder, landing: search.Landing, out_dir: Path, run_point
+) -> list[dict]:
+    """The landed point again with seeds seed+1 .. seed+seeds-1 (not ranked: they give the seed spread)."""
+    out = []
+    for k in range(1, int(cfg.compare.get("seeds", 1))):
+        seeded = replace(landing, status="seed")
+        out.append(_point(cfg, sysm, enc, seeded, out_dir, run_point, seed=int(cfg.seed) + k))
+    return out
+
+
+def _front(
+    cfg: DictConfig,
+    sysm: System,
+    enc: Encoder,
+    budgets: list[int],
+    rows: list[dict],
+    out_dir: Path,
+    run_point,
+) -> list[dict]:
+    """Evaluated points that give the system a front of compare.front_points points across the budgets'
+    range (half the smallest budget to the largest; where the system cannot get that small, from its
+    smallest size): for each target, a probe already encoded within 10% of it, else a loose search (5%)
+    to it. They are not ranked (status front)."""
+    count_code = bool(cfg.budget.count_code)
+    n = int(cfg.compare.front_points)
+    mine = [r for r in rows if system(r).removesuffix("@own") == sysm.label and evaluated(r)]
+    have = [float(_counted(r, count_code)) for r in mine if r.get("status") != "seed"]
+    out: list[dict] = []
+    lo, hi = min(budgets) / 2, float(max(budgets))
+    for _ in range(2):  # the second pass re-grids over what the system can reach
+        grid = np.geomspace(lo, hi, n + 2)[1:-1]
+        far = sorted(grid, key=lambda t: -min((abs(np.log(t / h)) for h in have), default=np.inf))
+        for target in sorted(far[: max(n - len(have), 0)]):
+            landing = _front_landing(cfg, sysm, enc, int(target), count_code)
+            if landing is None or any(abs(np.log(landing.counted_bytes / h)) < np.log(1.02) for h in have):
+                continue  # nothing there, or an evaluated point is already there
+            print(f"{sysm.label} front point: {landing.knob}={landing.value:g} {landing.counted_bytes:,} B", flush=True)
+            out.append(_point(cfg, sysm, enc, landing, out_dir, run_point))
+            have.append(float(landing.counted_bytes))
+        if len(have) >= n or not have:
+            break
+        lo = max(lo, min(have))
+    return out
+
+
+def _front_landing(cfg: DictConfig, sysm: System, enc: Encoder, target: int, count_code: bool) -> search.Landing | None:
+    """A frontier point near target bytes: a cached probe within 10%, else a 5% search (its smallest
+    size when target is out of reach)."""
+    near = [p for p in enc.cache.values() if p.counted(count_code)]
+    near = [p for p in near if abs(np.log(p.counted(count_code) / target)) < np.log(1.1)]
+    if near:
+        p = min(near, key=lambda p: abs(np.log(p.counted(count_code) / target)))
+        c = p.counted(count_code)
+        knob = enc.knob.name
+        return search.Landing(0, "front", knob, p.value, p.final_bytes, c, p.code_bytes, 1.0, 0, [(p.value, c)])
+    start = sysm.params.get(sysm.knob.name)
+    landing = search.search(enc, sysm.knob, start, target, count_code, 0.05, cfg.compare.max_probes)
+    if landing.value is None or landing.counted_bytes is None:
+        return None
+    return replace(landing, budget=0, status="front", ratio=1.0)
+
+
+def _counted(row: dict[str, Any], count_code: bool) -> int:
+    """A result's bytes as the budget counts them."""
+    return int(row["final_bytes"]) + (int(row.get("code_bytes") or 0) if count_code else 0)
+
+
+def _set_aside(row: dict[str, Any]) -> None:
+    """Mark an evaluated point that ended over its budget so no ranking or table counts it."""
+    d = Path(row["artifact"]).parent
+    row.update(status="over_budget", over_budget_bytes=row.get("budget_bytes"), budget_bytes=None)
+    store.write_json_atomic(d / store.RESULT, row)
+
+
+def _point(
+    cfg: DictConfig,
+    sysm: System,
+    enc: Encoder,
+    landing: search.Landing,
+    out_dir: Path,
+    run_point,
+    seed: int | None = None,
+    twin: tuple[Path, dict] | None = None,
+) -> dict:
+    """Evaluate a landed point (or record that the budget is out of reach) into its own directory.
+
+    landing.status own: the reference at its own size; front: a frontier point off the budgets;
+    seed: the landing again with another seed (encoded afresh). None of these is ranked.
+    twin: (directory, result) of an evaluated point with the same encoding, codec and layout (a
+    reference whose search ends at its own setting): its artifact and result are taken over."""
+    fmt, own = enc.fmt, landing.status == "own"
+    unranked = landing.status in ("own", "front", "seed")
+    label = sysm.label + ("@own" if own else "")
+    extra = {
+        **({"variant": label} if label != fmt else {}),
+        "reference": sysm.reference,
+        "budget_bytes": None if unranked else landing.budget,
+        **({"seed_budget": landing.budget} if landing.status == "seed" else {}),
+        "status": landing.status,
+        "landed_ratio": landing.ratio,
+        "counted_bytes": landing.counted_bytes,
+        "count_code": bool(cfg.budget.count_code),
+        "knob": landing.knob,
+        "knob_value": enc.knob.value(landing.value) if enc.knob and landing.value is not None else None,
+        "search_probes": landing.probes,
+        "search_trace": landing.trace,
+    }
+    params = enc.params_at(landing.value) if landing.value is not None else dict(enc.params)
+    pc = point_cfg(cfg, sysm, params, landing.budget, landing.value)
+    if seed is not None:
+        pc.seed = seed
+    conf, _ = sweep.point_config(pc, drop=False)
+    chash = store.config_hash(conf)
+    where = {"own": "own", "front": "front"}.get(landing.status, str(landing.budget))
+    d = out_dir / "points" / where / f"{label}_{chash}"
+    done = store.finished(d, chash)
+    if done is not None:
+        print(f"  finished already in {d}; skipped", flush=True)
+        return done
+    d.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(pc, d / "config.yaml")  # the point's whole run config: its system, plan included
+    if landing.status == "does_not_fit":
+        row = {
+            "format": fmt,
+            "codec": enc.codec,
+            "format_params": params,
+            "codec_params": enc.codec_params,
+            "final_bytes": landing.final_bytes,
+            "code_bytes": landing.code_bytes,
+            "cap_bytes": landing.budget,
+            "fits_cap": False,
+            "git_revision": git_revision(),
+            "source_hash": source_hash(),
+        }
+        return store.write_result(d, row, config_hash=chash, **extra)
+    while True:  # a point another compare on this directory is evaluating: wait for its result
+        with store.claim(d) as owned:
+            if owned:
+                done = store.finished(d, chash)  # finished between our check and our claim
+                if done is not None:
+                    return done
+                if twin is not None and twin[1].get("final_bytes") == landing.final_bytes:
+                    result = _take_over(twin, d, pc)
+                else:
+                    reuse = enc.units.pop(landing.value, None) if seed is None else None
+                    result = run_point(pc, d, units=reuse)
+                if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec and seed is None:
+                    calibrated = int(pc.get("finetune", {}).get("steps") or 0) > 0
+                    (log.info if calibrated else log.warning)(
+                        "%s: the evaluated artifact has %d B, the search probe had %d B (%s)",
+                        sysm.label,
+                        result["final_bytes"],
+                        landing.final_bytes,
+                        "block calibration changed the encoding after the probe"
+                        if calibrated
+                        else "encoding is not deterministic",
+                    )
+                counted = _counted(result, bool(cfg.budget.count_code))  # the evaluated file's bytes count
+                extra.update(counted_bytes=counted, landed_ratio=counted / landing.budget if landing.budget else 1.0)
+                return store.write_result(d, result, config_hash=chash, **extra)
+        print(f"  {d.name} is being evaluated by another process; waiting for its result", flush=True)
+        while store.finished(d, chash) is None and store.is_claimed(d):
+            time.sleep(WAIT_S)
+        done = store.finished(d, chash)
+        if done is not None:
+            return done
+
+
+def _take_over(twin: tuple[Path, dict], d: Path, pc: DictConfig) -> dict:
+    """The twin point's artifact, log and result as this point's (same encoding; only the cap differs)."""
+    src, row = twin
+    for name in (artifact.ARTIFACT_NAME, "run.log"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, d / name)
+    counted = _counted(row, bool(pc.budget.count_code))
+    keep = {k: v for k, v in row.items() if k not in TWIN_DROP}
+    print(f"  the same artifact as {src.parent.name}/{src.name}: its evaluation is reused", flush=True)
+    cap = pc.budget.cap_bytes
+    return {
+        **keep,
+        "artifact": str(d / artifact.ARTIFACT_NAME),
+        "cap_bytes": cap,
+        "fits_cap": counted <= cap,
+        "same_as": src.name,
+    }
+
+
+# ------------------------------------------------------------------ allocated systems
+
+
+class AllocationWork:
+    """An allocated system's measurement and landings. Each unit × candidate is measured once per compare
+    directory: search/<name>_<hash>.allocation.json holds the measured tables and every landing (target and
+    tol -> allocation and probe bytes), so other budgets, front points and a resumed compare allocate
+    without encoding; encodings are made again only when a new landing writes a probe artifact. Bytes are
+    measured and probes written with the probe codec (compare.probe_codec where it is one of the compare
+    codec's candidates, else the system's codec), as the search does."""
+
+    def __init__(
+        self, cfg: DictConfig, sysm: System, ws: Workspace, probe_codec: tuple[str, dict] | None, out_dir: Path
+    ) -> None:
+        import json
+
+        from bytegolf.quantize.plan import make_plan
+        from bytegolf.search import allocate
+
+        assert sysm.allocation is not None
+        self.cfg, self.sysm, self.ws, self.spec = cfg, sysm, ws, sysm.allocation
+        self.where = f"compare.allocated.{sysm.label}"
+        self.codec: tuple[str, dict[str, Any]] = probe_codec or (sysm.codec, dict(sysm.codec_params))
+        self.mcfg = point_cfg(cfg, sysm, sysm.params, 0)
+        with open_dict(self.mcfg):
+            self.mcfg.codec = OmegaConf.create({"name": self.codec[0], **self.codec[1]})
+        self.plan_cfg = sysm.plan_config(None)
+        self.plan = make_plan(ws.state, self.plan_cfg, sysm.fmt, sysm.params)
+        ident, _ = sweep.point_config(point_cfg(cfg, sysm, sysm.params, 0))
+        for k in ("eval", "budget"):
+            ident.pop(k, None)
+        self.objective = allocate.resolve_objective(self.spec.objective, ws, self.where)
+        ident |= {"probe_codec": list(self.codec), "candidates": [c.as_dict() for c in self.spec.candidates]}
+        if self.objective != "output_error":  # (caches measured before objectives existed keep their name)
+            ident["objective"] = self.objective
+        self.work_dir = out_dir / "search"
+        self.cache_file = self.work_dir / f"{sysm.label}_{store.config_hash(ident)}.allocation.json"
+        body = json.loads(self.cache_file.read_text()) if self.cache_file.is_file() else {}
+        self.tables: dict[str, Any] | None = body.get("measured")
+        self.landings: dict[str, dict[str, Any]] = body.get("landings", {})
+        self._measured: Any = None
+        self.measure_seconds: float | None = None  # set when this process measured
+
+    def check(self) -> None:
+        """The candidates against the plan, before any encoding (bytegolf.search.allocate.check_plan)."""
+        from bytegolf.search import allocate
+
+        allocate.check_plan(self.plan, self.sysm.fmt, self.spec.candidates, self.where)
+
+    @property
+    def measured(self) -> Any:
+        """The bytegolf.search.allocate.Measured tables: from the cache file, else measured now (and cached)."""
+        if self._measured is None:
+            from bytegolf.artifact import file as artifact
+            from bytegolf.search import allocate
+
+            groups = artifact.group_units(self.plan)
+            m = allocate.Measured.from_json(self.tables, groups) if self.tables else None
+            if m is None:
+                n = sum(1 for g in groups if g[0].format == self.sysm.fmt)
+                print(f"{self.sysm.label}: measuring {n} units × {len(self.spec.candidates)} candidates", flush=True)
+                t0 = time.perf_counter()
+                m = allocate.measure(self.mcfg, self.ws, self.plan, self.spec.candidates, self.where, self.objective)
+                self.measure_seconds = time.perf_counter() - t0
+                print(f"{self.sysm.label}: measured in {self.measure_seconds:.1f} s", flush=True)
+                self.tables = m.to_json()
+                self._save()
+            self._measured = m
+        return self._measured
+
+    @property
+    def randomized(self) -> bool:
+        """Whether a candidate's format draws random numbers (its points then get seed points)."""
+        from bytegolf.formats import get_format
+
+        return any(
+            getattr(get_format(c.format, **(c.settings or self.sysm.params)), "randomized", False)
+            for c in self.spec.candidates
+        )
+
+    def land(self, target: int, tol: float) -> dict[str, Any]:
+        """The allocation landed at target bytes within tol (bytegolf.search.allocate.land), cached: {choice, probed,
+        rounds}, or {does_not_fit: the cheapest allocation's counted bytes, final, code}."""
+        from bytegolf.artifact import layout
+        from bytegolf.search import allocate
+
+        key = f"{target}:{tol}"
+        if key in self.landings:
+            return self.landings[key]
+        m, sysm, spec = self.measured, self.sysm, self.spec
+        path = self.work_dir / f".probe-{sysm.label}-{os.getpid()}.bgz"  # own file: compares may share search/
+        write = allocate.Writer(
+            m,
+            sysm.fmt,
+            spec.candidates,
+            allocate.encoder(self.mcfg, self.ws),
+            path,
+            self.codec[0],
+            self.codec[1],
+            layout.LayoutConfig(**sysm.layout),
+            bool(self.cfg.budget.count_code),
+        )
+        try:
+            choice, probed, rounds = allocate.land(m.units, write, target, tol, spec.max_rounds, spec.max_states)
+            out: dict[str, Any] = {"choice": choice, "probed": probed, "rounds": rounds}
+        except allocate.DoesNotFit as exc:
+            out = {"does_not_fit": exc.counted, "final": write.final, "code": write.code}
+        self.landings[key] = out
+        self._save()
+        return out
+
+    def _save(self) -> None:
+        body = {
+            "system": self.sysm.label,
+            "format": self.sysm.fmt,
+            "probe_codec": list(self.codec),
+            "candidates": [c.as_dict() for c in self.spec.candidates],
+            "measured": self.tables,
+            "landings": self.landings,
+        }
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        store.write_json_atomic(self.cache_file, body)
+
+
+def _allocated_points(
+    cfg: DictConfig, work: AllocationWork, budgets: list[int], rows: list[dict], out_dir: Path, run_point
+) -> list[dict]:
+    """An allocated system's points: its landing at every budget (ranked), seed points when a candidate's
+    format is randomized, and front points (compare.front_points) across the budgets' range."""
+    cc, count_code = cfg.compare, bool(cfg.budget.count_code)
+    out: list[dict] = []
+    for budget in budgets:
+        target = budget
+        for _ in range(3):  # an evaluated file over the budget (a nondeterministic encoder): land lower
+            row = _allocated_point(cfg, work, budget, target, out_dir, run_point)
+            over = _counted(row, count_code) - budget if evaluated(row) else 0
+            if over <= 0:
+                break
+            print(f"  {over:,} B over the budget when evaluated: allocating again below it", flush=True)
+            target -= over + 1
+            _set_aside(row)
+        out.append(row)
+        if row.get("bpb") is not None and int(cc.get("seeds", 1)) > 1 and work.randomized:
+            out.extend(_allocated_seeds(cfg, work, row, budget, out_dir, run_point))
+    if int(cc.get("front_points", 0)) > 0:
+        out.extend(_allocated_front(cfg, work, budgets, [*rows, *out], out_dir, run_point))
+    return out
+
+
+def _allocated_point(
+    cfg: DictConfig,
+    work: AllocationWork,
+    budget: int,
+    target: int,
+    out_dir: Path,
+    run_point,
+    tol: float | None = None,
+) -> dict:
+    """One allocated point: the allocation landed at target bytes, evaluated like `bytegolf run` from its
+    config (the plan with a rule per allocated tensor; config.yaml and plan.yaml beside result.json), or a
+    does_not_fit row. budget 0: a front point (not ranked). Its directory is keyed by the run config, the
+    allocation settings and the target, and a finished one is returned as it is."""
+    from bytegolf.search import allocate
+
+    sysm, spec = work.sysm, work.spec
+    tol = spec.tol if tol is None else tol
+    count_code, ranked = bool(cfg.budget.count_code), budget > 0
+    base = point_cfg(cfg, sysm, sysm.params, budget)
+    ident, _ = sweep.point_config(base)
+    ident["allocated"] = {**spec.ident(), "tol": tol, "probe_codec": list(work.codec), "target": target}
+    key = store.config_hash(ident)
+    d = out_dir / "points" / (str(budget) if ranked else "front") / f"{sysm.label}_{key}"
+    done = store.read_result(d / store.RESULT)
+    if done is not None and done.get("allocation_key") == key:
+        print(f"  finished already in {d}; skipped", flush=True)
+        return done
+    landing = work.land(target, tol)
+    extra = {
+        "variant": sysm.label,
+        "reference": False,
+        "budget_bytes": budget if ranked else None,
+        "count_code": count_code,
+        "knob": None,
+        "knob_value": None,
+        "allocation_key": key,
+    }
+    if "does_not_fit" in landing:
+        counted = int(landing["does_not_fit"])
+        print(f"{sysm.label} at {budget:,} B: does not fit: the cheapest allocation is {counted:,} B", flush=True)
+        d.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(base, d / "config.yaml")
+        row = {
+            "format": sysm.fmt,
+            "codec": sysm.codec,
+            "format_params": sysm.params,
+            "codec_params": sysm.codec_params,
+            "final_bytes": landing["final"],
+            "code_bytes": landing["code"],
+            "cap_bytes": budget,
+            "fits_cap": False,
+            "git_revision": git_revision(),
+            "source_hash": source_hash(),
+        }
+        extra |= {"status": "does_not_fit", "counted_bytes": counted, "landed_ratio": counted / target}
+        return store.write_result(d, row, config_hash=key, search_probes=1, search_trace=[(0, counted)], **extra)
+    m = work.measured
+    choice, probed, rounds = list(landing["choice"]), int(landing["probed"]), landing["rounds"]
+    chosen = [spec.candidates[u.candidate(p)] for u, p in zip(m.units, choice, strict=True)]
+    if not ranked:
+        status = "front"
+    elif (1 - tol) * target <= probed <= target:
+        status = "ok"
+    else:  # at_limit: no allocation is richer; short: the next upgrade does not fit
+        status = "at_limit" if allocate.richest(m.units, choice) else "short"
+    hist = ", ".join(f"{k} ×{v}" for k, v in allocate._histogram([c.label for c in chosen]).items())
+    print(
+        f"{sysm.label} at {target:,} B: {probed:,} B = {probed / target:.4f} × target "
+        f"[{status}, {len(rounds)} writes]; {hist}",
+        flush=True,
+    )
+    pc = base.copy()
+    with open_dict(pc):
+        pc.plan.rules = allocate.allocated_rules(work.plan_cfg.rules, work.ws.state, sysm.fmt, m.units, chosen)
+    d.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(pc, d / "config.yaml")  # `bytegolf run --config-dir <d> --config-name config` reproduces it
+    allocate.write_plan(d / "plan.yaml", pc, target, chosen, f"bytegolf compare, {work.where}")
+    trace = [(i, r["counted_bytes"]) for i, r in enumerate(rounds)]
+    extra |= {"status": status, "search_probes": len(rounds), "search_trace": trace}
+    while True:  # a point another compare on this directory is evaluating: wait for its result
+        with store.claim(d) as owned:
+            if owned:
+                done = store.read_result(d / store.RESULT)
+                if done is not None and done.get("allocation_key") == key:
+                    return done
+                result = run_point(pc, d)  # encoded afresh from the plan, as `bytegolf run` would
+                counted = _counted(result, count_code)
+                if counted != probed and work.codec[0] == sysm.codec:
+                    log.warning("%s: the evaluated artifact has %d B, its probe had %d B", sysm.label, counted, probed)
+                summary = allocate.summarize(
+                    m, choice, rounds, probed, counted, target, count_code, tol, spec.candidates
+                )
+                conf, _ = sweep.point_config(pc, drop=False)
+                extra |= {"counted_bytes": counted, "landed_ratio": counted / budget if ranked else 1.0}
+                row = store.write_result(d, result, config_hash=store.config_hash(conf), allocation=summary, **extra)
+                allocate.write_reports(
+                    d, summary, row, m, choice, spec.candidates, sysm.fmt, sysm.params, sysm.codec, sysm.codec_params
+                )
+                return row
+        print(f"  {d.name} is being evaluated by another process; waiting for its result", flush=True)
+        while store.read_result(d / store.RESULT) is None and store.is_claimed(d):
+            time.sleep(WAIT_S)
+        done = store.read_result(d / store.RESULT)
+        if done is not None and done.get("allocation_key") == key:
+            return done
+
+
+def _allocated_seeds(
+    cfg: DictConfig, work: AllocationWork, row: dict, budget: int, out_dir: Path, run_point
+) -> list[dict]:
+    """The landed allocation (its config.yaml) again with seeds seed+1 .. seed+seeds-1, encoded afresh (not
+    ranked: they give the seed spread)."""
+    pc = OmegaConf.load(Path(row["artifact"]).parent / "config.yaml")
+    assert isinstance(pc, DictConfig)
+    out = []
+    for k in range(1, int(cfg.compare.get("seeds", 1))):
+        pk = pc.copy()
+        pk.seed = int(cfg.seed) + k
+        conf, _ = sweep.point_config(pk, drop=False)
+        chash = store.config_hash(conf)
+        d = out_dir / "points" / str(budget) / f"{work.sysm.label}_{chash}"
+        done = store.finished(d, chash)
+        if done is None:
+            d.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(pk, d / "config.yaml")
+            result = run_point(pk, d)
+            extra = {"variant": work.sysm.label, "reference": False, "budget_bytes": None, "seed_budget": budget}
+            extra |= {"status": "seed", "counted_bytes": _counted(result, bool(cfg.budget.count_code))}
+            extra |= {"count_code": bool(cfg.budget.count_code), "knob": None, "knob_value": None, "landed_ratio": 1.0}
+            done = store.write_result(d, result, config_hash=chash, **extra)
+        out.append(done)
+    return out
+
+
+def _allocated_front(
+    cfg: DictConfig, work: AllocationWork, budgets: list[int], rows: list[dict], out_dir: Path, run_point
+) -> list[dict]:
+    """Front points of an allocated system, as _front gives a searched system: allocations landed (within
+    5%) at targets across half the smallest budget to the largest (the cheapest allocation for a target
+    out of reach), away from its evaluated points."""
+    count_code = bool(cfg.budget.count_code)
+    n = int(cfg.compare.front_points)
+    label = work.sysm.label
+    have = [
+        float(_counted(r, count_code))
+        for r in rows
+        if system(r) == label and evaluated(r) and r.get("status") not in ("seed", "over_budget")
+    ]
+    out: list[dict] = []
+    lo, hi = min(budgets) / 2, float(max(budgets))
+    for _ in range(2):  # the second pass re-grids over what the system can reach
+        grid = np.geomspace(lo, hi, n + 2)[1:-1]
+        far = sorted(grid, key=lambda t: -min((abs(np.log(t / h)) for h in have), default=np.inf))
+        for target in sorted(int(t) for t in far[: max(n - len(have), 0)]):
+            landing = work.land(target, 0.05)
+            if "does_not_fit" in landing:  # out of reach: the cheapest allocation, as a search stops at its smallest
+                target = int(landing["does_not_fit"])
+                landing = work.land(target, 0.05)
+            if any(abs(np.log(landing["probed"] / h)) < np.log(1.02) for h in have):
+                continue  # an evaluated point is already there
+            print(f"{label} front point: {landing['probed']:,} B", flush=True)
+            out.append(_allocated_point(cfg, work, 0, target, out_dir, run_point, tol=0.05))
+            have.append(float(landing["probed"]))
+        if len(have) >= n or not have:
+            break
+        lo = max(lo, min(have))
+    return out
+
+
+def evaluated(row: dict[str, Any]) -> bool:
+    """Whether a row is a written, measured point: it has a bpb, or its model has none (model=weights)."""
+    return row.get("bpb") is not None or row.get("bpb_measured") is False
+
+
+def rank_key(row: dict[str, Any], by: str = "bpb") -> tuple[str, float]:
+    """What a row is ranked by: bpb (or, with by="kld", its mean KLD), else (bpb not measured)
+    output_error where measured, else rel_mse."""
+    if by == "kld" and row.get("kld"):
+        return "kld", float(row["kld"]["mean"])
+    if row.get("bpb") is not None:
+        return "bpb", float(row["bpb"])
+    err = row.get("output_error")
+    if err is not None and not math.isnan(float(err)):
+        return "output_error", float(err)
+    return "rel_mse", float(row.get("rel_mse") if row.get("rel_mse") is not None else math.inf)
+
+
+def ranking(
+    rows: list[dict[str, Any]], budget: int, samples: int, level: float, by: str = "bpb"
+) -> list[dict[str, Any]]:
+    """Rows of one budget (the reference exports at their own size included where they fit), best bpb
+    (by="kld": lowest mean KLD) first (bpb not measured: lowest output_error, else rel_mse, first), each
+    with Δbpb against the best and its bootstrap CI."""
+    here = [r for r in rows if r.get("budget_bytes") == budget]
+    here += [r for r in rows if r.get("status") == "own" and (r.get("counted_bytes") or 0) <= budget]
+    ok = sorted((r for r in here if evaluated(r)), key=lambda r: (rank_key(r, by)[0] != by, rank_key(r, by)[1]))
+    out = []
+    best = ok[0] if ok else None
+    for r in ok:
+        entry = {"row": r, "delta": None, "spread": seed_spread(rows, r, budget) if r.get("bpb") is not None else None}
+        if r is not best and best is not None and r.get("bpb") is not None and best.get("bpb") is not None:
+            a, b = np.asarray(r["window_nll"]), np.asarray(best["window_nll"])
+            if a.shape == b.shape and r["window_bytes"] == best["window_bytes"]:
+                docs = r.get("window_docs")
+                groups = np.asarray(docs) if docs is not None and docs == best.get("window_docs") else None
+                entry["delta"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level, groups=groups)
+                entry["delta_windows"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level)
+                entry["by"] = "documents" if groups is not None else "windows"
+        out.append(entry)
+    tested = [e for e in out if e["delta"] is not None]
+    for e, p_adj in zip(tested, adjust_pvalues(np.array([e["delta"].p for e in tested]), "holm"), strict=True):
+        e["p_adj"] = float(p_adj)  # Holm over this budget's comparisons with the best
+    out.extend({"row": r, "delta": None} for r in here if not evaluated(r))
+    return out
+
+
+def seed_spread(rows: list[dict[str, Any]], row: dict[str, Any], budget: int) -> float | None:
+    """max − min bpb over a landing and its other-seed points (None: the system is not randomized)."""
+    seeds = [
+        r["bpb"]
+        for r in rows
+        if r.get("status") == "seed" and r.get("seed_budget") == budget and system(r) == system(row) and r.get("bpb")
+    ]
+    values = [*seeds, row["bpb"]]
+    return max(values) - min(values) if seeds else None
+
+
+def separable(entry: dict[str, Any], best: dict[str, Any]) -> bool:
+    """A Δbpb counts as a win when its CI excludes 0, its Holm-adjusted p (over the budget's comparisons)
+    is within 1 − level, and it is larger than either side's seed spread."""
+    d = entry.get("delta")
+    if d is None or not d.significant:
+        return False
+    if entry.get("p_adj") is not None and entry["p_adj"] > 1 - d.level:
+        return False
+    spread = max(entry.get("spread") or 0.0, best.get("spread") or 0.0)
+    return abs(d.delta) > spread
+
+
+def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfig) -> None:
+    for budget in budgets:
+        by = str(cc.get("rank_by", "bpb"))
+        ranked = ranking(rows, budget, cc.samples, cc.level, by)
+        print(f"\nbudget {budget:,} B ({'final + code' if rows and rows[0].get('count_code') else 'final'} bytes):")
+        for e in ranked:
+            r, d = e["row"], e["delta"]
+            knob = f"{r['knob']}={r['knob_value']:g}" if r.get("knob") else "-"
+            if r.get("allocation"):  # an allocated system: how many distinct settings it chose
+                knob = f"allocated ×{len(r['allocation']['settings'])} settings"
+            if not evaluated(r):
+                line = f"{system(r):<16} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
+            elif r.get("bpb") is None:
+                by, v = rank_key(r)
+                cmp = "best" if e is ranked[0] else ""
+                line = (
+                    f"{system(r):<16} {knob:<22} {r['counted_bytes']:>12,} B {r['counted_bytes'] / budget:.4f}× "
+                    f"{by} {v:.4e} (bpb not measured)  {cmp}  [{r['status']}]"
+                )
+            else:
+                cmp = "best" if d is None and e is ranked[0] else (f"Δbpb {d}" if d else "Δbpb n/a (windows differ)")
+                cmp += f" holm {e['p_adj']:.3g}" if e.get("p_adj") is not None else ""
+                seeds = f"  seeds ±{e['spread'] / 2:.4f}" if e.get("spread") is not None else ""
+                k = r.get("kld")
+                kld = f" KLD {k['mean']:.4g}±{k['se']:.2g}" if k else ""
+                line = (
+                    f"{system(r):<16} {knob:<22} {r['counted_bytes']:>12,} B {r['counted_bytes'] / budget:.4f}× "
+                    f"bpb {r['bpb']:.4f}{kld}  {cmp}{seeds}  [{r['status']}]"
+                )
+            print("  " + line, flush=True)
+        fitted = [e for e in ranked if evaluated(e["row"])]
+        if not fitted:
+            print("  no format fits this budget")
+            continue
+        second = next((e for e in fitted[1:] if e.get("delta_windows") is not None), None)
+        if second is not None:
+            w, d = second["delta_windows"], second["delta"]
+            print(
+                f"  Δbpb CIs resample {second['by']}; width for {system(second['row'])}: "
+                f"windows {w.hi - w.lo:.4f}, {second['by']} {d.hi - d.lo:.4f}",
+                flush=True,
+            )
+        win = system(fitted[0]["row"])
+        if fitted[0]["row"].get("bpb") is None:
+            print(f"  winner: {win} (lowest {rank_key(fitted[0]['row'])[0]}; bpb not measured)", flush=True)
+            continue
+        if by == "kld":
+            print(f"  winner by KLD: {win} (Δbpb intervals above are against it)", flush=True)
+            continue
+        ties = [system(e["row"]) for e in fitted[1:] if not separable(e, fitted[0])]
+        verdict = f"winner: {win}" + (
+            f" (not separable from {', '.join(ties)} at {cc.level:.0%} after Holm, or within the seed spread)"
+            if ties
+            else ""
+        )
+        print("  " + verdict, flush=True)

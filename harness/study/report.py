@@ -1,0 +1,245 @@
+"""`bytegolf report DIR`: a markdown report (tables + PNG plots) of every result under DIR."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from bytegolf.errors import BytegolfError
+from bytegolf.run import store
+from bytegolf.study import analysis, plots, stats
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        if v.is_integer() and abs(v) >= 1000:
+            return f"{int(v):,}"
+        return f"{v:.4f}" if 0.1 <= abs(v) < 1000 else f"{v:.4g}"  # bpb differences live in the 4th decimal
+    return str(v).replace("|", "\\|")
+
+
+def md_table(rows: list[dict[str, Any]], cols: list[str], headers: list[str] | None = None) -> str:
+    """A GitHub markdown table of the given columns."""
+    if not rows:
+        return "_none_\n"
+    head = headers or cols
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _points_table(results: list[dict[str, Any]]) -> str:
+    names = analysis.labels(results)
+    rows = []
+    for name, r in sorted(zip(names, results, strict=True), key=lambda nr: (nr[1].get("budget_bytes") or 0, nr[0])):
+        rows.append({**r, "point": name})
+    cols = ["point", "final_bytes", "bits_per_weight", "nominal_bits_per_weight", "rel_mse", "output_error", "bpb"]
+    cols += ["delta_bpb", "status"]
+    if any(r.get("budget_bytes") for r in results):
+        cols = ["budget_bytes", *cols[:2], "landed_ratio", *cols[2:]]
+    return md_table(rows, cols)
+
+
+def _compare_section(results: list[dict[str, Any]], samples: int, correction: str = "holm") -> str:
+    from bytegolf.study.compare import ranking
+
+    budgets = sorted({int(r["budget_bytes"]) for r in results if r.get("budget_bytes")}, reverse=True)
+    if not budgets:
+        return ""
+    out = ["## Equal-bytes comparison\n"]
+    out.append(
+        f"Δbpb of each system against the best at each budget, paired bootstrap ({samples} resamples); "
+        f"p adj: the p-values of one budget's comparisons adjusted together, {stats.correction_name(correction)}; "
+        "separable from the best where p adj ≤ 0.05.\n"
+    )
+    for b in budgets:
+        entries = ranking(results, b, samples, 0.95)
+        ps = [e["delta"].p if e["delta"] is not None else math.nan for e in entries]
+        adj = stats.adjust_pvalues(ps, correction) if ps else []
+        rows = []
+        for e, pa in zip(entries, adj, strict=True):
+            r, d = e["row"], e["delta"]
+            rows.append(
+                {
+                    "format": analysis.system(r),
+                    "knob": f"{r.get('knob')}={r.get('knob_value'):g}" if r.get("knob") else "",
+                    "counted_bytes": r.get("counted_bytes"),
+                    "landed_ratio": r.get("landed_ratio"),
+                    "bpb": r.get("bpb"),
+                    "delta": "best" if r.get("bpb") is not None and d is None else (str(d) if d else ""),
+                    "p_adj": float(pa),
+                    "separable": bool(pa <= 0.05) if d is not None else None,
+                    "status": r.get("status"),
+                }
+            )
+        out.append(f"### budget {b:,} B\n")
+        out.append(
+            md_table(
+                rows,
+                list(rows[0]),
+                [
+                    "format",
+                    "knob",
+                    "bytes",
+                    "bytes/budget",
+                    "bpb",
+                    "Δbpb vs best [95% CI] p",
+                    f"p adj ({correction})",
+                    "separable",
+                    "status",
+                ],
+            )
+        )
+    return "\n".join(out) + "\n"
+
+
+def _bd_section(ev: list[dict[str, Any]]) -> str:
+    """BD-rate and BD-bpb of every system's (final bytes, bpb) front against the reference system's."""
+    ref, rows, skipped = analysis.bd_against_reference(ev)
+    out = ["### BD-rate against a reference system\n"]
+    if ref is None:
+        out.append("_no system has two or more points on its (final bytes, bpb) Pareto front: no BD-rate_\n")
+    else:
+        out.append(
+            f"Reference: **{ref}** (pg_top where it has a front, else the best-ranked system). Each system's "
+            "Pareto front on (final bytes, bpb), all its evaluated points; BD-rate: mean % bytes it needs vs "
+            "the reference at equal bpb (negative: fewer bytes); BD-bpb: mean bpb difference at equal bytes "
+            "(negative: lower bpb). Bjøntegaard, pchip over the range both fronts cover; blank: no overlap.\n"
+        )
+        out.append(
+            md_table(
+                rows,
+                ["system", "points", "front", "bd_rate", "bd_bpb", "note"],
+                ["system", "points", "front points", "BD-rate %", "BD-bpb", "note"],
+            )
+        )
+    if skipped:
+        out.append("Left out: " + "; ".join(skipped) + ".\n")
+    return "\n".join(out)
+
+
+def _reversal_section(results: list[dict[str, Any]], samples: int, correction: str) -> str:
+    """The reversal list with raw and adjusted p and which correction made the call."""
+    alpha = 0.05
+    rev = analysis.reversals(results, samples, level=1 - alpha, correction=correction, alpha=alpha)
+    bpb = [r for r in rev if r["outcome"] == "bpb"]
+    exact = [r for r in rev if r["outcome"] != "bpb"]
+    family = rev[0]["family"] if rev else 0
+    used = rev[0]["samples"] if rev else samples
+    sig = [r for r in bpb if r["significant"]]
+    raised = f", raised from {samples} so that p can reach {alpha:g} after correction" if used > samples else ""
+    out = [
+        "Pairs where the pre-artifact metric prefers one point and the outcome the other. Final-bytes reversals "
+        f"are exact. bpb reversals are tested by the paired bootstrap ({used} resamples{raised}): listed where "
+        f"the raw p ≤ {alpha:g}; multiple-comparison correction: **{stats.correction_name(correction)}** over "
+        f"the {family} paired bpb test(s) made (every pair of points on the same windows that a metric orders); "
+        f"significant: adjusted p ≤ {alpha:g}.\n",
+        f"{len(sig) + len(exact)} reversal(s): {len(exact)} on final bytes (exact), {len(sig)} on bpb significant "
+        f"after correction ({len(bpb)} before).\n",
+    ]
+    if correction == "holm" and family / (used + 1) > alpha:
+        out.append(
+            f"Note: with {used} resamples the smallest bootstrap p is 1/{used + 1}; Holm over {family} tests "
+            f"cannot reach {alpha:g}.\n"
+        )
+    # significant bpb reversals first, then the exact byte ones, then those the correction rejects
+    rev.sort(key=lambda r: (2 * (not r["significant"]) + (r["outcome"] != "bpb"), -abs(r["delta"])))
+    cols = ["group", "metric", "outcome", "preferred", "other", "metric_preferred", "metric_other", "delta"]
+    heads = ["group", "metric", "outcome", "metric prefers", "over", "metric (pref.)", "metric (other)", "Δ outcome"]
+    cols += ["lo", "hi", "p", "p_adj", "significant"]
+    heads += ["CI lo", "CI hi", "p (raw)", f"p ({correction})", "significant"]
+    out.append(md_table(rev[:40], cols, heads))
+    if len(rev) > 40:
+        out.append(f"({len(rev) - 40} more not shown.)\n")
+    return "\n".join(out)
+
+
+def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "holm") -> Path:
+    """Write out/report.md and its PNGs from the results under src; BytegolfError if there are none.
+
+    correction: how the p-values of the pairwise claims are adjusted for multiple comparisons,
+    "holm" (default), "bh" (Benjamini–Hochberg) or "none"."""
+    if not src.is_dir():
+        raise BytegolfError(f"{src}: no such directory")
+    results = store.load_results([src])
+    if not results:
+        raise BytegolfError(f"{src}: no bytegolf result.json found (not a sweep, compare or run directory)")
+    out.mkdir(parents=True, exist_ok=True)
+    ev = analysis.evaluated(results)
+    formats = sorted({analysis.system(r) for r in results})
+    codecs = sorted({str(r.get("codec")) for r in results})
+    md = [f"# bytegolf report: {src}\n"]
+    md.append(
+        f"{len(results)} points ({len(ev)} evaluated, {len(results) - len(ev)} not evaluated: "
+        f"over their budget); formats: {', '.join(formats)}; codecs: {', '.join(codecs)}.\n"
+    )
+    if any(r.get("bpb_measured") is False for r in results):
+        md.append(
+            "**bpb was not measured**: the model adapter has no model to evaluate (model=weights); points "
+            "are compared by weight error and bytes, and rankings order by output_error (else rel_mse).\n"
+        )
+    mixed = store.mixed_sources(results)
+    if mixed:
+        warnings.warn(mixed, stacklevel=2)
+        md.append(f"**Warning: {mixed}.**\n")
+    md.append("## Points\n")
+    md.append(_points_table(results))
+    md.append(_compare_section(results, samples, correction))
+
+    md.append("## Frontiers\n")
+    if ev:
+        pngs = [
+            plots.frontier(ev, "bpb", "bits per byte of the decoded model (bpb)", out / "frontier_bpb.png", clip=1.5),
+            plots.frontier(ev, "rel_mse", "weight relative MSE ‖W−Ŵ‖²/‖W‖²", out / "frontier_rel_mse.png", logy=True),
+            plots.nominal_vs_actual(ev, out / "nominal_vs_actual.png"),
+        ]
+        md += [f"![{p.stem}]({p.name})\n" for p in pngs]
+        for y in ("bpb", "rel_mse"):
+            rows = []
+            label = {id(r): lab for r, lab in zip(ev, analysis.labels(ev), strict=True)}
+            for name, rs in analysis.by_format(ev).items():
+                for r in analysis.front(rs, y):
+                    rows.append(
+                        {"format": name, "point": label[id(r)], "final_bytes": r.get("final_bytes"), y: r.get(y)}
+                    )
+            md.append(f"Pareto fronts on (final bytes, {y}):\n")
+            md.append(md_table(rows, ["format", "point", "final_bytes", y]))
+        md.append(_bd_section(ev))
+        bd = analysis.bd_rates(ev, "rel_mse")
+        rows = [{"test": t, "anchor": a, "bd_rate": v} for (t, a), v in sorted(bd.items()) if math.isfinite(v)]
+        if rows:
+            md.append(
+                "BD-rate on (final bytes, rel_mse), % bytes the test format needs vs the anchor "
+                f"(pairs without a common rel_mse range left out: {len(bd) - len(rows)}):\n"
+            )
+            md.append(md_table(rows, ["test", "anchor", "bd_rate"], ["test", "anchor", "BD-rate %"]))
+    else:
+        md.append("_no evaluated points_\n")
+
+    md.append("## Rank agreement (Kendall tau-b)\n")
+    md.append(md_table(analysis.rank_agreement(results), ["group", "metric", "outcome", "tau_b", "p", "n"]))
+
+    md.append("## Ranking reversals\n")
+    md.append(_reversal_section(results, samples, correction))
+    fr = analysis.frontier_reversals(ev)
+    md.append("Format-level: BD-rate on nominal bytes vs on final bytes (quality rel_mse) disagree in sign:\n")
+    md.append(md_table(fr, ["test", "anchor", "bd_rate_nominal", "bd_rate_final"]))
+
+    path = out / "report.md"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(md))
+    os.replace(tmp, path)
+    df = store.table(results)
+    store.save_table(df, out / "results")
+    return path

@@ -1,0 +1,409 @@
+"""Model adapters through the real CLI: a Parameter-Golf-record-style module (weight banks, recurrence),
+any state dict without a model (model=weights), and the declared reshapes of non-matrix tensors."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bytegolf.artifact import file as artifact
+from bytegolf.errors import ConfigError
+from bytegolf.measure import metrics
+from bytegolf.model import checkpoint
+from bytegolf.model.adapters import get_adapter, linear_grams
+from bytegolf.quantize.plan import PlanConfig, make_plan
+from tests.integration.test_run import TINY_ARGS, bytegolf
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "pg_record_model.py"
+sys.path.insert(0, str(FIXTURE.parent))
+import pg_record_model  # noqa: E402
+
+BANKS = ("qkv_bank", "out_bank", "fc_bank", "proj_bank")
+
+
+@pytest.fixture(scope="module")
+def record_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("record") / "record.pt"
+    torch.save(pg_record_model.RecordGPT().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def module_run(tiny_bundle: Path, record_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("module_run")
+    args = [f"bundle={tiny_bundle}", *TINY_ARGS, "model=module", f"model.file={FIXTURE}", "model.build=build"]
+    with pytest.MonkeyPatch.context() as mp:  # Grams cached before F.linear weights got theirs would lack them
+        mp.setenv("BYTEGOLF_CACHE", str(tmp_path_factory.mktemp("cache")))
+        proc = bytegolf(
+            "run", *args, f"model.checkpoint={record_ckpt}", "format.bits=6", "codec=zstd", f"hydra.run.dir={out}",
+            cwd=out,
+        )  # fmt: skip
+    return out, proc
+
+
+def test_module_adapter_runs_a_record_style_model(module_run, record_ckpt: Path) -> None:
+    out, proc = module_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "result.json").read_text())
+    state = checkpoint.load_state_dict(record_ckpt)
+    assert r["params"] == sum(t.numel() for t in state.values())
+    assert set(r["fingerprints"]) == {"checkpoint", "code", "tokenizer", "val", "train"}
+    # a random model over 8192 tokens: loss near ln(8192) = 9.01 nats, the same for the int6 copy
+    assert 8.5 < r["ref_val_loss"] < 9.6 and abs(r["delta_bpb"]) < 0.1
+    assert r["eval_tokens"] == 4 * 64
+    fmt = {t["name"]: t["format"] for t in r["tensors"]}
+    assert all(fmt[b] == "scalar" for b in BANKS) and fmt["head.bias"] == "passthrough"
+    # the nn.Linear head and the tied head (F.linear on tok_emb.weight) have Gram matrices: output error measured
+    # (per tensor, for matrices only: the 3-D banks' is not)
+    err = {t["name"]: t["output_error"] for t in r["tensors"]}
+    assert 0 < err["head.weight"] < 0.05 and 0 < err["tok_emb.weight"] < 0.05
+    assert all(math.isnan(err[b]) for b in BANKS)
+    decoded, units = artifact.read(out / artifact.ARTIFACT_NAME)
+    for name, t in state.items():
+        assert decoded[name].shape == t.shape, name
+    reshaped = {k: v for u in units for k, v in u.meta.get("reshape", {}).items()}
+    assert reshaped == {b: list(state[b].shape) for b in BANKS}  # recorded in the manifest
+    bank = next(u for u in units if u.tensors[0].name == "qkv_bank")
+    assert bank.tensors[0].shape == (2 * 96, 32)  # encoded as the folded matrix
+    assert torch.equal(decoded["head.bias"], state["head.bias"].half().float())  # fp16 passthrough, 8192 > 1024
+
+
+def test_module_gptq_on_split_banks(tiny_bundle: Path, record_ckpt: Path, tmp_path: Path):
+    """GPTQ on every bank slice: F.linear banks get Grams, the einsum bank because model.einsum declares it."""
+    proc = bytegolf(
+        "run",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        "model=module",
+        f"model.file={FIXTURE}",
+        "model.build=build",
+        f"model.checkpoint={record_ckpt}",
+        "model.einsum=[qkv_bank]",
+        "plan.reshape=split",
+        "format.gptq=true",
+        "format.bits=6",
+        "codec=zstd",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert abs(r["delta_bpb"]) < 0.1 and r["format_params"]["gptq"] is True
+    decoded, units = artifact.read(tmp_path / artifact.ARTIFACT_NAME)
+    state = checkpoint.load_state_dict(record_ckpt)
+    split = {k: v for u in units for k, v in u.meta.get("split", {}).items()}
+    assert split == {b: list(state[b].shape) for b in BANKS}
+    for b in BANKS:
+        assert decoded[b].shape == state[b].shape and 0 < metrics.rel_mse(state[b], decoded[b]) < 0.05
+
+
+def test_module_adapter_errors_are_one_line(tmp_path: Path, record_ckpt: Path) -> None:
+    base = {"name": "module", "checkpoint": str(record_ckpt), "logits": "forward", "nll": None}
+    with pytest.raises(ConfigError, match="no such file"):
+        get_adapter({**base, "file": str(tmp_path / "nope.py"), "build": "build"})
+    with pytest.raises(ConfigError, match="no such function"):
+        get_adapter({**base, "file": str(FIXTURE), "build": "nope"})
+    ad = get_adapter({**base, "file": str(FIXTURE), "build": "not_a_module"})
+    with pytest.raises(ConfigError, match=r"returned int, not a torch\.nn\.Module"):
+        ad.build(checkpoint.load_state_dict(record_ckpt))
+    ad = get_adapter({**base, "file": str(FIXTURE), "build": "build", "logits": "nope"})
+    with pytest.raises(ConfigError, match="has no such method"):
+        ad.build(checkpoint.load_state_dict(record_ckpt))
+
+
+def test_nll_method_and_logits_agree(record_ckpt: Path) -> None:
+    state = checkpoint.load_state_dict(record_ckpt)
+    cfg = {"name": "module", "checkpoint": str(record_ckpt), "file": str(FIXTURE), "build": "build"}
+    by_logits = get_adapter({**cfg, "logits": "forward", "nll": None}).build(state)
+    by_nll = get_adapter({**cfg, "logits": None, "nll": "token_nll"}).build(state)
+    ids = torch.randint(0, 8192, (2, 9))
+    with torch.no_grad():
+        a, b = by_logits.token_nll(ids[:, :-1], ids[:, 1:]), by_nll.token_nll(ids[:, :-1], ids[:, 1:])
+    assert a.shape == (2, 8) and torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ConfigError, match="KL divergence needs logits"):
+        by_nll.logits(ids)
+
+
+def test_linear_grams_are_the_input_gram_matrices() -> None:
+    torch.manual_seed(0)
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.a = nn.Linear(4, 3, bias=False)
+
+        def forward(self, ids):
+            return self.a(self.emb(ids))
+
+    m = Two()
+    windows = torch.randint(0, 10, (3, 6)).numpy()
+    grams, rows = linear_grams(m, windows, batch_size=2, progress=False)
+    x = m.emb(torch.from_numpy(windows[:, :-1])).reshape(-1, 4).detach()
+    assert rows == 15 and set(grams) == {"a.weight"}
+    assert torch.allclose(grams["a.weight"], x.T @ x, atol=1e-5)
+
+
+# ------------------------------------------------------------------ Grams of weights used through F.linear / einsum
+
+
+def _record_inputs(m: pg_record_model.RecordGPT, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """X^T X of every bank slice's input, computed by hand: the fixture's forward written out."""
+    import torch.nn.functional as F
+
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        sums[name] = sums.get(name, 0) + x.T @ x
+
+    rms = pg_record_model._rms
+    x = m.tok_emb(ids)
+    b, t, d = x.shape
+    for _ in range(pg_record_model.REPEATS):
+        for i in range(m.layers):
+            add(f"qkv_bank[{i}]", rms(x))
+            qkv = rms(x) @ m.qkv_bank[i].T
+            q, k, v = (z.reshape(b, t, 4, d // 4).transpose(1, 2) for z in qkv.split(d, dim=-1))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+            add(f"out_bank[{i}]", y)
+            x = x + m.attn_scales[i] * (y @ m.out_bank[i].T)
+            add(f"fc_bank[{i}]", rms(x))
+            h = torch.relu(rms(x) @ m.fc_bank[i].T).square()
+            add(f"proj_bank[{i}]", h)
+            x = x + h @ m.proj_bank[i].T
+    add("tok_emb.weight", rms(x))
+    return sums
+
+
+def test_record_model_grams_cover_bank_slices() -> None:
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = pg_record_model.RecordGPT()
+    windows = torch.randint(0, 8192, (2, 9)).numpy()
+    linear, einsum = F.linear, torch.einsum
+    plain, rows = linear_grams(m, windows, batch_size=2, progress=False)
+    grams, _ = linear_grams(m, windows, batch_size=2, progress=False, einsum=["qkv_*"])
+    assert F.linear is linear and torch.einsum is einsum and rows == 16  # restored
+    slices = {f"{b}[{i}]" for b in BANKS for i in range(2)}
+    assert set(grams) == slices | set(BANKS) | {"tok_emb.weight", "head.weight"}
+    assert set(plain) == set(grams) - {"qkv_bank", "qkv_bank[0]", "qkv_bank[1]"}  # einsum only where declared
+    with torch.no_grad():
+        by_hand = _record_inputs(m, torch.from_numpy(windows[:, :-1]))
+    for name, g in by_hand.items():
+        d = 96 if name.startswith("proj") else 32
+        assert grams[name].shape == (d, d) and torch.allclose(grams[name], g, rtol=1e-4, atol=1e-4), name
+    for b in BANKS:  # fold: the folded (2·out, in) matrix's Hessian is the sum over its slices
+        total = grams[f"{b}[0]"] + grams[f"{b}[1]"]  # fp32 sums in another order: tolerance at its scale
+        assert torch.allclose(grams[b], total, rtol=1e-5, atol=1e-6 * float(total.abs().max()))
+    # the nn.Linear head and the tied head (F.linear on tok_emb.weight) see the same input, each counted once
+    assert torch.allclose(grams["head.weight"], grams["tok_emb.weight"]) and torch.allclose(
+        grams["head.weight"], by_hand["tok_emb.weight"], rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ConfigError, match=r"model\.einsum: 'nope' matches no weight parameter"):
+        linear_grams(m, windows, progress=False, einsum=["nope"])
+
+
+def test_grams_restore_functions_on_error_and_reject_non_linear_einsum() -> None:
+    import torch.nn.functional as F
+
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.w = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, ids):
+            return torch.einsum("btd,de->bte", self.emb(ids), self.w)  # W stored (in, out): not x·Wᵀ
+
+    linear, einsum = F.linear, torch.einsum
+    windows = torch.randint(0, 10, (2, 5)).numpy()
+    with pytest.raises(ConfigError, match=r"model.einsum: w is used in torch.einsum\('btd,de->bte'\) other than"):
+        linear_grams(Odd(), windows, progress=False, einsum=["w"])
+    assert F.linear is linear and torch.einsum is einsum
+    assert linear_grams(Odd(), windows, progress=False)[0] == {}  # undeclared: no Gram, no error
+
+
+def test_split_gptq_uses_the_per_slice_hessians() -> None:
+    from bytegolf.formats import EncodeContext
+
+    torch.manual_seed(0)
+    m = pg_record_model.RecordGPT()
+    state = {b: getattr(m, b).detach().clone() for b in BANKS}
+    grams, rows = linear_grams(m, torch.randint(0, 8192, (4, 33)).numpy(), progress=False, einsum=["qkv_bank"])
+    ctx = EncodeContext(hessians=grams, hessian_counts=dict.fromkeys(grams, rows))
+    recon = {}
+    for key, mode, gptq in [("rtn", "split", False), ("split", "split", True), ("fold", "fold", True)]:
+        cfg = PlanConfig(passthrough_max_numel=1024, reshape=mode)
+        plan = make_plan(state, cfg, "scalar", {"bits": 3, "gptq": gptq})
+        units = artifact.encode_state(state, plan, ctx, progress=False)
+        recon[key] = {k: v for u in units for k, v in (u.recon or {}).items()}
+    for b in BANKS:
+        for i in range(2):
+            w, g = state[b][i], grams[f"{b}[{i}]"]
+            err = {k: metrics.output_error(w, r[b][i], g) for k, r in recon.items()}
+            # GPTQ on the slice's own Hessian beats rounding, and the bank-wide (summed) Hessian of fold
+            assert err["split"] < 0.9 * err["rtn"] and err["split"] < err["fold"], (b, i, err)
+    del ctx.hessians["qkv_bank[1]"]
+    plan = make_plan(state, PlanConfig(passthrough_max_numel=1024, reshape="split"), "scalar", {"gptq": True})
+    with pytest.raises(ConfigError, match=r"gptq needs a Hessian for tensor qkv_bank\[1\], none was collected"):
+        artifact.encode_state(state, plan, ctx, progress=False)
+
+
+# ------------------------------------------------------------------ model=weights: no model, no bpb
+
+
+def _non_lm_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    conv = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3))
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+    state = {f"conv.{k}": v for k, v in conv.state_dict().items()}
+    state |= {f"encoder.{k}": v for k, v in enc.state_dict().items()}
+    state["encoder.pos"] = torch.randn(3000) * 0.1  # a 1-D tensor far above the passthrough size
+    return state
+
+
+@pytest.fixture(scope="module")
+def weights_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "net.safetensors"
+    checkpoint.save_state_dict(_non_lm_state(), path)
+    return path
+
+
+def test_weights_run_measures_no_bpb(weights_ckpt: Path, tmp_path: Path) -> None:
+    proc = bytegolf(
+        "run",
+        "model=weights",
+        f"model.checkpoint={weights_ckpt}",
+        *TINY_ARGS,
+        "format.bits=8",
+        "codec=zstd",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bpb not measured" in proc.stdout
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["bpb"] is None and r["bpb_measured"] is False and r["val_loss"] is None
+    assert 0 < r["rel_mse"] < 0.01 and math.isnan(r["output_error"])  # no calibration without a model
+    state = checkpoint.load_state_dict(weights_ckpt)
+    decoded, units = artifact.read(tmp_path / artifact.ARTIFACT_NAME)
+    assert {k: tuple(v.shape) for k, v in decoded.items()} == {k: tuple(v.shape) for k, v in state.items()}
+    conv = state["conv.0.weight"]  # (16, 8, 3, 3): folded into (384, 3)
+    unit = next(u for u in units if u.tensors[0].name == "conv.0.weight")
+    assert unit.format == "scalar" and unit.meta["reshape"] == {"conv.0.weight": [16, 8, 3, 3]}
+    rel = float((decoded["conv.0.weight"] - conv).square().sum() / conv.square().sum())
+    assert 0 < rel < 0.01
+    assert torch.equal(decoded["encoder.pos"], state["encoder.pos"].half().float())
+
+
+def test_weights_gptq_names_the_missing_hessian(weights_ckpt: Path, tmp_path: Path) -> None:
+    proc = bytegolf(
+        "run", "model=weights", f"model.checkpoint={weights_ckpt}", *TINY_ARGS, "format.gptq=true",
+        f"hydra.run.dir={tmp_path}", cwd=tmp_path,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "needs a Hessian" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_weights_compare_and_report_rank_by_weight_error(weights_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    budget = 40_000
+    proc = bytegolf(
+        "compare",
+        "model=weights",
+        f"model.checkpoint={weights_ckpt}",
+        *TINY_ARGS,
+        "compare.front_points=0",
+        "compare.seeds=1",
+        "compare.formats=[scalar,clustered]",
+        "compare.references=[]",
+        "compare.calibrate.clustered.steps=0",
+        "compare.embedding=null",
+        f"compare.budgets=[{budget}]",
+        "codec=zstd",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(bpb not measured)" in proc.stdout and "winner:" in proc.stdout
+    rows = [json.loads(p.read_text()) for p in out.glob("points/*/*/result.json")]
+    assert len(rows) == 2 and all(r["bpb"] is None and r["counted_bytes"] <= budget for r in rows)
+    from bytegolf.study.compare import ranking
+
+    ranked = ranking(rows, budget, 100, 0.95)
+    errs = [e["row"]["rel_mse"] for e in ranked]
+    assert len(ranked) == 2 and errs == sorted(errs)
+    rep = bytegolf("report", str(out), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "bpb was not measured" in (out / "report" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ plan: vectors and reshapes
+
+
+def test_plan_vectors_and_reshape_settings() -> None:
+    state = {"v": torch.randn(5000), "bank": torch.randn(3, 40, 30), "m": torch.randn(60, 50)}
+    plan = {a.name: a.format for a in make_plan(state, PlanConfig(passthrough_max_numel=100), "scalar", {})}
+    assert plan == {"v": "passthrough", "bank": "scalar", "m": "scalar"}
+    plan = make_plan(state, PlanConfig(passthrough_max_numel=100, vectors="format"), "scalar", {})
+    assert plan[0].format == "scalar"
+    with pytest.raises(ConfigError, match=r"plan\.vectors"):
+        make_plan(state, PlanConfig(vectors="nope"), "scalar", {})
+    with pytest.raises(ConfigError, match=r"plan\.reshape"):
+        make_plan(state, PlanConfig(reshape="nope"), "scalar", {})
+
+
+def test_reshaped_tensors_round_trip_through_the_artifact(tmp_path: Path) -> None:
+    from bytegolf.artifact.layout import LayoutConfig
+    from bytegolf.formats import EncodeContext
+
+    torch.manual_seed(0)
+    state = {"bank": torch.randn(3, 40, 30), "conv": torch.randn(8, 4, 3, 3), "v": torch.randn(5000)}
+    plan = make_plan(state, PlanConfig(passthrough_max_numel=100), "scalar", {"bits": 8})
+    units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    assert [u.tensors[0].shape for u in units] == [(120, 30), (96, 3), (5000,)]
+    assert [u.format for u in units] == ["scalar", "scalar", "passthrough"] and "reshape" not in units[2].meta
+    path = tmp_path / "m.bgz"
+    artifact.write(path, units, "zstd", {}, LayoutConfig())
+    decoded, _ = artifact.read(path)
+    artifact.verify_bit_exact(decoded, units)
+    for name, t in state.items():
+        assert decoded[name].shape == t.shape
+        assert float((decoded[name] - t).square().mean() / t.square().mean()) < 1e-3
+
+
+@pytest.mark.slow
+def test_module_compare_ranks_two_formats_by_kld(tiny_bundle: Path, record_ckpt: Path, tmp_path: Path) -> None:
+    params = sum(t.numel() for t in torch.load(record_ckpt, weights_only=True).values())
+    budget = int(params * 0.6)  # about 4.8 bits per weight with everything else
+    out = tmp_path / "cmp"
+    proc = bytegolf(
+        "compare", f"bundle={tiny_bundle}", *TINY_ARGS, "model=module", f"model.file={FIXTURE}", "model.build=build",
+        f"model.checkpoint={record_ckpt}", "compare.formats=[scalar,clustered]", "compare.references=[]",
+        "compare.embedding=null", "compare.calibrate.clustered.steps=0", "compare.front_points=0", "compare.seeds=1",
+        "compare.rank_by=kld", "eval.kld=true", f"compare.budgets=[{budget}]", "compare.samples=200", "codec=zstd",
+        f"hydra.run.dir={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(p.read_text()) for p in out.glob("points/*/*/result.json")]
+    ranked = sorted((r for r in rows if r.get("budget_bytes") == budget), key=lambda r: r["kld"]["mean"])
+    assert sorted(r["format"] for r in ranked) == ["clustered", "scalar"]
+    assert all(r["counted_bytes"] <= budget and r["kld"]["mean"] > 0 for r in ranked)
+    lines = [ln for ln in proc.stdout.splitlines() if " KLD " in ln]
+    assert lines[0].split()[0] == ranked[0]["format"]  # the order is by KLD
+    assert f"winner by KLD: {ranked[0]['format']}" in proc.stdout
+
+
+def test_rank_by_kld_needs_kld_measured(tmp_path: Path) -> None:
+    proc = bytegolf("compare", "compare.rank_by=kld", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2 and "compare.rank_by=kld needs eval.kld=true" in proc.stdout + proc.stderr

@@ -1,0 +1,182 @@
+"""The equal-bytes search: synthetic rate curves (exact answers) and the scalar clip_k knob on a tiny model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bytegolf.search import budget as search
+from bytegolf.search.budget import KNOBS, Knob, Probe
+from bytegolf.search.prober import Encoder, Workspace
+from tests.integration.test_run import TINY_ARGS
+
+CLIP = Knob("clip_k", 1.0, 64.0)  # a continuous log knob over the range these curves are drawn on
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments"
+
+
+class Curve:
+    """A cached measure over a bytes(knob) function, counting real evaluations."""
+
+    def __init__(self, fn, invalid_above: float = math.inf) -> None:
+        self.fn, self.invalid_above, self.calls = fn, invalid_above, []
+
+    def __call__(self, x: float) -> Probe:
+        self.calls.append(x)
+        if x > self.invalid_above:
+            return Probe(x, None, 0, 0.0, "too large")
+        return Probe(x, int(self.fn(x)), 1000, 0.0)
+
+
+def clip_like(k: float) -> float:
+    return 1e6 * (8 - math.log2(k)) / 8  # entropy falls by one bit per doubling of the clip
+
+
+@pytest.mark.parametrize("budget", [900_000, 600_000, 300_000])
+def test_continuous_knob_lands_within_tolerance_under_budget(budget: int) -> None:
+    m = Curve(clip_like)
+    land = search.search(m, CLIP, 12.85, budget, tol=0.005)
+    assert land.status == "ok"
+    assert (1 - 0.005) * budget <= land.counted_bytes <= budget
+    assert land.counted_bytes == int(clip_like(land.value))
+    assert land.probes <= 8 and len(m.calls) == land.probes
+
+
+def test_count_code_adds_the_code_bytes() -> None:
+    land = search.search(Curve(clip_like), CLIP, 12.85, 600_000, count_code=True, tol=0.005)
+    assert land.counted_bytes == land.final_bytes + 1000 <= 600_000
+    assert land.counted_bytes >= 0.995 * 600_000
+
+
+def test_out_of_reach_budgets_are_statuses_not_errors() -> None:
+    low = search.search(Curve(clip_like), CLIP, 12.85, 100_000)
+    assert low.status == "does_not_fit" and low.value == 64.0 and low.counted_bytes == 250_000
+    assert low.ratio == pytest.approx(2.5)
+    high = search.search(Curve(clip_like), CLIP, 12.85, 2_000_000)
+    assert high.status == "at_limit" and high.value == 1.0 and high.ratio == pytest.approx(0.5)
+
+
+def test_out_of_reach_budget_lands_on_the_least_output_error() -> None:
+    """When the knob cannot reach the budget, bytes past the sweet spot need not buy quality: a probe
+    with an output error lands on the least one among those that fit, not on the most bytes."""
+
+    def err(k: float) -> float:  # rounding error falls with the clip, clipping error rises below k = 5
+        return (k / 5) ** 2 + (5 / k) ** 4
+
+    def measure(x: float) -> Probe:
+        return Probe(x, int(clip_like(x)), 0, 0.0, output_error=err(x))
+
+    land = search.search(measure, CLIP, 12.85, 2_000_000)
+    fitting = [x for x, b in land.trace if b is not None and b <= 2_000_000]
+    assert land.status == "at_limit" and len(fitting) >= 3
+    assert land.value == min(fitting, key=err) != max(fitting, key=clip_like)
+    assert land.counted_bytes == int(clip_like(land.value))
+    # without an output error, the same search lands on the most bytes, as before
+    plain = search.search(Curve(clip_like), CLIP, 12.85, 2_000_000)
+    assert plain.status == "at_limit" and plain.value == max(fitting, key=clip_like)
+    # a budget in reach ignores the error: the most bytes within the tolerance
+    assert search.search(measure, CLIP, 12.85, 600_000).status == "ok"
+
+
+def test_integer_knob_takes_the_largest_setting_that_fits() -> None:
+    bits = Curve(lambda b: 10_000 * b)
+    land = search.search(bits, KNOBS["bits"], 6, 45_000)
+    assert (land.status, land.value, land.counted_bytes) == ("short", 4.0, 40_000)
+    assert search.search(bits, KNOBS["bits"], 6, 80_000).status == "ok"
+    assert search.search(bits, KNOBS["bits"], 6, 15_000).status == "does_not_fit"
+
+
+def test_invalid_knob_values_bound_the_range() -> None:
+    m = Curve(lambda k: 1000 * math.log2(k) + 5 * k, invalid_above=300)
+    land = search.search(m, KNOBS["codebook_size"], 256, 8000)
+    assert land.status == "ok" and 0.995 * 8000 <= land.counted_bytes <= 8000
+    top = search.search(m, KNOBS["codebook_size"], 256, 100_000)
+    assert top.status == "at_limit" and 256 <= top.value <= 300
+
+
+def test_knob_ranges_and_overrides() -> None:
+    assert search.knob_for(None, None) is None
+    assert search.knob_for("clip_k", 12.85) == KNOBS["clip_k"] == Knob("clip_k", 3.0, 64.0)
+    assert search.knob_for("clip_k", 12.85, {"lo": 2.0}).lo == 2.0
+    assert search.knob_for("depth", 8) == Knob("depth", 1, 512, integer=True)  # unknown knob: from its default
+    with pytest.raises(Exception, match="unknown keys"):
+        search.knob_for("clip_k", 12.85, {"low": 2.0})
+
+
+# ------------------------------------------------------------------ the real encoder on a tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tiny_bundle: Path):
+    from hydra import compose, initialize_config_dir
+
+    from bytegolf import settings
+
+    settings.register()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("run", overrides=[f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=4", "codec=zstd"])
+
+
+def _encoder(cfg, ws, tmp: Path, cache: Path | None = None) -> Encoder:
+    fmt = OmegaConf.to_container(cfg.format, resolve=True)
+    codec = OmegaConf.to_container(cfg.codec, resolve=True)
+    name, codec_name = fmt.pop("name"), codec.pop("name")
+    return Encoder(ws, name, fmt, CLIP, codec_name, codec, tmp, cache)
+
+
+def test_search_lands_within_one_percent_on_a_tiny_model(tiny_cfg, tmp_path: Path) -> None:
+    ws = Workspace(tiny_cfg)
+    cache = tmp_path / "probes.json"
+    enc = _encoder(tiny_cfg, ws, tmp_path, cache)
+    big, small = enc(3.0).final_bytes, enc(30.0).final_bytes
+    assert big > small > 0  # a larger clip multiple gives fewer bytes
+    # each probe carries the encoding's output error as a run would report it (4 bits: clipping at 3σ
+    # costs less than rounding with a step of 30σ/7)
+    assert 0 < enc(3.0).output_error < enc(30.0).output_error < 1
+    budget = int(0.5 * big + 0.5 * small)
+    land = search.search(enc, CLIP, 12.85, budget, tol=0.01)
+    assert land.status == "ok", land
+    assert 0.99 * budget <= land.final_bytes <= budget
+    assert land.ratio == pytest.approx(land.final_bytes / budget)
+    # the landed setting reproduces its bytes from scratch, and the probe cache survives a restart
+    again = _encoder(tiny_cfg, ws, tmp_path)
+    assert again(land.value).final_bytes == land.final_bytes
+    reloaded = _encoder(tiny_cfg, ws, tmp_path, cache)
+    assert set(reloaded.cache) >= {x for x, _ in land.trace} | {3.0, 30.0}
+    # an impossible budget is a does-not-fit landing, not an exception
+    none = search.search(enc, CLIP, 12.85, 500)
+    assert none.status == "does_not_fit" and none.counted_bytes > 500 and none.value == 64.0
+
+
+def test_out_of_reach_budget_on_a_non_monotone_knob_stops() -> None:
+    """The default model's int6 bytes against clip_k (measured): they fall again below k = 1.5, and
+    16 MB is out of reach, so the edge k = 1 is probed before the best fit; the search must stop."""
+    measured = {12.85: 6_890_804, 25.877: 4_881_617, 6.3811: 8_973_909, 1.5736: 12_050_561, 1.0: 11_583_272}
+
+    def bytes_at(k: float) -> float:
+        near = min(measured, key=lambda m: abs(math.log(m / k)))
+        return measured[near] if abs(math.log(near / k)) < 0.05 else clip_like(k) * 12 if k > 1.5 else 11_600_000
+
+    land = search.search(Curve(bytes_at), CLIP, 12.85, 16_000_000)
+    assert land.status == "at_limit"
+    assert land.counted_bytes == max(int(bytes_at(x)) for x, _ in land.trace)
+    assert land.probes <= 24
+
+
+def test_a_flat_stretch_of_a_continuous_knob_ends_the_search() -> None:
+    """Bytes constant over stretches of the knob (a partial codebook that rounds to the same size)
+    used to keep the narrowing loop asking for a value it had already probed, forever."""
+    from bytegolf.search.budget import Knob, Probe, search
+
+    calls = []
+
+    def measure(x: float) -> Probe:
+        calls.append(x)
+        assert len(calls) < 200, "the search does not end"
+        return Probe(x, 1000 * int(x) + 7)
+
+    landing = search(measure, Knob("num_codebooks", 1, 16, log=False), 2.0, 2500, tol=0.0001)
+    assert landing.final_bytes == 2007 and landing.status == "short" and len(calls) <= 24
