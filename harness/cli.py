@@ -10,8 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from bytegolf.errors import BytegolfError
 from bytegolf.run import sweep
-from bytegolf.search import allocate
-from bytegolf.study import compare
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "experiments"
@@ -54,12 +52,12 @@ def _store_plugins() -> None:
     """Entry-point formats and codecs without a YAML become config choices (format=NAME) with their schema."""
     from hydra.core.config_store import ConfigStore
 
-    from bytegolf.settings import _schema
+    from bytegolf.settings import plugin_schema
 
     for group in ("format", "codec"):
         for name, target in _plugins(group).items():
             if not (CONFIG_DIR / group / f"{name}.yaml").is_file():
-                ConfigStore.instance().store(group=group, name=name, node=_schema(group, name, target))
+                ConfigStore.instance().store(group=group, name=name, node=plugin_schema(group, name, target))
 
 
 def _check_choices(overrides: list[str]) -> None:
@@ -278,14 +276,14 @@ def report_main(args: list[str]) -> None:
 
 def inspect_main(args: list[str]) -> None:
     """`bytegolf inspect ARTIFACT`."""
-    from bytegolf.measure.inspection import inspect_main as main_
+    from bytegolf.tools.inspection import inspect_main as main_
 
     main_(args)
 
 
 def decode_main(args: list[str]) -> None:
     """`bytegolf decode ARTIFACT OUT.safetensors`."""
-    from bytegolf.measure.inspection import decode_main as main_
+    from bytegolf.tools.inspection import decode_main as main_
 
     main_(args)
 
@@ -295,14 +293,14 @@ PLAIN = {"results": results_main, "report": report_main, "inspect": inspect_main
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `bytegolf` console script."""
-    import hydra
-
-    from bytegolf import settings
-
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help") or args[0] not in (*TASKS, *PLAIN):
         print(USAGE, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
+    import hydra
+
+    from bytegolf import settings
+
     verb, overrides = args[0], args[1:]
     if verb in PLAIN:
         try:
@@ -311,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         return
+    from bytegolf.search import allocate
+    from bytegolf.study import compare
+
     settings.register()
     compare.register()
     allocate.register()

@@ -13,9 +13,9 @@ from hydra.core.config_store import ConfigStore
 from bytegolf.artifact.layout import LayoutConfig
 from bytegolf.codecs import REGISTRY as CODECS
 from bytegolf.formats import REGISTRY as FORMATS
+from bytegolf.model.grams import CalibConfig
 from bytegolf.model.train import TrainConfig
 from bytegolf.quantize.block_calibration import FinetuneConfig
-from bytegolf.quantize.grams import CalibConfig
 from bytegolf.quantize.plan import PlanConfig
 
 
@@ -92,7 +92,7 @@ class BudgetSettings:
     count_code: bool = False
 
 
-def _schema(kind: str, name: str, target: str) -> type:
+def plugin_schema(kind: str, name: str, target: str) -> type:
     """A dataclass with a `name` field plus the constructor parameters of a registered class."""
     module, cls = target.split(":")
     klass = getattr(importlib.import_module(module), cls)
@@ -122,6 +122,6 @@ def register() -> None:
     cs.store(group="train", name="base_train", node=TrainConfig)
     cs.store(group="finetune", name="base_finetune", node=FinetuneConfig)
     for name, target in FORMATS.items():
-        cs.store(group="format", name=f"base_{name}", node=_schema("format", name, target))
+        cs.store(group="format", name=f"base_{name}", node=plugin_schema("format", name, target))
     for name, target in CODECS.items():
-        cs.store(group="codec", name=f"base_{name}", node=_schema("codec", name, target))
+        cs.store(group="codec", name=f"base_{name}", node=plugin_schema("codec", name, target))

@@ -117,7 +117,7 @@ def _blob_entries(name: str, manifest: Any) -> list[dict[str, Any]]:
     return blobs
 
 
-def _read_manifest(f: BinaryIO, name: str) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+def read_header(f: BinaryIO, name: str) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     """Header, manifest and blob table of an open artifact, all checked: (manifest, blobs, payload size)."""
     size = os.fstat(f.fileno()).st_size
     header = f.read(_HEADER.size)
@@ -159,7 +159,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The whole checked manifest, blob table included (nothing is decompressed)."""
     try:
         with open(path, "rb") as f:
-            return _read_manifest(f, os.fspath(path))[0]
+            return read_header(f, os.fspath(path))[0]
     except OSError as exc:
         raise ArtifactError(f"{os.fspath(path)}: cannot read artifact ({exc.strerror or exc})") from None
 
@@ -178,7 +178,7 @@ def read_artifact(path: str | os.PathLike[str], max_total_raw: int = 1 << 34) ->
     name = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            manifest, blobs, payload_size = _read_manifest(f, name)
+            manifest, blobs, payload_size = read_header(f, name)
             total_raw = sum(entry["raw"] for entry in blobs)
             if total_raw > max_total_raw:
                 raise ArtifactError(f"{name}: declared raw size {total_raw} bytes is too large (limit {max_total_raw})")

@@ -23,9 +23,9 @@ import numpy as np
 
 from bytegolf.data import bundle as data
 from bytegolf.data import shards, tokenizer
+from bytegolf.data.windows import Windows, eval_windows
 from bytegolf.errors import ConfigError, DataError
-from bytegolf.measure.evaluate import Windows, eval_windows
-from bytegolf.model import checkpoint
+from bytegolf.fingerprint import file_fingerprint
 
 
 @dataclass
@@ -120,7 +120,7 @@ def load(cfg: Any, adapter: Any, model: Any) -> EvalData:
         tables = tokenizer.byte_tables(sp, adapter.vocab_size(model))
         val, val_docs = eval_windows(shards.read_shards(files.val), cfg.eval)
         fp = {
-            "tokenizer": checkpoint.file_fingerprint(files.tokenizer),
+            "tokenizer": file_fingerprint(files.tokenizer),
             "val": data.fingerprint(files.val),
             "train": data.fingerprint(files.train) if files.train else "none",
         }
@@ -149,7 +149,7 @@ def load(cfg: Any, adapter: Any, model: Any) -> EvalData:
         tokens = tokenizer.encode_documents(sp, _texts(val_files))
         doc_starts = np.flatnonzero(tokens == tokenizer.BOS_ID)
         tables = tokenizer.byte_tables(sp, adapter.vocab_size(model))
-        tok_fp = checkpoint.file_fingerprint(cfg.data.tokenizer)
+        tok_fp = file_fingerprint(cfg.data.tokenizer)
 
         def train() -> np.ndarray | None:
             return tokenizer.encode_documents(sp, _texts(train_files)) if train_files else None

@@ -1,10 +1,9 @@
 """Code bytes: the size of the source a reader needs to decode an artifact (Parameter Golf counts code).
 
-The files: the read path (harness/errors.py, registry.py, container.py, layout.py, packing.py, artifact.py;
-formats/__init__.py and base.py; codecs/__init__.py and base.py), plus the module of every format and codec the
-artifact uses and, transitively, every project module those import (e.g. formats/scalar.py pulls in
-formats/arrays.py and formats/gptq.py). The read-path files' own imports are not followed:
-they serve the encoder (artifact.py imports the plan, which imports the model). Third-party and
+The files: the decoder (every module under harness/artifact/, which imports only the core and the plugin
+protocols: tests/test_layering.py holds it there), the module of every format and codec the artifact uses,
+and, transitively, every project module those files import (errors.py, registry.py, formats/base.py,
+codecs/base.py; formats/scalar.py pulls in formats/arrays.py and formats/gptq.py). Third-party and
 standard-library code (numpy, torch, zstandard, constriction, ...) is not counted.
 
 code_bytes = the length of raw LZMA2 (xz preset 9e) of the files concatenated in sorted path order,
@@ -24,18 +23,14 @@ from bytegolf.errors import ConfigError
 from bytegolf.formats.base import REGISTRY as FORMATS
 
 REPO = Path(__file__).resolve().parents[2]
-READ_PATH = (
-    "codecs/__init__.py",
-    "codecs/base.py",
-    "formats/__init__.py",
-    "formats/base.py",
-    "harness/artifact/file.py",
-    "harness/artifact/container.py",
-    "harness/errors.py",
-    "harness/artifact/layout.py",
-    "harness/artifact/packing.py",
-    "harness/registry.py",
-)
+
+
+def read_path() -> list[str]:
+    """The decoder's own files: every module under harness/artifact/ and the package init above it."""
+    folder = REPO / "harness" / "artifact"
+    return ["harness/__init__.py", *sorted(p.relative_to(REPO).as_posix() for p in folder.glob("*.py"))]
+
+
 # import prefix -> repository folder, longest prefix first
 _PACKAGES = (("bytegolf.formats", "formats"), ("bytegolf.codecs", "codecs"), ("bytegolf", "harness"))
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
@@ -97,7 +92,8 @@ def code_files(format_names: list[str], codec_names: list[str]) -> list[str]:
         codecs = (codecs - {"best"}) | set(DEFAULT_CANDIDATES)
     todo = [_target_path("format", f, FORMATS) for f in sorted(set(format_names))]
     todo += [_target_path("codec", c, CODECS) for c in sorted(codecs)]
-    files = set(READ_PATH)
+    todo += read_path()
+    files: set[str] = set()
     while todo:
         path = todo.pop()
         if path not in files:
@@ -128,7 +124,7 @@ def artifact_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     name = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            manifest, blobs, _ = container._read_manifest(f, name)
+            manifest, blobs, _ = container.read_header(f, name)
     except OSError as exc:
         raise ArtifactError(f"{name}: cannot read artifact ({exc.strerror or exc})") from None
     units = manifest.get("units")

@@ -10,7 +10,7 @@ The protocol (`ModelAdapter`):
   fingerprints()                   what identifies the model beyond the checkpoint file (caches, result.json)
 
 Adapters:
-  gpt      the built-in Parameter Golf GPT (bytegolf.model.gpt); Grams as bytegolf.quantize.grams.gram_matrices.
+  gpt      the built-in Parameter Golf GPT (bytegolf.model.gpt); Grams as bytegolf.model.grams.gram_matrices.
   module   the user's code: model.file=PATH.py, model.build=NAME with NAME(state_dict) -> torch.nn.Module.
            Scoring: model.nll names a method (ids, targets) -> per-token NLL [B, T] (nats), else model.logits
            (default forward) names a method ids [B, T] -> logits [B, T, V] (a tuple's first element or an
@@ -20,7 +20,7 @@ Adapters:
            A tied output head is stored once, under the embedding's name, whose Gram is the head's input.
   weights  any state dict, no model: weight error and bytes only (bpb is not measured).
 
-Calibration for module and hf (bytegolf.quantize.grams.input_grams): the input of every nn.Linear (key
+Calibration for module and hf (bytegolf.model.grams.input_grams): the input of every nn.Linear (key
 f"{module}.weight"), of every torch.nn.functional.linear(x, W) whose W is a parameter (its name) or a slice
 bank[i] of a weight bank (L, out, in) (f"{bank}[{i}]" for plan.reshape=split, and the bank's name, summed over
 its slices, for fold), and of torch.einsum calls on the parameters model.einsum names (globs) used as x·Wᵀ.
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bytegolf.errors import ConfigError, DataError
+from bytegolf.fingerprint import file_fingerprint
 from bytegolf.model import checkpoint
 
 ADAPTERS = ("gpt", "module", "hf", "weights")
@@ -114,9 +115,9 @@ def linear_grams(
 ) -> tuple[dict[str, Tensor], int]:
     """Σ x xᵀ (fp32, CPU) of the inputs of the weights of `model` (an LM: its inner module's names) over windows
     (n, seq_len+1), keyed by weight name (then renamed by `rename`): every nn.Linear's, and those of weights
-    used through F.linear or, for the parameters `einsum` names, torch.einsum (bytegolf.quantize.grams.input_grams);
+    used through F.linear or, for the parameters `einsum` names, torch.einsum (bytegolf.model.grams.input_grams);
     plus the token rows fed."""
-    from bytegolf.quantize.grams import input_grams
+    from bytegolf.model.grams import input_grams
 
     dev = torch.device(device)
     model.eval().to(dev)
@@ -134,7 +135,7 @@ def path_fingerprint(path: str | Path) -> str:
     """sha256 (16 hex digits) of a file, or of a directory's files (names and bytes, sorted)."""
     p = Path(path)
     if p.is_file():
-        return checkpoint.file_fingerprint(p)
+        return file_fingerprint(p)
     h = hashlib.sha256()
     for f in sorted(q for q in p.rglob("*") if q.is_file()):
         h.update(str(f.relative_to(p)).encode())
@@ -160,7 +161,7 @@ class ModelAdapter:
 
     def fingerprint(self) -> str:
         """The checkpoint's fingerprint (result.json fingerprints.checkpoint)."""
-        return checkpoint.file_fingerprint(self.checkpoint)
+        return file_fingerprint(self.checkpoint)
 
     def fingerprints(self) -> dict[str, str]:
         """Fingerprints beyond the checkpoint's (the model's code); none here."""
@@ -203,7 +204,7 @@ class GPTAdapter(ModelAdapter):
         return checkpoint.build_model(state, base)
 
     def grams(self, model, windows, device, batch_size, progress=True):
-        from bytegolf.quantize.grams import gram_matrices
+        from bytegolf.model.grams import gram_matrices
 
         return gram_matrices(model, windows, device, batch_size, progress=progress)
 

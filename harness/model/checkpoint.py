@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from pathlib import Path
@@ -38,10 +37,6 @@ def save_state_dict(sd: dict[str, Tensor], path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp))
     os.replace(tmp, path)
-
-
-def file_fingerprint(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def infer_config(sd: dict[str, Tensor], base: ModelConfig | None = None) -> ModelConfig:

@@ -21,6 +21,11 @@ CONTROL_PATTERNS = (
 )
 
 
+def is_control(name: str, patterns: tuple[str, ...] | list[str] = CONTROL_PATTERNS) -> bool:
+    """Is this a control tensor (Parameter Golf's rule: its name contains one of the patterns)?"""
+    return any(p in name for p in patterns)
+
+
 @dataclass
 class ModelConfig:
     """Shape of the baseline model; the defaults are Parameter Golf's."""
@@ -53,7 +58,7 @@ class LoopControls(nn.Module):
         _add_controls(self, dim)
 
 
-def _rms(x: Tensor, gain: Tensor | None = None) -> Tensor:
+def rms_norm(x: Tensor, gain: Tensor | None = None) -> Tensor:
     """RMS norm over the last dimension, times `gain` (broadcast against x's leading dimensions) if given."""
     if torch.is_grad_enabled():
         y = F.rms_norm(x, (x.size(-1),))
@@ -162,7 +167,7 @@ class CausalSelfAttention(nn.Module):
         q = self.c_q(x).view(b, t, self.num_heads, self.head_dim)  # (batch, seq, heads, dim) throughout
         k = self.c_k(x).view(b, t, self.num_kv_heads, self.head_dim)
         v = self.c_v(x).view(b, t, self.num_kv_heads, self.head_dim)
-        q, k = _rms(q, self.q_gain.to(q.dtype)[:, None]), _rms(k)  # q_gain commutes with rotary
+        q, k = rms_norm(q, self.q_gain.to(q.dtype)[:, None]), rms_norm(k)  # q_gain commutes with rotary
         cos, sin = self.rotary(t, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         y = causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -200,11 +205,11 @@ class Block(nn.Module):
         a, m = c.attn_scale.to(x.dtype), c.mlp_scale.to(x.dtype)
         if torch.is_grad_enabled():
             x = mix[0][None, None] * x + mix[1][None, None] * x0
-            x = x + a[None, None] * self.attn(_rms(x))
-            return x + m[None, None] * self.mlp(_rms(x))
+            x = x + a[None, None] * self.attn(rms_norm(x))
+            return x + m[None, None] * self.mlp(rms_norm(x))
         x = (x * mix[0]).addcmul_(x0, mix[1])  # inference: fused, fewer temporaries
-        x = torch.addcmul(x, self.attn(_rms(x)), a)
-        return torch.addcmul(x, self.mlp(_rms(x)), m)
+        x = torch.addcmul(x, self.attn(rms_norm(x)), a)
+        return torch.addcmul(x, self.mlp(rms_norm(x)), m)
 
 
 class GPT(nn.Module):
@@ -232,7 +237,7 @@ class GPT(nn.Module):
 
     def hidden(self, ids: Tensor) -> Tensor:
         """Final normed hidden states, shape (batch, seq, dim)."""
-        x = _rms(self.tok_emb(ids))
+        x = rms_norm(self.tok_emb(ids))
         x0 = x
         skips: list[Tensor] = []
         for i in range(self.num_encoder_layers):
@@ -242,7 +247,7 @@ class GPT(nn.Module):
             if skips:
                 x = x + self.skip_weights[i].to(x.dtype)[None, None] * skips.pop()
             x = self.layer(self.num_encoder_layers + i, x, x0)
-        return _rms(x)
+        return rms_norm(x)
 
     def layer(self, i: int, x: Tensor, x0: Tensor) -> Tensor:
         """Layer i of num_layers: its block (shared: block i mod U, with layer i's controls)."""
@@ -273,7 +278,7 @@ def param_groups(model: GPT) -> tuple[list[nn.Parameter], list[nn.Parameter], li
     """(embedding, block matrices, control vectors) as Parameter Golf optimizes them."""
     matrices, controls = [], []
     for name, p in model.blocks.named_parameters():
-        if p.ndim == 2 and not any(c in name for c in CONTROL_PATTERNS):
+        if p.ndim == 2 and not is_control(name):
             matrices.append(p)
         else:
             controls.append(p)

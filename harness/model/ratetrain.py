@@ -36,9 +36,8 @@ from torch.func import functional_call
 
 from bytegolf.errors import ConfigError
 from bytegolf.model import checkpoint
-from bytegolf.model.gpt import GPT
-from bytegolf.quantize.plan import CONTROL_PATTERNS
-from bytegolf.study import plots
+from bytegolf.model.curve import training_curve
+from bytegolf.model.gpt import GPT, is_control
 
 log = logging.getLogger("bytegolf")
 STATE = "train_state.pt"
@@ -67,13 +66,8 @@ class RateConfig:
 
 def quantized_names(model: GPT, min_numel: int) -> list[str]:
     """The matrices the export quantizes: 2-D, more than min_numel values, not control tensors."""
-    import fnmatch
 
-    return [
-        n
-        for n, p in model.named_parameters()
-        if p.ndim == 2 and p.numel() > min_numel and not any(fnmatch.fnmatch(n, c) for c in CONTROL_PATTERNS)
-    ]
+    return [n for n, p in model.named_parameters() if p.ndim == 2 and p.numel() > min_numel and not is_control(n)]
 
 
 def sdclip_scale(w: Tensor, bits: int, clip_k: float) -> Tensor:
@@ -193,5 +187,5 @@ def rate_finetune(
     }
     (out_dir / "rate_train.json").write_text(json.dumps(stats, indent=2))
     if history:
-        plots.training_curve(history, out_dir / "curve.png", f"rate finetune, lam {cfg.lam}, int{cfg.bits}")
+        training_curve(history, out_dir / "curve.png", f"rate finetune, lam {cfg.lam}, int{cfg.bits}")
     return stats

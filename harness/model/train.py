@@ -16,9 +16,9 @@ from bytegolf.data import bundle as data
 from bytegolf.data import shards, tokenizer
 from bytegolf.measure.evaluate import autocast, evaluate
 from bytegolf.model import checkpoint
+from bytegolf.model.curve import training_curve
 from bytegolf.model.gpt import GPT, ModelConfig, param_groups
 from bytegolf.model.muon import Muon
-from bytegolf.study import plots
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def train(cfg: TrainConfig, files: data.DataFiles, out_dir: Path, model_cfg: Mod
     title = f"train: {model_cfg.num_layers} layers" + (
         f" over {model_cfg.unique_blocks} blocks" if model_cfg.unique_blocks else ""
     )
-    plots.training_curve(losses + history, out_dir / "curve.png", title)
+    training_curve(losses + history, out_dir / "curve.png", title)
     return stats
 
 

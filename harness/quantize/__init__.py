@@ -1,0 +1,2 @@
+"""Quantizing a checkpoint: the tensor plan, the LQER plan, the encoder, block calibration and
+sensitivity."""

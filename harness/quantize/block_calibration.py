@@ -43,7 +43,7 @@ from bytegolf.errors import ConfigError
 from bytegolf.formats import Encoded, Stream, get_format
 from bytegolf.formats.arrays import from_numpy, to_numpy
 from bytegolf.formats.base import Format, Trainable
-from bytegolf.model.gpt import GPT, _rms
+from bytegolf.model.gpt import GPT, rms_norm
 
 BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
@@ -212,7 +212,7 @@ def finetune(
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        x0 = _rms(q.tok_emb(ids))
+        x0 = rms_norm(q.tok_emb(ids))
     x, skips = x0, []
     n_enc = q.num_encoder_layers
     rows = []

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from bytegolf.artifact.reshape import check_mode
 from bytegolf.errors import ConfigError
-from bytegolf.model.gpt import CONTROL_PATTERNS
+from bytegolf.model.gpt import CONTROL_PATTERNS, is_control
 from bytegolf.quantize.lqer import LowRankPlan
 
 FORMAT_YAMLS = Path(__file__).resolve().parents[2] / "experiments" / "format"
@@ -112,7 +112,7 @@ def make_plan(
             base = dict(format_params) if fmt == format_name else format_defaults(fmt)
             plan.append(Assignment(name, fmt, merge_settings(base, dict(rule.params)), mode))
         elif t.numel() <= cfg.passthrough_max_numel:
-            control = any(p in name for p in cfg.control_patterns)
+            control = is_control(name, cfg.control_patterns)
             plan.append(Assignment(name, "passthrough", {"dtype": "fp32" if control else cfg.passthrough_dtype}))
         elif t.ndim <= 1 and vectors == "passthrough":
             plan.append(Assignment(name, "passthrough", {"dtype": cfg.passthrough_dtype}))

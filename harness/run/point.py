@@ -26,8 +26,9 @@ from bytegolf.formats import EncodeContext, Encoded
 from bytegolf.measure import accounting, codebytes, metrics
 from bytegolf.measure.evaluate import EvalResult, evaluate
 from bytegolf.model import adapters, checkpoint
+from bytegolf.quantize import encoder
 from bytegolf.quantize.block_calibration import finetune
-from bytegolf.quantize.grams import encode_sequential
+from bytegolf.quantize.encoder import encode_sequential
 from bytegolf.quantize.plan import make_plan, plan_config
 from bytegolf.run.provenance import git_revision, source_hash
 from bytegolf.run.store import write_json_atomic
@@ -58,7 +59,7 @@ class Stages:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
-def _params(node: DictConfig) -> tuple[str, dict[str, Any]]:
+def name_and_params(node: DictConfig) -> tuple[str, dict[str, Any]]:
     d = OmegaConf.to_container(node, resolve=True)
     assert isinstance(d, dict)
     return str(d.pop("name")), d
@@ -81,11 +82,11 @@ def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str])
     return r
 
 
-def _calib_windows(ed: evaldata.EvalData, cfg: DictConfig) -> np.ndarray:
+def calibration_windows(ed: evaldata.EvalData, cfg: DictConfig) -> np.ndarray:
     return ed.calib_windows(cfg.calib.seq_len, cfg.calib.windows)
 
 
-def _grams(
+def calibration_grams(
     ad: adapters.ModelAdapter, model, ed: evaldata.EvalData | None, cfg: DictConfig, fp: dict[str, str]
 ) -> tuple[dict[str, torch.Tensor], int]:
     """The calibration Gram matrices (cached by checkpoint, calibration data and settings); none for an
@@ -102,7 +103,7 @@ def _grams(
 
         g = load_file(str(path))
         return g, int(g.pop("__rows__").item())
-    grams, rows = ad.grams(model, _calib_windows(ed, cfg), cfg.device, cfg.calib.batch_size)
+    grams, rows = ad.grams(model, calibration_windows(ed, cfg), cfg.device, cfg.calib.batch_size)
     checkpoint.save_state_dict({**grams, "__rows__": torch.tensor([rows])}, path)
     return grams, rows
 
@@ -121,11 +122,11 @@ def encode_units(
     the model whose earlier blocks are quantized; one process)."""
     if not cfg.calib.get("sequential", False) or cfg.calib.windows <= 0:
         jobs = cfg.get("encode_jobs", 1)
-        return artifact.encode_state(state, plan, ctx, progress, lowrank, jobs=1 if jobs is None else jobs)
+        return encoder.encode_state(state, plan, ctx, progress, lowrank, jobs=1 if jobs is None else jobs)
     ad = adapters.get_adapter(cfg.model)
     if not ad.evaluates or ed is None:
         raise ConfigError(f"calib.sequential needs a model to calibrate; model={ad.name} has none")
-    windows = _calib_windows(ed, cfg)
+    windows = calibration_windows(ed, cfg)
 
     def grams_of(current: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
         return ad.grams(ad.build(current), windows, cfg.device, cfg.calib.batch_size, progress=False)
@@ -143,8 +144,8 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     st = Stages()
-    fmt_name, fmt_params = _params(cfg.format)
-    codec_name, codec_params = _params(cfg.codec)
+    fmt_name, fmt_params = name_and_params(cfg.format)
+    codec_name, codec_params = name_and_params(cfg.codec)
     lay = layout.LayoutConfig(**cfg.layout)
     get_codec(codec_name, **codec_params)  # bad codec settings fail before any work is done
     extra_serializers = serializers(list(cfg.get("extra_codecs") or []), lay)
@@ -152,14 +153,14 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     with st("load"):
         ad = adapters.get_adapter(cfg.model)
         state = ad.load_state()
-        artifact.check_finite(state)  # NaN/Inf weights end here, before evaluation and calibration
+        encoder.check_finite(state)  # NaN/Inf weights end here, before evaluation and calibration
         ref_model = ad.build(state)
         ed = evaldata.load(cfg, ad, ref_model) if ref_model is not None else None
         fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(ed.fingerprints if ed else {})}
     with st("eval_reference"):
         ref = _reference_eval(ref_model, ed.val, ed.tables, cfg, fp) if ed else None
     with st("calibrate"):
-        grams, rows = _grams(ad, ref_model, ed, cfg, fp)
+        grams, rows = calibration_grams(ad, ref_model, ed, cfg, fp)
     with st("plan"):
         plan_cfg = plan_config(cfg.plan)
         plan = make_plan(state, plan_cfg, fmt_name, fmt_params)
@@ -169,7 +170,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
             counts = dict.fromkeys(grams, rows)
             ctx = EncodeContext(hessians=grams, hessian_counts=counts, device=cfg.device, seed=cfg.seed)
             units = encode_units(cfg, state, plan, ctx, plan_cfg.lowrank, ed)
-        elif [t.name for u in units for t in u.tensors] != [a.name for g in artifact.group_units(plan) for a in g]:
+        elif [t.name for u in units for t in u.tensors] != [a.name for g in encoder.group_units(plan) for a in g]:
             raise ConfigError("run_point: the given encoding does not cover this plan's tensors")
     with st("finetune"):
         units, ft_report = _finetune(units, ref_model, ed, cfg, ad)

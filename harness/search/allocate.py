@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from bytegolf.errors import ConfigError
+from bytegolf.quantize.encoder import encode_state, group_units
 from bytegolf.search.knapsack import MAX_STATES, allocate, lower_hull, slope
 
 if TYPE_CHECKING:
@@ -451,23 +452,20 @@ def encoder(cfg: DictConfig, ws: Any) -> Callable[[list[Assignment]], Encoded]:
     """encode(assignments): one unit's encoding on the workspace's Gram matrices, seeded with cfg.seed."""
     import torch
 
-    from bytegolf.artifact import file as artifact
-
     ctx = ws.context()
 
     def encode(group: list[Assignment]) -> Encoded:
         torch.manual_seed(cfg.seed)
-        return artifact.encode_state(ws.state, group, ctx, progress=False)[0]
+        return encode_state(ws.state, group, ctx, progress=False)[0]
 
     return encode
 
 
 def check_plan(plan: list[Assignment], fmt: str, candidates: list[Candidate], where: str = "allocate") -> None:
     """Before any encoding: every unit the plan gives to format fmt has a candidate, every candidate a unit."""
-    from bytegolf.artifact import file as artifact
 
     used = [False] * len(candidates)
-    groups = [g for g in artifact.group_units(plan) if g[0].format == fmt]
+    groups = [g for g in group_units(plan) if g[0].format == fmt]
     if not groups:
         raise ConfigError(f"{where}: the plan gives no tensor to format {fmt}")
     for group in groups:
@@ -508,12 +506,11 @@ def measure(
     by `where`."""
     from tqdm import tqdm
 
-    from bytegolf.artifact import file as artifact
     from bytegolf.artifact import layout
-    from bytegolf.run.point import _params
+    from bytegolf.run.point import name_and_params
 
-    fmt, _ = _params(cfg.format)
-    codec, codec_params = _params(cfg.codec)
+    fmt, _ = name_and_params(cfg.format)
+    codec, codec_params = name_and_params(cfg.codec)
     lay = layout.LayoutConfig(**cfg.layout)
     encode = encoder(cfg, ws)
 
@@ -542,7 +539,7 @@ def measure(
             return sensitivity(ws.state[n], gram(n), norm)
         return 0.5 * float(fishers[n].out.mean()) / max(ws.rows, 1)
 
-    for group in tqdm(artifact.group_units(plan), desc="measure", unit="unit", leave=False):
+    for group in tqdm(group_units(plan), desc="measure", unit="unit", leave=False):
         names = [a.name for a in group]
         out.groups.append(group)
         if group[0].format != fmt:
@@ -756,12 +753,12 @@ def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     from bytegolf.codecs import get_codec
     from bytegolf.quantize.plan import make_plan
     from bytegolf.run import store, sweep
-    from bytegolf.run.point import _params, run_point
+    from bytegolf.run.point import name_and_params, run_point
     from bytegolf.search.prober import Workspace
 
     ac = cfg.allocate
-    fmt, fmt_params = _params(cfg.format)
-    codec, codec_params = _params(cfg.codec)
+    fmt, fmt_params = name_and_params(cfg.format)
+    codec, codec_params = name_and_params(cfg.codec)
     knob = ac.get("knob")
     knob = OmegaConf.to_container(knob, resolve=True) if isinstance(knob, DictConfig | ListConfig) else knob
     candidates = check_candidates(fmt, fmt_params, OmegaConf.to_container(ac.candidates, resolve=True), knob)

@@ -38,7 +38,7 @@ class Workspace:
         from bytegolf.data import evaldata
         from bytegolf.model import adapters
         from bytegolf.quantize.plan import PlanConfig, Rule
-        from bytegolf.run.point import _grams
+        from bytegolf.run.point import calibration_grams
 
         self.cfg = cfg
         self.adapter = ad = adapters.get_adapter(cfg.model)
@@ -48,7 +48,7 @@ class Workspace:
         fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(self.data.fingerprints if self.data else {})}
         self.fingerprint = fp["checkpoint"]
         if cfg.calib.windows > 0:
-            self.grams, self.rows = _grams(ad, model, self.data, cfg, fp)
+            self.grams, self.rows = calibration_grams(ad, model, self.data, cfg, fp)
         else:
             self.grams, self.rows = {}, 0
         plan_cfg = OmegaConf.to_object(cfg.plan)
@@ -61,7 +61,7 @@ class Workspace:
         the built-in GPT only."""
         if getattr(self, "_sens", None) is None:
             from bytegolf.quantize.sensitivity import output_fishers
-            from bytegolf.run.point import _calib_windows
+            from bytegolf.run.point import calibration_windows
 
             if self.adapter.name != "gpt" or self.data is None or not self.grams:
                 raise ConfigError(
@@ -69,7 +69,7 @@ class Workspace:
                     "use objective output_error"
                 )
             model = self.adapter.build(self.state)
-            windows = _calib_windows(self.data, self.cfg)
+            windows = calibration_windows(self.data, self.cfg)
             self._sens, _ = output_fishers(model, windows, self.cfg.device, self.cfg.calib.batch_size)
         return self._sens
 

@@ -1,0 +1,2 @@
+"""Studies over many points: the equal-bytes compare, ranking statistics, fronts and BD-rate, analysis,
+plots, reports, cross-model comparisons and precision re-evaluation."""

@@ -36,7 +36,7 @@ PAIRS = (
 )
 
 
-def _num(r: dict[str, Any], key: str) -> float:
+def number(r: dict[str, Any], key: str) -> float:
     v = r.get(key)
     try:
         return float(v) if v is not None else math.nan
@@ -89,8 +89,8 @@ def rank_agreement(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name, rs in groups(results).items():
         for pre in PRE:
             for out in OUTCOMES:
-                x = np.array([_num(r, pre) for r in rs])
-                y = np.array([_num(r, out) for r in rs])
+                x = np.array([number(r, pre) for r in rs])
+                y = np.array([number(r, out) for r in rs])
                 tau, p = stats.kendall_tau_b(x, y)
                 n = int(np.sum(np.isfinite(x) & np.isfinite(y)))
                 rows.append({"group": name, "metric": pre, "outcome": out, "tau_b": tau, "p": p, "n": n})
@@ -159,8 +159,8 @@ def reversals(
         names = labels(rs)
         for pre, out in PAIRS:
             for i, j in itertools.combinations(range(len(rs)), 2):
-                pi, pj = _num(rs[i], pre), _num(rs[j], pre)
-                oi, oj = _num(rs[i], out), _num(rs[j], out)
+                pi, pj = number(rs[i], pre), number(rs[j], pre)
+                oi, oj = number(rs[i], out), number(rs[j], out)
                 if not all(map(math.isfinite, (pi, pj, oi, oj))) or pi == pj:
                     continue
                 a, b = (i, j) if pi < pj else (j, i)  # a: preferred by the metric
@@ -170,18 +170,18 @@ def reversals(
                     "outcome": out,
                     "preferred": names[a],
                     "other": names[b],
-                    "metric_preferred": _num(rs[a], pre),
-                    "metric_other": _num(rs[b], pre),
-                    "outcome_preferred": _num(rs[a], out),
-                    "outcome_other": _num(rs[b], out),
+                    "metric_preferred": number(rs[a], pre),
+                    "metric_other": number(rs[b], pre),
+                    "outcome_preferred": number(rs[a], out),
+                    "outcome_other": number(rs[b], out),
                 }
                 if out == "bpb":
                     if _comparable(rs, i, j):
                         pending.append((row, (name, i, j), a == i))
                     continue
-                if not _num(rs[a], out) > _num(rs[b], out):
+                if not number(rs[a], out) > number(rs[b], out):
                     continue
-                row.update(delta=_num(rs[a], out) - _num(rs[b], out), lo=math.nan, hi=math.nan, p=math.nan)
+                row.update(delta=number(rs[a], out) - number(rs[b], out), lo=math.nan, hi=math.nan, p=math.nan)
                 row.update(p_adj=math.nan, significant=True)
                 found.append(row)
     family = sorted({key for _, key, _ in pending})
@@ -218,13 +218,13 @@ def _many_codecs(results: list[dict[str, Any]]) -> bool:
 
 def nominal_bytes(r: dict[str, Any]) -> float:
     """The analytic size: nominal bits/weight × parameters / 8."""
-    return _num(r, "nominal_bits_per_weight") * _num(r, "params") / 8
+    return number(r, "nominal_bits_per_weight") * number(r, "params") / 8
 
 
 def front(rs: list[dict[str, Any]], y: str, x: str = "final_bytes") -> list[dict[str, Any]]:
     """The Pareto front of the points on (x, y), both smaller-is-better, sorted by x."""
-    xs = np.array([nominal_bytes(r) if x == "nominal_bytes" else _num(r, x) for r in rs])
-    ys = np.array([_num(r, y) for r in rs])
+    xs = np.array([nominal_bytes(r) if x == "nominal_bytes" else number(r, x) for r in rs])
+    ys = np.array([number(r, y) for r in rs])
     return [rs[i] for i in stats.pareto_front(xs, ys)]
 
 
@@ -233,8 +233,8 @@ def bd_rates(results: list[dict[str, Any]], y: str, x: str = "final_bytes") -> d
     fronts = {}
     for name, rs in by_format(results).items():
         f = front(rs, y, x)
-        xs = [nominal_bytes(r) if x == "nominal_bytes" else _num(r, x) for r in f]
-        fronts[name] = (np.array(xs), np.array([_num(r, y) for r in f]))
+        xs = [nominal_bytes(r) if x == "nominal_bytes" else number(r, x) for r in f]
+        fronts[name] = (np.array(xs), np.array([number(r, y) for r in f]))
     out = {}
     for a, b in itertools.permutations(fronts, 2):
         out[(b, a)] = stats.bd_rate(fronts[a][0], fronts[a][1], fronts[b][0], fronts[b][1])
@@ -281,7 +281,7 @@ def _best_ranked(results: list[dict[str, Any]], names: list[str]) -> str | None:
     for rs in groups(results).values():
         here = [r for r in rs if base_system(r) + (f"+{r.get('codec')}" if many else "") in names]
         if here:
-            best = min(here, key=lambda r: _num(r, "bpb"))
+            best = min(here, key=lambda r: number(r, "bpb"))
             return base_system(best) + (f"+{best.get('codec')}" if many else "")
     return None
 
@@ -300,8 +300,8 @@ def bd_against_reference(
     fronts: dict[str, bdrate.Front] = {}
     skipped: list[str] = []
     for name, rs in by.items():
-        xs = np.array([_num(r, "final_bytes") for r in rs])
-        ys = np.array([_num(r, y) for r in rs])
+        xs = np.array([number(r, "final_bytes") for r in rs])
+        ys = np.array([number(r, y) for r in rs])
         try:
             fronts[name] = bdrate.front(xs, ys, name)
         except bdrate.FrontError:

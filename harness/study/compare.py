@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bytegolf.artifact import file as artifact
 from bytegolf.errors import ConfigError
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, format_defaults, merge_settings
 from bytegolf.run import store, sweep
 from bytegolf.run.provenance import git_revision, source_hash
@@ -791,10 +793,9 @@ class AllocationWork:
     def measured(self) -> Any:
         """The bytegolf.search.allocate.Measured tables: from the cache file, else measured now (and cached)."""
         if self._measured is None:
-            from bytegolf.artifact import file as artifact
             from bytegolf.search import allocate
 
-            groups = artifact.group_units(self.plan)
+            groups = encoder.group_units(self.plan)
             m = allocate.Measured.from_json(self.tables, groups) if self.tables else None
             if m is None:
                 n = sum(1 for g in groups if g[0].format == self.sysm.fmt)
@@ -952,7 +953,7 @@ def _allocated_point(
         status = "ok"
     else:  # at_limit: no allocation is richer; short: the next upgrade does not fit
         status = "at_limit" if allocate.richest(m.units, choice) else "short"
-    hist = ", ".join(f"{k} ×{v}" for k, v in allocate._histogram([c.label for c in chosen]).items())
+    hist = ", ".join(f"{k} ×{v}" for k, v in Counter(c.label for c in chosen).items())
     print(
         f"{sysm.label} at {target:,} B: {probed:,} B = {probed / target:.4f} × target "
         f"[{status}, {len(rounds)} writes]; {hist}",

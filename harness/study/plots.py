@@ -7,27 +7,19 @@ from typing import Any
 
 import numpy as np
 
+from bytegolf.figure import pyplot
 from bytegolf.study import analysis
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _colors(names: list[str]) -> dict[str, Any]:
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
 def _ref_bpbs(results: list[dict[str, Any]]) -> list[float]:
     """The unquantized model's bpb the points carry (ref_bpb), one value per distinct model (4 decimals)."""
-    vals = [v for r in results if np.isfinite(v := analysis._num(r, "ref_bpb"))]
+    vals = [v for r in results if np.isfinite(v := analysis.number(r, "ref_bpb"))]
     by: dict[float, list[float]] = {}
     for v in vals:
         by.setdefault(round(v, 4), []).append(v)
@@ -48,23 +40,23 @@ def frontier_figure(
 ):
     """The frontier plot as a matplotlib Figure (see `frontier`); its artists carry gids: "front:<system>",
     "cap:<bytes>", "ref_bpb", "reference:<label>" (the marker) and its text "reference_label:<label>"."""
-    plt = _plt()
+    plt = pyplot()
     refs = [r for r in results if analysis.is_reference_export(r)]
     groups = analysis.by_format([r for r in results if not analysis.is_reference_export(r)])
     colors = _colors(list(groups))
     fig, ax = plt.subplots(figsize=(10, 5.4))
     for name, rs in groups.items():
-        xs = np.array([analysis._num(r, "final_bytes") for r in rs])
-        ys = np.array([analysis._num(r, y) for r in rs])
+        xs = np.array([analysis.number(r, "final_bytes") for r in rs])
+        ys = np.array([analysis.number(r, y) for r in rs])
         ax.scatter(xs, ys, s=14, alpha=0.35, color=colors[name], zorder=7)  # over the reference labels
         f = analysis.front(rs, y)
-        fx = [analysis._num(r, "final_bytes") for r in f]
-        fy = [analysis._num(r, y) for r in f]
+        fx = [analysis.number(r, "final_bytes") for r in f]
+        fy = [analysis.number(r, y) for r in f]
         (line,) = ax.plot(fx, fy, "-o", ms=4, lw=1.6, color=colors[name], label=f"{name} ({len(rs)} points)", zorder=7)
         line.set_gid(f"front:{name}")
     last_x, depth = -1.0, 0
-    for k, r in enumerate(sorted(refs, key=lambda r: analysis._num(r, "final_bytes"))):
-        x, v, lab = analysis._num(r, "final_bytes"), analysis._num(r, y), analysis.system(r)
+    for k, r in enumerate(sorted(refs, key=lambda r: analysis.number(r, "final_bytes"))):
+        x, v, lab = analysis.number(r, "final_bytes"), analysis.number(r, y), analysis.system(r)
         if not (np.isfinite(x) and np.isfinite(v)):
             continue
         depth = depth + 1 if x < 1.15 * last_x else 0  # stack the labels of exports at about the same size
@@ -94,19 +86,21 @@ def frontier_figure(
     for i, v in enumerate(ref_bpbs):
         ln = ax.axhline(v, color="tab:red", ls=":", lw=1.3, label=f"unquantized {refs_label} bpb)" if i == 0 else None)
         ln.set_gid("ref_bpb")
-    ys_all = [v for r in results if np.isfinite(v := analysis._num(r, y))]
+    ys_all = [v for r in results if np.isfinite(v := analysis.number(r, y))]
     if clip and ys_all and max(ys_all) > clip * min(ys_all):
         lo, top = min([*ys_all, *ref_bpbs]), clip * min(ys_all)
         ax.set_ylim(lo - 0.03 * (top - lo), top)
-        off = sorted((r for r in results if analysis._num(r, y) > top), key=lambda r: analysis._num(r, "final_bytes"))
+        off = sorted(
+            (r for r in results if analysis.number(r, y) > top), key=lambda r: analysis.number(r, "final_bytes")
+        )
         last_x, depth = -1.0, 0
         for r in off:
-            x = analysis._num(r, "final_bytes")
+            x = analysis.number(r, "final_bytes")
             depth = depth + 1 if x < 1.08 * last_x else 0  # stack the labels of points at about the same size
             last_x = x
             c = colors.get(analysis.system(r), "black")
             ax.annotate(
-                f"{analysis._num(r, y):.2f}",
+                f"{analysis.number(r, y):.2f}",
                 (x, top),
                 xytext=(0, -12 - 10 * depth),
                 textcoords="offset points",
@@ -148,7 +142,7 @@ def frontier(
     reference exports (black stars, labelled) and, for y = bpb, the unquantized model's bpb (dotted
     horizontal line). clip: the y axis ends at clip × the lowest y; points above it are drawn on the
     top edge with their value."""
-    plt = _plt()
+    plt = pyplot()
     fig = frontier_figure(results, y, ylabel, logy, clip, series)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -157,14 +151,14 @@ def frontier(
 
 def nominal_vs_actual(results: list[dict[str, Any]], path: Path) -> Path:
     """Nominal (analytic) bits/weight against the artifact's bits/weight, with the y = x line."""
-    plt = _plt()
+    plt = pyplot()
     groups = analysis.by_format(results)
     colors = _colors(list(groups))
     fig, ax = plt.subplots(figsize=(6, 5))
     lo, hi = np.inf, 0.0
     for name, rs in groups.items():
-        xs = np.array([analysis._num(r, "nominal_bits_per_weight") for r in rs])
-        ys = np.array([analysis._num(r, "bits_per_weight") for r in rs])
+        xs = np.array([analysis.number(r, "nominal_bits_per_weight") for r in rs])
+        ys = np.array([analysis.number(r, "bits_per_weight") for r in rs])
         ax.scatter(xs, ys, s=18, color=colors[name], label=name)
         ok = np.isfinite(xs) & np.isfinite(ys)
         if ok.any():
@@ -176,34 +170,6 @@ def nominal_vs_actual(results: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("nominal vs actual bits per weight")
     ax.grid(True, alpha=0.25)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def training_curve(history: list[dict[str, Any]], path: Path, title: str = "training") -> Path:
-    """Train loss (left axis), validation loss where entries carry `val_loss`, and, where logged, code
-    entropy in bits/weight (right axis) against step."""
-    plt = _plt()
-    train = [h for h in history if "loss" in h]
-    steps = [h["step"] for h in train]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, [h["loss"] for h in train], color="tab:blue", marker=".", label="train loss (nats/token)")
-    val = [h for h in history if "val_loss" in h]
-    if val:
-        ax.plot([h["step"] for h in val], [h["val_loss"] for h in val], color="tab:green", marker="o",
-                linestyle="--", label="validation loss (nats/token)")  # fmt: skip
-        ax.legend(loc="upper right")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)" if val else "train loss (nats/token)", color="tab:blue")
-    if any("code_bits_per_weight" in h for h in train):
-        ax2 = ax.twinx()
-        bits = [h.get("code_bits_per_weight", np.nan) for h in train]
-        ax2.plot(steps, bits, color="tab:red", marker=".", label="code entropy (bits/weight)")
-        ax2.set_ylabel("code entropy (bits/weight)", color="tab:red")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

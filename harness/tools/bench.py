@@ -34,7 +34,8 @@ from bytegolf.formats import EncodeContext
 from bytegolf.measure.evaluate import CPU_BATCH_TOKENS, eval_streams, evaluate
 from bytegolf.model import checkpoint
 from bytegolf.model.gpt import ModelConfig
-from bytegolf.quantize.grams import gram_matrices
+from bytegolf.model.grams import gram_matrices
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, make_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def matmul_gflops(n: int, dtype: torch.dtype, seconds: float = 1.0, device: str 
 def _roundtrip(state, plan, ctx, codec: str, params: dict) -> tuple[float, float, float, int, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        units = artifact.encode_state(state, plan, ctx, progress=False)
+        units = encoder.encode_state(state, plan, ctx, progress=False)
         t1 = time.perf_counter()
         written = artifact.write(Path(tmp) / "m.bgz", units, codec, params, layout.LayoutConfig())
         t2 = time.perf_counter()
@@ -97,7 +98,7 @@ def _encode_seconds(state, plan, ctx, codec: str, params: dict, jobs: int) -> tu
     """Seconds to encode the plan with `jobs` worker processes, and the artifact's bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        units = artifact.encode_state(state, plan, ctx, progress=False, jobs=jobs)
+        units = encoder.encode_state(state, plan, ctx, progress=False, jobs=jobs)
         dt = time.perf_counter() - t0
         artifact.write(Path(tmp) / "m.bgz", units, codec, params, layout.LayoutConfig())
         return dt, (Path(tmp) / "m.bgz").read_bytes()

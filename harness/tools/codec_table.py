@@ -35,6 +35,7 @@ from bytegolf.artifact import file as artifact
 from bytegolf.formats import EncodeContext
 from bytegolf.measure import accounting
 from bytegolf.model import checkpoint
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, Rule, make_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ COLUMNS = ["codec", "packing", "grouping", "total_bytes", "codes_bytes", "codes_
 
 def quantize(state: dict[str, torch.Tensor]) -> list:
     plan = make_plan(state, PlanConfig(rules=[EMBED_RULE]), FORMAT[0], dict(FORMAT[1]))
-    return artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    return encoder.encode_state(state, plan, EncodeContext(), progress=False)
 
 
 def measure(units: list, codec: str, params: dict[str, Any], cfg: layout.LayoutConfig, tmp: Path) -> dict[str, Any]:

@@ -118,6 +118,7 @@ def build_bases(out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
     from bytegolf.codecs import REGISTRY as CODECS
     from bytegolf.formats import REGISTRY as FORMATS
     from bytegolf.formats.base import EncodeContext
+    from bytegolf.quantize import encoder
     from bytegolf.quantize.plan import Assignment
 
     torch.set_num_threads(1)
@@ -150,7 +151,7 @@ def build_bases(out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
                 )
                 for n in state
             ]
-            units_of[f] = artifact.encode_state(state, plan, EncodeContext(seed=seed), progress=False)
+            units_of[f] = encoder.encode_state(state, plan, EncodeContext(seed=seed), progress=False)
         path = out_dir / f"{f}-{codec}-{len(bases)}.bgz"
         artifact.write(path, units_of[f], codec, {}, layout.LayoutConfig(**lay))
         decoded, _ = artifact.read(path)

@@ -23,6 +23,7 @@ from bytegolf.codecs.bounds import entropy_bound_bytes
 from bytegolf.errors import ArtifactError, ConfigError
 from bytegolf.formats import EncodeContext, Encoded, Stream, TensorSpec
 from bytegolf.measure import accounting
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import Assignment
 
 ALPHABETS = [3, 16, 64, 255, 4096, 1]
@@ -260,7 +261,7 @@ def test_real_formats_decode_bit_exact_through_every_layout(tmp_path: Path) -> N
         Assignment("scale", "passthrough", {"dtype": "fp16"}),
         Assignment("ids", "passthrough", {"dtype": "keep"}),
     ]
-    units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    units = encoder.encode_state(state, plan, EncodeContext(), progress=False)
     for grouping, packing, shuffle in itertools.product(layout.GROUPINGS, layout.PACKINGS, (False, True)):
         cfg = layout.LayoutConfig(grouping=grouping, packing=packing, shuffle=shuffle)
         for name, params in (("ans", {"histogram": "rows", "rows": 4, "chunk": 48}), ("brotli", {})):

@@ -17,6 +17,7 @@ from bytegolf.artifact.layout import LayoutConfig
 from bytegolf.errors import ArtifactError, ConfigError
 from bytegolf.formats import EncodeContext, Encoded
 from bytegolf.measure import metrics
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, make_plan
 
 SCALAR = ("scalar", {"bits": 4})
@@ -36,7 +37,7 @@ def _state() -> dict[str, torch.Tensor]:
 
 def _write(tmp_path: Path, state: dict, fmt: tuple[str, dict], mode: str) -> tuple[Path, list[Encoded]]:
     plan = make_plan(state, PlanConfig(passthrough_max_numel=100, reshape=mode), fmt[0], dict(fmt[1]))
-    units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    units = encoder.encode_state(state, plan, EncodeContext(), progress=False)
     path = tmp_path / f"{fmt[0]}-{mode}.bgz"
     artifact.write(path, units, "zstd", {}, LayoutConfig())
     return path, units

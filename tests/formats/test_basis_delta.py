@@ -15,6 +15,7 @@ from bytegolf.errors import ConfigError
 from bytegolf.formats.base import EncodeContext, TensorSpec, get_format
 from bytegolf.formats.basis_delta import BasisDelta
 from bytegolf.measure.metrics import rel_mse
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import Assignment
 from tests.conftest import roundtrip
 
@@ -104,7 +105,7 @@ def test_residual_gptq_gets_the_layers_hessian():
 
 def write_read(tmp_path: Path, state: dict[str, torch.Tensor], params: dict) -> tuple[artifact.Written, int]:
     plan = [Assignment(n, "basis_delta", params) for n in state]
-    units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    units = encoder.encode_state(state, plan, EncodeContext(), progress=False)
     w = artifact.write(tmp_path / "m.bgz", units, "zstd", {}, layout.LayoutConfig(grouping="role"))
     decoded, _ = artifact.read(tmp_path / "m.bgz")
     artifact.verify_bit_exact(decoded, units)

@@ -15,6 +15,7 @@ from bytegolf.formats.base import EncodeContext, get_format
 from bytegolf.formats.clustered import Clustered, cluscomp_bits, subvectors
 from bytegolf.formats.scalar import Scalar
 from bytegolf.measure.metrics import rel_mse
+from bytegolf.quantize import encoder
 from tests.conftest import roundtrip as shared_roundtrip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -278,7 +279,7 @@ def test_global_scope_mixed_shapes_through_the_artifact(tmp_path):
     g = gen(10)
     state = {n: torch.randn(*shape, generator=g) * 0.03 for n, shape in MIXED.items()}
     params = Clustered(codebook_size=32, dim=4, normalize=True, scope="global").config()
-    units = artifact.encode_state(state, [Assignment(n, "clustered", params) for n in state], EncodeContext(), False)
+    units = encoder.encode_state(state, [Assignment(n, "clustered", params) for n in state], EncodeContext(), False)
     assert len(units) == 1 and [t.name for t in units[0].tensors] == list(MIXED)
     artifact.write(tmp_path / "m.bgz", units, "zstd", {}, layout.LayoutConfig(grouping="role"))
     decoded, _ = artifact.read(tmp_path / "m.bgz")

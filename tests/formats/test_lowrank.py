@@ -15,6 +15,7 @@ from bytegolf.errors import ConfigError
 from bytegolf.formats import EncodeContext, get_format
 from bytegolf.formats.lowrank import LowRank
 from bytegolf.measure import accounting
+from bytegolf.quantize import encoder
 from bytegolf.quantize.lqer import LowRankPlan, apply_lowrank
 from bytegolf.quantize.plan import PlanConfig, make_plan
 
@@ -95,7 +96,7 @@ def test_bad_settings_are_one_line_errors(params: dict, match: str) -> None:
 def test_plan_corrects_the_top_k_residuals_and_nothing_else() -> None:
     state = {f"blocks.{i}.w": _matrix(64, 128, seed=i) * (1 + i) for i in range(4)}  # residual grows with i
     plan = make_plan(state, PlanConfig(passthrough_max_numel=0), "scalar", PARAMS)
-    units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    units = encoder.encode_state(state, plan, EncodeContext(), progress=False)
     out, chosen = apply_lowrank(state, units, LowRankPlan(top_k=2), EncodeContext())
     assert chosen == ["blocks.2.w", "blocks.3.w"]
     assert [u.format for u in out] == ["scalar", "scalar", "lowrank", "lowrank"]
@@ -123,7 +124,7 @@ def test_reordered_transposed_codes_round_trip_and_count_their_permutation(tmp_p
     state = {f"blocks.{i}.mlp.fc.weight": _matrix(64, 32, seed=i) for i in range(2)}
     state["blocks.0.attn.c_q.weight"] = _matrix(32, 32, seed=5)
     plan = make_plan(state, PlanConfig(passthrough_max_numel=0), "scalar", PARAMS)
-    units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    units = encoder.encode_state(state, plan, EncodeContext(), progress=False)
     cfg = layout.LayoutConfig(grouping=grouping, reorder=["*.mlp.fc.weight"], transpose=True)
     written = artifact.write(tmp_path / "m.bgz", units, "zstd", {"level": 3}, cfg)
     decoded, _ = artifact.read(tmp_path / "m.bgz")
@@ -143,7 +144,7 @@ def test_a_corrupt_permutation_is_an_artifact_error(tmp_path: Path) -> None:
 
     state = {"blocks.0.mlp.fc.weight": _matrix(16, 32)}
     plan = make_plan(state, PlanConfig(passthrough_max_numel=0), "scalar", PARAMS)
-    units = artifact.encode_state(state, plan, EncodeContext(), False)
+    units = encoder.encode_state(state, plan, EncodeContext(), False)
     cfg = layout.LayoutConfig(reorder=["*"])
     artifact.write(tmp_path / "m.bgz", units, "raw", {}, cfg)
     manifest, blobs = container.read_artifact(tmp_path / "m.bgz")

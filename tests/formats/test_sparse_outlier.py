@@ -21,6 +21,7 @@ from bytegolf.formats.sparse_outlier import LAYOUTS, SparseOutlier, gap_position
 from bytegolf.formats.spqr import SpqrGroups
 from bytegolf.measure import accounting
 from bytegolf.measure.metrics import output_error, rel_mse
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import Assignment
 from tests.conftest import roundtrip
 
@@ -256,7 +257,7 @@ def test_spqr_groups_round_trip_and_error_falls_with_bits(tmp_path: Path, act_or
     zero = SparseOutlier(base, fraction=0.0, select="hessian").encode({"w": w}, ctx)
     assert torch.equal(zero.recon["w"], ref.recon["w"]) and zero.nominal_bits == ref.nominal_bits
     plan = [Assignment("w", "sparse_outlier", {"base": base, "fraction": 0.01, "select": "hessian"})]
-    units = artifact.encode_state({"w": w}, plan, ctx, progress=False)
+    units = encoder.encode_state({"w": w}, plan, ctx, progress=False)
     for name in ("zstd", "ans"):
         artifact.write(tmp_path / "m.bgz", units, name, {}, layout.LayoutConfig(packing="bits"))
         decoded, _ = artifact.read(tmp_path / "m.bgz")
@@ -318,7 +319,7 @@ def test_artifact_round_trip_is_bit_exact(tmp_path: Path, lay: str):
         ),
         Assignment("scale", "passthrough", {"dtype": "fp16"}),
     ]
-    units = artifact.encode_state(state, plan, ctx, progress=False)
+    units = encoder.encode_state(state, plan, ctx, progress=False)
     for name, params in (("zstd", {}), ("ans", {})):
         artifact.write(tmp_path / "m.bgz", units, name, params, layout.LayoutConfig(packing="bits"))
         decoded, _ = artifact.read(tmp_path / "m.bgz")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bytegolf.quantize import encoder
 from bytegolf.run import store
 from tests.integration.test_run import TINY_ARGS
 
@@ -172,7 +173,7 @@ def test_clustered_artifacts_are_byte_identical_with_and_without_faiss(
     plan = make_plan(state, PlanConfig(passthrough_max_numel=0, control_patterns=[]), "clustered", params)
 
     def digest(name: str) -> str:
-        units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+        units = encoder.encode_state(state, plan, EncodeContext(), progress=False)
         artifact.write(tmp_path / name, units, "zstd", {}, layout.LayoutConfig())
         return hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
 

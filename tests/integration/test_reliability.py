@@ -14,6 +14,7 @@ from bytegolf.artifact import file as artifact
 from bytegolf.artifact import layout
 from bytegolf.errors import ArtifactError, DataError
 from bytegolf.formats.base import EncodeContext, get_format
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import Assignment
 
 
@@ -38,10 +39,10 @@ def test_non_finite_weights_fail_before_any_encoding(name: str, bad: float, monk
     state = _state()
     state[name].view(-1)[3] = bad
     calls = []
-    monkeypatch.setattr(artifact, "get_format", lambda *a, **k: calls.append(a) or pytest.fail("a format was built"))
+    monkeypatch.setattr(encoder, "get_format", lambda *a, **k: calls.append(a) or pytest.fail("a format was built"))
     kind = "1 NaN, 0 Inf" if bad != bad else "0 NaN, 1 Inf"
     with pytest.raises(DataError, match=rf"non-finite weights in tensor {name} \({kind} of \d+ values\)"):
-        artifact.encode_state(state, _plan(state), EncodeContext(), progress=False)
+        encoder.encode_state(state, _plan(state), EncodeContext(), progress=False)
     assert not calls  # the check runs before the first unit is encoded, wherever the bad tensor is in the plan
 
 
@@ -53,7 +54,7 @@ def test_passthrough_itself_names_a_non_finite_tensor() -> None:
 
 def test_non_finite_reconstruction_is_named_not_blamed_on_the_decoder() -> None:
     state = _state()
-    units = artifact.encode_state(state, _plan(state), EncodeContext(), progress=False)
+    units = encoder.encode_state(state, _plan(state), EncodeContext(), progress=False)
     decoded = {n: t.clone() for u in units for n, t in (u.recon or {}).items()}
     units[1].recon = {"blocks.0.attn_scale": torch.full((8,), float("nan"))}
     with pytest.raises(ArtifactError, match=r"reconstruction of blocks\.0\.attn_scale holds NaN or Inf"):
@@ -64,7 +65,7 @@ def test_non_finite_reconstruction_is_named_not_blamed_on_the_decoder() -> None:
 def test_fp16_overflow_is_stored_fp32_through_the_artifact(src: torch.dtype, tmp_path: Path) -> None:
     state = _state()
     state["blocks.0.attn_scale"] = (torch.tensor([1.0, -70000.0, 65519.0, 3.0e5, 0.5, 2.0, -1.0, 1e-3])).to(src)
-    units = artifact.encode_state(state, _plan(state), EncodeContext(), progress=False)
+    units = encoder.encode_state(state, _plan(state), EncodeContext(), progress=False)
     meta = units[1].meta
     assert meta["storage"] == "fp32" and meta["widened_from"] == "fp16"
     path = tmp_path / "m.bgz"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lzma
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +16,31 @@ from bytegolf.errors import ArtifactError, ConfigError
 from bytegolf.formats import EncodeContext, Encoded, Stream, TensorSpec, get_format
 from bytegolf.measure import codebytes
 
-READ_PATH = set(codebytes.READ_PATH)
+DECODER = {
+    "harness/__init__.py",
+    "harness/errors.py",
+    "harness/registry.py",
+    "formats/__init__.py",
+    "formats/base.py",
+    "codecs/__init__.py",
+    "codecs/base.py",
+    *codebytes.read_path(),
+}
 
 
 def test_code_bytes_are_positive_deterministic_and_grow_with_formats_and_codecs() -> None:
     base = codebytes.code_bytes(["passthrough"], ["zstd"])
     assert base == codebytes.code_bytes(["passthrough", "passthrough"], ["zstd"])
-    assert set(base["files"]) == READ_PATH | {"formats/passthrough.py", "formats/arrays.py", "codecs/zstd_codec.py"}
+    assert set(base["files"]) == DECODER | {"formats/passthrough.py", "formats/arrays.py", "codecs/zstd_codec.py"}
     assert base["files"] == sorted(base["files"])
     raw = sum((codebytes.REPO / f).stat().st_size for f in base["files"])
     assert base["raw_code_bytes"] == raw
     assert 2_000 < base["code_bytes"] < raw / 2  # source compresses well, and is not empty
     scalar = codebytes.code_bytes(["passthrough", "scalar"], ["zstd"])
     assert {"formats/scalar.py", "formats/gptq.py"} <= set(scalar["files"])  # scalar imports gptq
-    # the read path holds the layout's own packing; the shared array helpers come with the formats that import them
-    assert "harness/artifact/packing.py" in READ_PATH and "formats/arrays.py" not in READ_PATH
+    # the decoder holds the layout's packing and the reshaping; the shared array helpers come with the formats
+    assert {"harness/artifact/packing.py", "harness/artifact/reshape.py"} <= DECODER
+    assert "formats/arrays.py" not in DECODER and not any("quantize" in f or "model" in f for f in DECODER)
     assert scalar["code_bytes"] > base["code_bytes"]
     more = codebytes.code_bytes(["passthrough", "scalar"], ["zstd", "ans"])
     assert more["code_bytes"] > scalar["code_bytes"] and "codecs/ans.py" in more["files"]
@@ -39,6 +50,19 @@ def test_code_bytes_are_positive_deterministic_and_grow_with_formats_and_codecs(
     assert {"codecs/zstd_codec.py", "codecs/brotli_codec.py", "codecs/lzma_codec.py", "codecs/ans.py"} <= set(
         best["files"]
     )
+
+
+def test_a_module_added_to_the_decoder_folder_is_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for folder in ("harness", "formats", "codecs"):
+        shutil.copytree(codebytes.REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codebytes, "REPO", tmp_path)
+    before = codebytes.code_bytes(["passthrough"], ["zstd"])
+    (tmp_path / "harness" / "artifact" / "extra.py").write_text(
+        '"""A new decoder module."""\n\nTABLE = ' + repr(list(range(300))) + "\n"
+    )
+    after = codebytes.code_bytes(["passthrough"], ["zstd"])
+    assert set(after["files"]) - set(before["files"]) == {"harness/artifact/extra.py"}
+    assert after["code_bytes"] > before["code_bytes"] + 100
 
 
 def test_code_bytes_is_lzma_of_the_sorted_concatenation() -> None:

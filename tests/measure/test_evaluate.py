@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from bytegolf.data import bundle as data
 from bytegolf.data import shards, tokenizer
 from bytegolf.data.tokenizer import ByteTables
+from bytegolf.data.windows import Windows, eval_windows
 from bytegolf.errors import ConfigError
-from bytegolf.measure.evaluate import Windows, eval_windows, evaluate
+from bytegolf.measure.evaluate import evaluate
 from bytegolf.measure.fidelity import summarize, token_stats
 from bytegolf.model import checkpoint
 

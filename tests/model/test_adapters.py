@@ -17,6 +17,7 @@ from bytegolf.errors import ConfigError
 from bytegolf.measure import metrics
 from bytegolf.model import checkpoint
 from bytegolf.model.adapters import get_adapter, linear_grams
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, make_plan
 from tests.integration.test_run import TINY_ARGS, bytegolf
 
@@ -244,7 +245,7 @@ def test_split_gptq_uses_the_per_slice_hessians() -> None:
     for key, mode, gptq in [("rtn", "split", False), ("split", "split", True), ("fold", "fold", True)]:
         cfg = PlanConfig(passthrough_max_numel=1024, reshape=mode)
         plan = make_plan(state, cfg, "scalar", {"bits": 3, "gptq": gptq})
-        units = artifact.encode_state(state, plan, ctx, progress=False)
+        units = encoder.encode_state(state, plan, ctx, progress=False)
         recon[key] = {k: v for u in units for k, v in (u.recon or {}).items()}
     for b in BANKS:
         for i in range(2):
@@ -255,7 +256,7 @@ def test_split_gptq_uses_the_per_slice_hessians() -> None:
     del ctx.hessians["qkv_bank[1]"]
     plan = make_plan(state, PlanConfig(passthrough_max_numel=1024, reshape="split"), "scalar", {"gptq": True})
     with pytest.raises(ConfigError, match=r"gptq needs a Hessian for tensor qkv_bank\[1\], none was collected"):
-        artifact.encode_state(state, plan, ctx, progress=False)
+        encoder.encode_state(state, plan, ctx, progress=False)
 
 
 # ------------------------------------------------------------------ model=weights: no model, no bpb
@@ -370,7 +371,7 @@ def test_reshaped_tensors_round_trip_through_the_artifact(tmp_path: Path) -> Non
     torch.manual_seed(0)
     state = {"bank": torch.randn(3, 40, 30), "conv": torch.randn(8, 4, 3, 3), "v": torch.randn(5000)}
     plan = make_plan(state, PlanConfig(passthrough_max_numel=100), "scalar", {"bits": 8})
-    units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    units = encoder.encode_state(state, plan, EncodeContext(), progress=False)
     assert [u.tensors[0].shape for u in units] == [(120, 30), (96, 3), (5000,)]
     assert [u.format for u in units] == ["scalar", "scalar", "passthrough"] and "reshape" not in units[2].meta
     path = tmp_path / "m.bgz"

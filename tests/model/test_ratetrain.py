@@ -15,6 +15,7 @@ from bytegolf.data import shards
 from bytegolf.formats import EncodeContext
 from bytegolf.model import checkpoint
 from bytegolf.model.ratetrain import RateConfig, hard_entropy_bits, rate_finetune, soft_entropy_bits
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, make_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,7 +40,7 @@ def _model(bundle: Path):
 
 def _artifact_bytes(state: dict[str, torch.Tensor], tmp: Path) -> int:
     plan = make_plan(state, PlanConfig(passthrough_max_numel=1024), "scalar", {"bits": 6, "clip_k": 12.85})
-    units = artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    units = encoder.encode_state(state, plan, EncodeContext(), progress=False)
     written = artifact.write(tmp, units, "ans", {}, layout.LayoutConfig())
     assert tmp.stat().st_size == written.final_bytes
     return written.final_bytes

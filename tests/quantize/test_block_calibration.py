@@ -15,6 +15,7 @@ from bytegolf.formats import EncodeContext, Encoded, get_format
 from bytegolf.formats.arrays import from_numpy
 from bytegolf.model import checkpoint
 from bytegolf.model.gpt import GPT
+from bytegolf.quantize import encoder
 from bytegolf.quantize.block_calibration import FinetuneConfig, TrainableUnit, finetune, model_loss
 from bytegolf.quantize.plan import PlanConfig, Rule, make_plan
 
@@ -46,7 +47,7 @@ def setup(tiny_bundle):
 def encode(state, fmt: str, params: dict, rules: list[Rule] | None = None) -> list[Encoded]:
     rules = rules if rules is not None else [Rule("blocks.*.weight")]
     plan = make_plan(state, PlanConfig(rules=rules), fmt, params)
-    return artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    return encoder.encode_state(state, plan, EncodeContext(), progress=False)
 
 
 def quantized(state, units: list[Encoded]) -> GPT:

@@ -15,7 +15,8 @@ from bytegolf.data import shards
 from bytegolf.errors import ConfigError
 from bytegolf.formats import EncodeContext
 from bytegolf.model import checkpoint
-from bytegolf.quantize.grams import gram_matrices
+from bytegolf.model.grams import gram_matrices
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, make_plan
 from bytegolf.run import point as runner
 
@@ -47,8 +48,8 @@ def test_two_jobs_give_the_same_artifact_as_one(
 ) -> None:
     state, ctx = tiny_state_and_ctx
     plan = make_plan(state, PlanConfig(passthrough_max_numel=1024), fmt, params)
-    one = artifact.encode_state(state, plan, ctx, progress=False)
-    two = artifact.encode_state(state, plan, ctx, progress=False, jobs=2)
+    one = encoder.encode_state(state, plan, ctx, progress=False)
+    two = encoder.encode_state(state, plan, ctx, progress=False, jobs=2)
     assert [[t.name for t in u.tensors] for u in two] == [[t.name for t in u.tensors] for u in one]
     for a, b in zip(one, two, strict=True):
         assert a.meta == b.meta and a.nominal_bits == b.nominal_bits
@@ -60,7 +61,7 @@ def test_an_error_in_a_worker_reaches_the_caller_as_itself(tiny_state_and_ctx: t
     state, _ = tiny_state_and_ctx
     plan = make_plan(state, PlanConfig(passthrough_max_numel=1024), "scalar", {"bits": 4, "gptq": True})
     with pytest.raises(ConfigError, match="gptq needs a Hessian"):
-        artifact.encode_state(state, plan, EncodeContext(), progress=False, jobs=2)
+        encoder.encode_state(state, plan, EncodeContext(), progress=False, jobs=2)
 
 
 @pytest.mark.parametrize("jobs", [0, -1, True, 1.5, "2"])
@@ -68,7 +69,7 @@ def test_bad_jobs_are_a_config_error(tiny_state_and_ctx: tuple, jobs: object) ->
     state, ctx = tiny_state_and_ctx
     plan = make_plan(state, PlanConfig(passthrough_max_numel=1024), "scalar", {"bits": 4})
     with pytest.raises(ConfigError, match="encode_jobs"):
-        artifact.encode_state(state, plan, ctx, progress=False, jobs=jobs)  # type: ignore[arg-type]
+        encoder.encode_state(state, plan, ctx, progress=False, jobs=jobs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("setting", "expected"), [({}, 1), ({"encode_jobs": None}, 1), ({"encode_jobs": 3}, 3)])
@@ -79,7 +80,7 @@ def test_runner_passes_encode_jobs(monkeypatch: pytest.MonkeyPatch, setting: dic
         seen["jobs"] = jobs
         return []
 
-    monkeypatch.setattr(artifact, "encode_state", fake)
+    monkeypatch.setattr(encoder, "encode_state", fake)
     cfg = OmegaConf.create({"calib": {"windows": 4, "sequential": False}, **setting})
     runner.encode_units(cfg, {}, [], EncodeContext(), None, None, progress=False)
     assert seen["jobs"] == expected

@@ -13,7 +13,7 @@ import torch
 from bytegolf.data import shards
 from bytegolf.model import checkpoint
 from bytegolf.model.gpt import GPT
-from bytegolf.quantize.grams import gram_matrices
+from bytegolf.model.grams import gram_matrices
 from bytegolf.quantize.sensitivity import Sensitivity, loss_increase, output_fishers
 from tests.conftest import TINY
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bytegolf.figure import pyplot
 from bytegolf.run import store
 from bytegolf.study import analysis, bdrate, plots, report
 from tests.integration.test_run import TINY_ARGS, bytegolf
@@ -121,11 +122,11 @@ def test_frontier_plot_draws_reference_bpb_exports_and_caps(tmp_path: Path) -> N
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "unquantized model (1.6925 bpb)" in legend and "Parameter Golf reference exports" in legend
     assert ax.get_ylim()[0] < 1.6925  # the reference line is inside the clipped axis
-    plots._plt().close(fig)
+    pyplot().close(fig)
     # rel_mse has no unquantized line; the PNG is written
     fig = plots.frontier_figure(rows, "rel_mse", "rel_mse", logy=True)
     assert not [a for a in fig.axes[0].lines if a.get_gid() == "ref_bpb"]
-    plots._plt().close(fig)
+    pyplot().close(fig)
     png = plots.frontier(rows, "bpb", "bpb", tmp_path / "f.png", clip=1.5)
     assert png.read_bytes()[:8] == PNG_MAGIC
 

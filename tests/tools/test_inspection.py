@@ -18,9 +18,10 @@ from bytegolf.cli import main
 from bytegolf.errors import ArtifactError
 from bytegolf.formats import EncodeContext
 from bytegolf.measure import accounting
-from bytegolf.measure.inspection import HEADER_BYTES, decode_to_safetensors, inspect_artifact, render
 from bytegolf.model import checkpoint
+from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, make_plan
+from bytegolf.tools.inspection import HEADER_BYTES, decode_to_safetensors, inspect_artifact, render
 
 
 def bytegolf(*args: str | Path) -> subprocess.CompletedProcess:
@@ -45,7 +46,7 @@ def in_process(capsys: pytest.CaptureFixture, *args: str | Path) -> subprocess.C
 def units(tiny_bundle: Path, one_thread: None) -> list:
     state = checkpoint.load_state_dict(tiny_bundle / "model.safetensors")
     plan = make_plan(state, PlanConfig(passthrough_max_numel=1024), "scalar", {"bits": 4})
-    return artifact.encode_state(state, plan, EncodeContext(), progress=False)
+    return encoder.encode_state(state, plan, EncodeContext(), progress=False)
 
 
 LAYOUTS = {

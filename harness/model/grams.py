@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +23,6 @@ from tqdm import tqdm
 from bytegolf.artifact.reshape import slice_name
 from bytegolf.errors import ConfigError
 from bytegolf.model.gpt import GPT, CastedLinear
-
-if TYPE_CHECKING:
-    from bytegolf.formats import EncodeContext, Encoded
-    from bytegolf.quantize.lqer import LowRankPlan
-    from bytegolf.quantize.plan import Assignment
 
 
 @dataclass
@@ -228,40 +223,3 @@ def block_index(name: str) -> int | None:
     """The transformer block a tensor belongs to ("blocks.3.mlp.fc.weight" -> 3), None outside the blocks."""
     m = _BLOCK.search(name)
     return int(m.group(1)) if m else None
-
-
-def encode_sequential(
-    state: dict[str, Tensor],
-    plan: list[Assignment],
-    ctx: EncodeContext,
-    grams_of: Callable[[dict[str, Tensor]], tuple[dict[str, Tensor], int]],
-    lowrank: LowRankPlan | None = None,
-) -> list[Encoded]:
-    """Encode block by block in depth order: block i's Hessians are grams_of(the state with blocks < i
-    replaced by their reconstructions). ctx holds the unquantized model's Grams (used for block 0).
-    Units spanning several blocks (family or global scope) and tensors outside the blocks go last.
-    The units come back in artifact.group_units order, as artifact.encode_state returns them."""
-    from bytegolf.artifact.file import encode_state, group_units
-    from bytegolf.quantize.lqer import apply_lowrank
-
-    groups = group_units(plan)
-    last = max((i for g in groups for a in g if (i := block_index(a.name)) is not None), default=-1) + 1
-
-    def stage(group: list[Assignment]) -> int:
-        idx = {block_index(a.name) for a in group}
-        return idx.pop() if len(idx) == 1 and None not in idx else last  # type: ignore[return-value]
-
-    by_name: dict[str, Encoded] = {}
-    current = dict(state)
-    for n, s in enumerate(sorted({stage(g) for g in groups})):
-        if n > 0:
-            grams, rows = grams_of(current)
-            ctx = replace(ctx, hessians=grams, hessian_counts=dict.fromkeys(grams, rows))
-        todo = [a for g in groups if stage(g) == s for a in g]
-        for unit in encode_state(state, todo, ctx, progress=False):
-            by_name[unit.tensors[0].name] = unit
-            current.update(unit.recon or {})
-    units = [by_name[g[0].name] for g in groups]
-    if lowrank is not None and lowrank.active:
-        units, _ = apply_lowrank(state, units, lowrank, ctx)
-    return units

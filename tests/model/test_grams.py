@@ -8,7 +8,8 @@ import torch
 
 from bytegolf.formats import EncodeContext
 from bytegolf.model.gpt import GPT
-from bytegolf.quantize.grams import block_index, encode_sequential, gram_matrices
+from bytegolf.model.grams import block_index, gram_matrices
+from bytegolf.quantize.encoder import encode_sequential
 from bytegolf.quantize.plan import PlanConfig, make_plan
 from tests.conftest import TINY
 
@@ -44,7 +45,7 @@ def _encode(model: GPT, windows: np.ndarray, gptq: bool) -> tuple[list, list, li
         m.load_state_dict(current)
         return gram_matrices(m, windows, progress=False)
 
-    from bytegolf.artifact.file import encode_state
+    from bytegolf.quantize.encoder import encode_state
 
     return encode_state(state, plan, ctx, progress=False), encode_sequential(state, plan, ctx, grams_of), seen
 
