@@ -27,6 +27,9 @@ verbs:
             candidates like {format: clustered, codebook_size: 256, match: "blocks.*.mlp.*"}, or allocate.knob=...)
   results   DIR... : every result.json under the dirs as one table (DIR/results.parquet and .csv)
   report    DIR : markdown report with frontier plots, rank agreement and reversals (DIR/report/)
+  eval      ARTIFACT [overrides] : score an existing artifact (or run directory) without encoding it again:
+            bpb with its interval and the protocol; eval.kld=true adds llama-perplexity's KLD table; by
+            default under the config of the run that wrote it (e.g. eval outputs/runs/X eval.windows=0)
   inspect   ARTIFACT : every stream's format, role, codec, stored and raw bytes and entropy bound; totals by role
   decode    ARTIFACT OUT.safetensors : the artifact's decoded weights (decoded as evaluation decodes them)
 
@@ -95,6 +98,15 @@ def _check_groups(verb: str, config_name: str, overrides: list[str]) -> None:
         raise BytegolfError(f"bytegolf {verb} takes no {key} settings ({ov!r}): {hint}")
 
 
+def _report(text: str) -> None:
+    """Print a summary once on the console, and put it in the run's log file too."""
+    print(text, flush=True)
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -120,8 +132,24 @@ def run_task(cfg: DictConfig) -> dict | None:
         line = f"{out.name}: being run by another worker (claim {out / '.claim'}); skipped"
     else:
         line = summary_line(result) + (f" [finished already in {out}; skipped]" if how == "finished" else "")
-    log.info(line)
-    print(line, flush=True)
+        line += f"\n  written to {out}"
+    _report(line)
+    return result
+
+
+def eval_task(cfg: DictConfig) -> dict | None:
+    """Hydra task for `bytegolf eval ARTIFACT`: score an existing artifact file (eval.json in the output dir)."""
+    from bytegolf.run.evaluation import eval_summary, evaluate_artifact
+    from bytegolf.run.store import write_json_atomic
+
+    out = _output_dir()
+    try:
+        result = evaluate_artifact(cfg, Path(cfg.eval_artifact))
+    except BytegolfError as exc:
+        log.error("error: %s", exc)
+        raise SystemExit(2) from None
+    write_json_atomic(out / "eval.json", result, strict=True)
+    _report(eval_summary(result) + f"\n  written to {out / 'eval.json'}")
     return result
 
 
@@ -237,6 +265,7 @@ TASKS = {
     "train": ("train", train_task),
     "compare": ("compare", compare_task),
     "allocate": ("allocate", allocate_task),
+    "eval": ("run", eval_task),
 }
 
 
@@ -291,6 +320,24 @@ def decode_main(args: list[str]) -> None:
 PLAIN = {"results": results_main, "report": report_main, "inspect": inspect_main, "decode": decode_main}
 
 
+def _eval_overrides(args: list[str]) -> list[str]:
+    """`eval ARTIFACT [overrides]` as Hydra arguments: the artifact's path as a key, the run's own composed
+    config (DIR/.hydra/config.yaml beside the artifact) as the base when there is one, and the output
+    written beside the artifact (DIR/eval/<time>)."""
+    if not args or "=" in args[0] or args[0].startswith("-"):
+        raise BytegolfError("usage: bytegolf eval ARTIFACT [overrides]: the artifact file (or its run directory) first")
+    path = Path(args[0]).resolve()
+    if path.is_dir():
+        path = path / "model.bgz"
+    if not path.is_file():
+        raise BytegolfError(f"eval: no artifact file at {path}")
+    base = []
+    if (path.parent / ".hydra" / "config.yaml").is_file():
+        base = ["--config-dir", str(path.parent / ".hydra"), "--config-name", "config"]
+    where = f"hydra.run.dir='{path.parent / 'eval' / '${now:%Y-%m-%d_%H-%M-%S}'}'"
+    return [*base, f"++eval_artifact='{path}'", where, *args[1:]]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `bytegolf` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -316,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     compare.register()
     allocate.register()
     try:
+        if verb == "eval":
+            overrides = _eval_overrides(overrides)
         _store_plugins()
         _check_choices(overrides)
         _check_groups(verb, TASKS[verb][0], overrides)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,19 @@ class EvalResult:
     window_nll: list[float] = field(repr=False)
     window_bytes: list[int] = field(repr=False)
     kld: dict[str, float] | None = None
+
+
+def protocol(eval_cfg: Any, windows: int) -> str:
+    """The evaluation protocol in words: how many windows of how many tokens, how they were drawn, the
+    precision and the stride ("256 windows × 1024 tokens sampled across the split (seed 0), bf16, no stride")."""
+    seq_len = int(eval_cfg.seq_len)
+    if eval_cfg.get("sample", False):
+        drawn = f"sampled across the split (seed {int(eval_cfg.get('seed', 0))})"
+    else:
+        drawn = "the whole split" if int(eval_cfg.windows) == 0 else "from the start of the split"
+    stride = eval_cfg.get("stride", None)
+    slide = f"sliding, stride {int(stride)}" if stride else "no stride"
+    return f"{windows} windows × {seq_len} tokens, {drawn}, {eval_cfg.precision}, {slide}"
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:

@@ -85,6 +85,17 @@ def summarize(kld: np.ndarray, top1: np.ndarray, dp: np.ndarray) -> dict[str, fl
     )
 
 
+def kld_table(k: dict[str, float]) -> str:
+    """The statistics as llama.cpp's `perplexity --kl-divergence` prints them (KLD in nats, Δp in percent)."""
+    rows = [f"  Mean    KLD: {k['mean']:10.6f} ± {k['se']:.6f}   ({k['tokens']:,} tokens)"]
+    rows.append(f"  Maximum KLD: {k['max']:10.6f}")
+    rows += [f"  {name.replace('p', '').replace('_', '.'):>5}%  KLD: {k[name]:10.6f}" for name in PERCENTILES]
+    rows.append(f"  Minimum KLD: {k['min']:10.6f}")
+    rows.append(f"  Same top p: {100 * k['top1_agreement']:6.3f} ± {100 * k['top1_se']:.3f} %")
+    rows.append(f"  RMS Δp    : {100 * k['rms_dp']:6.3f} %   (mean Δp {100 * k['mean_dp']:+.3f} %)")
+    return "\n".join(rows)
+
+
 def _summary(
     values: np.ndarray, n: int, kld_sum: float, kld_sq: float, matches: int, dp_sum: float, dp_sq: float
 ) -> dict[str, float]:

@@ -46,6 +46,9 @@ def test_run_writes_artifact_config_log_and_result(tiny_run: tuple[Path, subproc
     out, proc = tiny_run
     assert proc.returncode == 0, proc.stderr
     assert "scalar+zstd:" in proc.stdout and "bits/weight" in proc.stdout and "bpb" in proc.stdout
+    assert proc.stdout.count("scalar+zstd:") == 1, proc.stdout  # the summary is printed once
+    assert f"written to {out}" in proc.stdout  # the output directory is named
+    assert "scalar+zstd:" in (out / "run.log").read_text()  # and the summary is in the log
     r = json.loads((out / "result.json").read_text())
     for key in (
         "format",
@@ -194,3 +197,10 @@ def test_sequential_gptq_runs_and_is_recorded(tiny_bundle: Path, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "result.json").read_text())
     assert r["fits_cap"] and r["bpb"] > 0 and "sequential: true" in (tmp_path / ".hydra" / "config.yaml").read_text()
+
+
+def test_a_bits_change_with_the_int6_clip_is_warned(tiny_bundle: Path, tmp_path: Path) -> None:
+    proc = bytegolf("run", f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=4", "codec=zstd",
+                    f"hydra.run.dir={tmp_path}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: scalar bits=4 with clip_k left at 12.85, which is tuned for int6" in proc.stdout + proc.stderr
