@@ -50,11 +50,15 @@ class ModelSettings:
 @dataclass
 class DataSettings:
     """Tokenizer and shard globs (kind text: globs of raw text files); with `build`, `train` first makes them from
-    `corpus` (glob; null: stdlib)."""
+    `corpus` (glob; null: stdlib). `dir`: a dataset folder the globs may name as `${.dir}`; data=parameter_golf
+    requires it (and `tokenizer`): its train/val are `${.dir}/fineweb_train_*.bin` and `${.dir}/fineweb_val_*.bin`.
+    Required like the globs, so that a group's `dir: ???` stays required (OmegaConf keeps a default over `???`):
+    a data YAML that does not use it sets `dir: null`."""
 
     tokenizer: str | None = MISSING
     train: str | None = MISSING
     val: str = MISSING
+    dir: str | None = MISSING
     kind: str = "shards"  # shards (Parameter Golf token files) or text (raw text files: bytegolf.data.evaldata)
     corpus: str | None = None
     build: bool = False

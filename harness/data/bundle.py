@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bytegolf.data import corpus, shards, tokenizer
-from bytegolf.errors import DataError
+from bytegolf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,10 @@ def build_corpus_data(
 
 
 def window_starts(n_tokens: int, seq_len: int, count: int = 0, seed: int | None = None) -> np.ndarray:
-    """First-token positions of the windows `sample_windows` cuts (multiples of seq_len, in order)."""
+    """First-token positions of the windows `sample_windows` cuts (multiples of seq_len, in order); count 0
+    (or more than there are): all of them, a negative or non-integer count: ConfigError."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ConfigError(f"window count must be a non-negative integer (0: all windows), got {count!r}")
     n = (n_tokens - 1) // seq_len
     if n <= 0:
         raise DataError(f"{n_tokens} tokens are too few for one window of {seq_len}")
@@ -102,7 +105,9 @@ def window_docs(tokens: np.ndarray, starts: np.ndarray, bos: int = 1) -> np.ndar
 
 
 def windows(tokens: np.ndarray, seq_len: int, count: int | None = None) -> np.ndarray:
-    """Non-overlapping (input, target) windows of seq_len+1 tokens: shape (n, seq_len+1)."""
+    """Non-overlapping (input, target) windows of seq_len+1 tokens: shape (n, seq_len+1); count None or 0: all."""
+    if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0):
+        raise ConfigError(f"window count must be a non-negative integer (0: all windows), got {count!r}")
     n = (tokens.size - 1) // seq_len
     if count is not None and count > 0:
         n = min(n, count)

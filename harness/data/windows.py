@@ -86,11 +86,20 @@ class Windows:
         return np.concatenate(out)
 
 
+def window_count(value: Any, key: str = "eval.windows") -> int:
+    """A configured window count as an int: a non-negative integer, 0 meaning all windows; a negative,
+    non-integer or bool value is a ConfigError naming `key` and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"{key} must be a non-negative integer (0: the whole validation split), got {value!r}")
+    return int(value)
+
+
 def eval_windows(tokens: np.ndarray, eval_cfg: Any) -> tuple[Windows, np.ndarray]:
     """The evaluation windows an `eval` config asks for (seq_len, windows, sample/seed, stride) over a
     validation stream, and the document each block starts in."""
+    count = window_count(eval_cfg.windows)
     seq_len = int(eval_cfg.seq_len)
     seed = int(eval_cfg.get("seed", 0)) if eval_cfg.get("sample", False) else None
-    starts = data.window_starts(tokens.size, seq_len, int(eval_cfg.windows), seed)
+    starts = data.window_starts(tokens.size, seq_len, count, seed)
     stride = eval_cfg.get("stride", None)
     return Windows.sliding(tokens, starts, seq_len, stride), data.window_docs(tokens, starts)

@@ -21,8 +21,10 @@ from bytegolf.artifact import container, layout
 from bytegolf.artifact import file as artifact
 from bytegolf.codecs import get_codec
 from bytegolf.data import evaldata
+from bytegolf.data.windows import window_count
 from bytegolf.errors import ConfigError
 from bytegolf.formats import EncodeContext, Encoded
+from bytegolf.formats.scalar import clip_warning
 from bytegolf.measure import accounting, codebytes, metrics
 from bytegolf.measure.evaluate import EvalResult, evaluate
 from bytegolf.model import adapters, checkpoint
@@ -65,7 +67,8 @@ def name_and_params(node: DictConfig) -> tuple[str, dict[str, Any]]:
     return str(d.pop("name")), d
 
 
-def _reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) -> EvalResult:
+def reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) -> EvalResult:
+    """The unquantized model's evaluation under cfg.eval, cached by the model's and data's fingerprints."""
     ev = OmegaConf.to_container(cfg.eval)
     ev.pop("kld", None)  # the reference's own eval does not depend on it
     if ev.get("stride", None) is None:
@@ -140,12 +143,16 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     units: this config's encoding when the caller already has it (compare's landed probe); it is
     written, decoded, checked and evaluated exactly as a fresh one would be."""
     t_start = time.perf_counter()
+    if cfg.get("eval") is not None:  # eval.windows=-3 would evaluate the whole split: fail before any work
+        window_count(cfg.eval.get("windows", 0))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     st = Stages()
     fmt_name, fmt_params = name_and_params(cfg.format)
     codec_name, codec_params = name_and_params(cfg.codec)
+    if fmt_name == "scalar" and (warning := clip_warning(fmt_params)):
+        log.warning("warning: %s", warning)
     lay = layout.LayoutConfig(**cfg.layout)
     get_codec(codec_name, **codec_params)  # bad codec settings fail before any work is done
     extra_serializers = serializers(list(cfg.get("extra_codecs") or []), lay)
@@ -158,7 +165,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         ed = evaldata.load(cfg, ad, ref_model) if ref_model is not None else None
         fp = {"checkpoint": ad.fingerprint(), **ad.fingerprints(), **(ed.fingerprints if ed else {})}
     with st("eval_reference"):
-        ref = _reference_eval(ref_model, ed.val, ed.tables, cfg, fp) if ed else None
+        ref = reference_eval(ref_model, ed.val, ed.tables, cfg, fp) if ed else None
     with st("calibrate"):
         grams, rows = calibration_grams(ad, ref_model, ed, cfg, fp)
     with st("plan"):

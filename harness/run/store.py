@@ -52,10 +52,18 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a uniquely named temporary file in the same directory and a rename."""
+def write_json_atomic(path: Path, obj: Any, strict: bool | None = None) -> None:
+    """Write JSON through a uniquely named temporary file in the same directory and a rename.
+
+    strict (None: for result.json only): standard JSON, NaN and ±Infinity written as null (`strict_json`);
+    otherwise NaN and Infinity are written as Python's json writes and reads them (caches this code reads back)."""
+    strict = path.name == RESULT if strict is None else strict
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    if strict:
+        text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
+    else:
+        text = json.dumps(obj, indent=2, default=_jsonable)
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -66,13 +74,48 @@ def _jsonable(x: Any) -> Any:
         return str(x)
 
 
+def strict_json(obj: Any) -> Any:
+    """obj with every non-finite float (NaN, ±inf; numpy scalars included) as None, tuples as lists and
+    other non-JSON values as float or str (as write_json_atomic writes them): json.dumps(allow_nan=False) takes it."""
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    v = _jsonable(obj)
+    return strict_json(v) if isinstance(v, float) else v
+
+
+# Float metrics that are NaN where not measured (no Hessian, nothing quantized) and never null otherwise:
+# result.json stores such a NaN (or an infinite SQNR) as null, and read_result gives it back as NaN.
+NAN_WHEN_NULL = ("rel_mse", "sqnr_db", "output_error")
+
+
+def _nan_for_null(row: dict[str, Any], keys: Any) -> None:
+    for k in keys:
+        if k in row and row[k] is None:
+            row[k] = math.nan
+
+
 def read_result(path: Path) -> dict[str, Any] | None:
-    """A result file's content, or None if it is missing or not a bytegolf result."""
+    """A result file's content, or None if it is missing or not a bytegolf result. A null among the
+    NAN_WHEN_NULL metrics (top level and per tensor) and the kld statistics comes back as NaN, as written."""
     try:
         r = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return r if isinstance(r, dict) and "format" in r and "final_bytes" in r else None
+    if not (isinstance(r, dict) and "format" in r and "final_bytes" in r):
+        return None
+    _nan_for_null(r, NAN_WHEN_NULL)
+    for row in r.get("tensors") or []:
+        if isinstance(row, dict):
+            _nan_for_null(row, NAN_WHEN_NULL)
+    if isinstance(r.get("kld"), dict):
+        _nan_for_null(r["kld"], list(r["kld"]))
+    return r
 
 
 def finished(out_dir: Path, chash: str) -> dict[str, Any] | None:

@@ -5,16 +5,19 @@ Usage: python -m bytegolf.tools.study_table DIR
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from bytegolf.run.store import read_result
 
 
 def main() -> None:
     root = Path(sys.argv[1])
     rows = []
     for path in sorted(root.glob("*/result.json")):
-        r = json.loads(path.read_text())
+        r = read_result(path)
+        if r is None:
+            continue
         extra = r.get("extra_codecs", {})
         cols = [
             path.parent.name,

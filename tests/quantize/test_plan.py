@@ -76,3 +76,45 @@ def test_the_mixed_plan_example_gives_each_family_its_format() -> None:
     assert mlp.format == "sparse_outlier" and mlp.params["fraction"] == 0.005
     assert mlp.params["base"] == {**mlp.params["base"], "name": "scalar", "bits": 5, "clip_k": 6.0}
     assert mlp.params["select"] == "hessian"  # the rest from experiments/format/sparse_outlier.yaml
+
+
+def _pg_top() -> tuple[PlanConfig, dict]:
+    """pg_top's plan config and scalar settings as `bytegolf run experiment=pg_top` builds them."""
+    from omegaconf import OmegaConf
+
+    from bytegolf.quantize.plan import FORMAT_YAMLS, format_defaults, merge_settings, plan_config
+
+    preset = OmegaConf.load(FORMAT_YAMLS.parent / "experiment" / "pg_top.yaml")
+    params = merge_settings(format_defaults("scalar"), OmegaConf.to_container(preset.format))
+    return plan_config(preset.plan), params
+
+
+def test_pg_top_keeps_q_gain_fp16_and_gives_attention_its_clip() -> None:
+    cfg, params = _pg_top()
+    plan = {a.name: a for a in make_plan(GPT(ModelConfig()).state_dict(), cfg, "scalar", params)}
+    gains = [a for n, a in plan.items() if n.endswith(".attn.q_gain")]
+    assert len(gains) == 9
+    assert all((a.format, a.params) == ("passthrough", {"dtype": "fp16"}) for a in gains)
+    for i in range(9):
+        for m in ("c_q", "c_k", "c_v", "proj"):
+            a = plan[f"blocks.{i}.attn.{m}.weight"]
+            assert (a.format, a.params["bits"], a.params["clip_k"], a.params["gptq"]) == ("scalar", 6, 13.0, True)
+        for m in ("fc", "proj"):
+            assert plan[f"blocks.{i}.mlp.{m}.weight"].params["clip_k"] == 11.5
+    assert (plan["tok_emb.weight"].params["bits"], plan["tok_emb.weight"].params["clip_k"]) == (7, 14.0)
+    # the record: every float tensor of at most 65,536 elements fp16 (control_patterns: []), the rest int6/int7
+    kept = [a for a in plan.values() if a.format == "passthrough"]
+    assert len(kept) == 1 + 9 * 4 and all(a.params == {"dtype": "fp16"} for a in kept)
+    assert sum(a.format == "scalar" for a in plan.values()) == 9 * 6 + 1
+
+
+def test_a_broad_glob_takes_small_and_control_tensors_too() -> None:
+    """Why pg_top's attention rule names the matrices: a rule takes every float tensor its glob matches."""
+    plan = _plan(PlanConfig(rules=[Rule("blocks.*.attn.*", params={"clip_k": 13.0})]))
+    assert (plan["blocks.0.attn.q_gain"].format, plan["blocks.0.attn.q_gain"].params) == (
+        "scalar",
+        {"bits": 6, "clip_k": 13.0},
+    )
+    plan = _plan(PlanConfig(rules=[Rule("blocks.*.attn.*.weight", params={"clip_k": 13.0})]))
+    assert plan["blocks.0.attn.q_gain"].params == {"dtype": "fp32"}  # a control tensor (default patterns)
+    assert plan["blocks.0.attn.c_q.weight"].params == {"bits": 6, "clip_k": 13.0}

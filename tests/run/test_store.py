@@ -103,3 +103,81 @@ def test_the_point_key_does_not_depend_on_where_the_clone_lives(monkeypatch: pyt
         return store.config_hash(conf)
 
     assert key("/tmp/clone_a") == key("/srv/clone_b")
+
+
+def _reject(token: str) -> None:
+    raise ValueError(f"non-standard JSON constant {token}")
+
+
+def _nonfinite_result(**kw) -> dict:
+    import numpy as np
+
+    r = _result(
+        rel_mse=float("nan"),
+        sqnr_db=float("inf"),
+        output_error=np.float32("nan"),
+        delta_bpb=-float("inf"),
+        bits_per_weight=np.float64(2.5),
+        kld={"mean": 0.25, "se": float("nan"), "tokens": 1, "top1_agreement": 1.0},
+        window_nll=[1.0, float("inf"), float("nan")],
+        tensors=[{"name": "w", "rel_mse": 0.0, "sqnr_db": float("inf"), "output_error": float("nan")}],
+        shape=(2, 3),
+    )
+    return {**r, **kw}
+
+
+def test_result_json_is_strict_json_with_null_for_nan_and_inf(tmp_path: Path) -> None:
+    store.write_result(tmp_path, _nonfinite_result(), config_hash="h")
+    text = (tmp_path / store.RESULT).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    raw = json.loads(text, parse_constant=_reject)  # a strict parser takes it
+    assert (raw["rel_mse"], raw["sqnr_db"], raw["output_error"], raw["delta_bpb"]) == (None, None, None, None)
+    assert raw["bits_per_weight"] == 2.5 and raw["bpb"] == 1.5 and raw["shape"] == [2, 3]
+    assert raw["window_nll"] == [1.0, None, None]
+    assert raw["kld"] == {"mean": 0.25, "se": None, "tokens": 1, "top1_agreement": 1.0}
+    assert raw["tensors"] == [{"name": "w", "rel_mse": 0.0, "sqnr_db": None, "output_error": None}]
+    assert json.dumps(raw, allow_nan=False)
+
+
+def test_a_null_metric_reads_back_as_missing(tmp_path: Path) -> None:
+    import math
+
+    from bytegolf.study.analysis import number
+
+    store.write_result(tmp_path, _nonfinite_result(bpb=None), config_hash="h")
+    r = store.finished(tmp_path, "h")
+    assert math.isnan(r["rel_mse"]) and math.isnan(r["output_error"]) and math.isnan(r["sqnr_db"])
+    assert math.isnan(r["tensors"][0]["sqnr_db"]) and r["tensors"][0]["rel_mse"] == 0.0
+    assert math.isnan(r["kld"]["se"]) and r["kld"]["mean"] == 0.25
+    assert r["bpb"] is None and r["delta_bpb"] is None  # null by design (not measured) stays null
+    raw = json.loads((tmp_path / store.RESULT).read_text())
+    assert math.isnan(number(raw, "output_error")) and number(raw, "bits_per_weight") == 2.5
+    df = store.collect([tmp_path])
+    assert df["rel_mse"].isna().all() and df["bits_per_weight"].tolist() == [2.5]
+
+
+def test_the_run_summary_prints_a_read_back_result_with_unmeasured_errors(tmp_path: Path) -> None:
+    from bytegolf.run.point import summary_line
+
+    r = _nonfinite_result(
+        codec="zstd",
+        code_bytes=10,
+        nominal_bits_per_weight=6.0,
+        delta_bpb=0.01,
+        ref_bpb=1.49,
+        fits_cap=True,
+        seconds=1.0,
+        bytes_by_role={"codes": {"bytes": 100, "share": 1.0}},
+    )
+    store.write_result(tmp_path, r, config_hash="h")
+    line = summary_line(store.finished(tmp_path, "h"))
+    assert "rel_mse nan output_err nan bpb 1.5000" in line and "KLD 0.25±nan" in line
+
+
+def test_other_json_files_keep_nan_unless_strict(tmp_path: Path) -> None:
+    store.write_json_atomic(tmp_path / "cache.json", {"x": float("nan"), "y": float("inf")})
+    assert json.loads((tmp_path / "cache.json").read_text())["y"] == float("inf")  # read back as written
+    store.write_json_atomic(tmp_path / "strict.json", {"x": float("nan")}, strict=True)
+    assert json.loads((tmp_path / "strict.json").read_text(), parse_constant=_reject) == {"x": None}
+    store.write_json_atomic(tmp_path / store.RESULT, {"x": float("nan")}, strict=False)
+    assert "NaN" in (tmp_path / store.RESULT).read_text()
