@@ -7,7 +7,8 @@ The protocol (`ModelAdapter`):
                                    NLL in nats and logits(ids) -> [B, T, V]; None: the adapter does not evaluate
   grams(model, windows, ...)       calibration Gram matrices Σ x xᵀ of each weight's matmul inputs, keyed by the
                                    weight's state-dict name, and the number of token rows seen
-  fingerprints()                   what identifies the model beyond the checkpoint file (caches, result.json)
+  fingerprints()                   what identifies the model beyond the checkpoint file (caches, result.json);
+                                   for module, the source of every user module the process has imported
 
 Adapters:
   gpt      the built-in Parameter Golf GPT (bytegolf.model.gpt); Grams as bytegolf.model.grams.gram_matrices.
@@ -30,12 +31,17 @@ them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
+import site
 import sys
+import sysconfig
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -45,7 +51,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bytegolf.errors import ConfigError, DataError
-from bytegolf.fingerprint import file_fingerprint
+from bytegolf.fingerprint import file_digest, file_fingerprint, files_fingerprint
 from bytegolf.model import checkpoint
 
 ADAPTERS = ("gpt", "module", "hf", "weights")
@@ -212,8 +218,63 @@ class GPTAdapter(ModelAdapter):
         return int(model.cfg.vocab_size)
 
 
+@functools.cache
+def _installation_dirs() -> tuple[Path, ...]:
+    """Where the interpreter's own and installed code lives: the standard library, site-packages (this
+    environment's, the base interpreter's, the user's), a virtual environment's whole prefix, and bytegolf's
+    package folder (for `python -m bytegolf.cli`'s __main__)."""
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    dirs = [Path(__file__).resolve().parents[1]]
+    for paths in (sysconfig.get_paths(), sysconfig.get_paths(vars=base)):
+        dirs += [Path(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib", "scripts") if k in paths]
+    dirs += [Path(d) for d in site.getsitepackages()] + [Path(site.getusersitepackages())]
+    if sys.prefix != sys.base_prefix:  # a virtual environment holds nothing but installed code
+        dirs.append(Path(sys.prefix))
+    return tuple(dict.fromkeys(d.resolve() for d in dirs))
+
+
+_USER_FILE: dict[str, Path | None] = {}  # a module's __file__ -> its resolved path, None: not user code
+
+
+def _user_file(module: Any) -> Path | None:
+    """The source file of a module of the user's code, None for a module without one or one of the Python
+    installation (standard library, site-packages, a virtual environment) or of bytegolf itself."""
+    f = object.__getattribute__(module, "__dict__").get("__file__")  # (a lazily loaded module stays unloaded)
+    if not isinstance(f, str) or not f:
+        return None
+    if f not in _USER_FILE:
+        p = Path(f).resolve()
+        installed = any(p.is_relative_to(d) for d in _installation_dirs()) or bool(
+            {"site-packages", "dist-packages"} & set(p.parts)
+        )
+        _USER_FILE[f] = None if installed else p
+    return _USER_FILE[f]
+
+
+#: each imported user module's source digest, taken when first seen: the code in sys.modules does not change
+#: when its file is edited later in the same process, so neither does the key that stands for it
+_SOURCE_DIGEST: weakref.WeakKeyDictionary[ModuleType, str] = weakref.WeakKeyDictionary()
+
+
+def user_modules() -> dict[Path, str]:
+    """The source files of the user's code imported into this process (every module in sys.modules whose file
+    lies outside the Python installation and bytegolf: a model.file glue and whatever it imported) and the
+    digest of each file's bytes when its module was first seen."""
+    out: dict[Path, str] = {}
+    for name, mod in list(sys.modules.items()):
+        if name == "bytegolf" or name.startswith("bytegolf.") or not isinstance(mod, ModuleType):
+            continue  # (bytegolf.formats and bytegolf.codecs live outside its package folder)
+        if (p := _user_file(mod)) is None:
+            continue
+        if mod not in _SOURCE_DIGEST:
+            _SOURCE_DIGEST[mod] = file_digest(p)
+        out[p] = _SOURCE_DIGEST[mod]
+    return out
+
+
 def load_user_module(path: str | Path) -> Any:
-    """Import a Python file as a module of its own (its directory first on sys.path while it loads)."""
+    """Import a Python file as a module of its own (its directory first on sys.path while it loads); the
+    sources of the user modules it imports are fingerprinted as they are now (user_modules)."""
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise ConfigError(f"model.file {path}: no such file")
@@ -233,6 +294,7 @@ def load_user_module(path: str | Path) -> Any:
         raise ConfigError(f"model.file {path} does not import: {type(exc).__name__}: {exc}") from None
     finally:
         sys.path.remove(str(p.parent))
+    user_modules()
     return mod
 
 
@@ -250,12 +312,20 @@ class ModuleAdapter(ModelAdapter):
                 "model=module needs model.file=PATH.py and model.build=NAME (NAME(state_dict) -> nn.Module)"
             )
         self.logits_name, self.nll_name = _setting(cfg, "logits", "forward"), _setting(cfg, "nll")
-        self.fn = getattr(load_user_module(self.file), str(self.build_name), None)
+        self.module = load_user_module(self.file)
+        self.fn = getattr(self.module, str(self.build_name), None)
         if not callable(self.fn):
             raise ConfigError(f"model.build {self.build_name!r}: no such function in {self.file}")
 
+    def code_files(self) -> list[Path]:
+        """The model's code: the glue file and every other user module imported so far (user_modules), sorted."""
+        return sorted(user_modules().keys() | {Path(str(self.file)).expanduser().resolve()})
+
     def fingerprints(self) -> dict[str, str]:
-        code = path_fingerprint(self.file)
+        """{"code": ...}: the paths and sources of code_files() as first imported, and model.einsum. Taken after
+        build, it covers modules the build imported too."""
+        digests = user_modules()
+        code = files_fingerprint(self.code_files(), lambda p: digests.get(p) or file_digest(p))
         if einsum := self.einsum():  # how the code is read for calibration: the cached Grams depend on it
             code = hashlib.sha256(f"{code} einsum={sorted(einsum)}".encode()).hexdigest()[:16]
         return {"code": code}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,13 @@ from torch import nn
 
 from bytegolf.artifact import file as artifact
 from bytegolf.errors import ConfigError
+from bytegolf.fingerprint import files_fingerprint
 from bytegolf.measure import metrics
 from bytegolf.model import checkpoint
 from bytegolf.model.adapters import get_adapter, linear_grams
 from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, make_plan
+from bytegolf.run import store
 from tests.integration.test_run import TINY_ARGS, bytegolf
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "pg_record_model.py"
@@ -52,7 +55,7 @@ def module_run(tiny_bundle: Path, record_ckpt: Path, tmp_path_factory: pytest.Te
 def test_module_adapter_runs_a_record_style_model(module_run, record_ckpt: Path) -> None:
     out, proc = module_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((out / "result.json").read_text())
+    r = store.read_result(out / "result.json")
     state = checkpoint.load_state_dict(record_ckpt)
     assert r["params"] == sum(t.numel() for t in state.values())
     assert set(r["fingerprints"]) == {"checkpoint", "code", "tokenizer", "val", "train"}
@@ -294,7 +297,7 @@ def test_weights_run_measures_no_bpb(weights_ckpt: Path, tmp_path: Path) -> None
     assert "bpb not measured" in proc.stdout
     r = json.loads((tmp_path / "result.json").read_text())
     assert r["bpb"] is None and r["bpb_measured"] is False and r["val_loss"] is None
-    assert 0 < r["rel_mse"] < 0.01 and math.isnan(r["output_error"])  # no calibration without a model
+    assert 0 < r["rel_mse"] < 0.01 and r["output_error"] is None  # no calibration without a model
     state = checkpoint.load_state_dict(weights_ckpt)
     decoded, units = artifact.read(tmp_path / artifact.ARTIFACT_NAME)
     assert {k: tuple(v.shape) for k, v in decoded.items()} == {k: tuple(v.shape) for k, v in state.items()}
@@ -337,7 +340,7 @@ def test_weights_compare_and_report_rank_by_weight_error(weights_ckpt: Path, tmp
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(bpb not measured)" in proc.stdout and "winner:" in proc.stdout
-    rows = [json.loads(p.read_text()) for p in out.glob("points/*/*/result.json")]
+    rows = [store.read_result(p) for p in out.glob("points/*/*/result.json")]
     assert len(rows) == 2 and all(r["bpb"] is None and r["counted_bytes"] <= budget for r in rows)
     from bytegolf.study.compare import ranking
 
@@ -396,7 +399,7 @@ def test_module_compare_ranks_two_formats_by_kld(tiny_bundle: Path, record_ckpt:
         f"hydra.run.dir={out}", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = [json.loads(p.read_text()) for p in out.glob("points/*/*/result.json")]
+    rows = [store.read_result(p) for p in out.glob("points/*/*/result.json")]
     ranked = sorted((r for r in rows if r.get("budget_bytes") == budget), key=lambda r: r["kld"]["mean"])
     assert sorted(r["format"] for r in ranked) == ["clustered", "scalar"]
     assert all(r["counted_bytes"] <= budget and r["kld"]["mean"] > 0 for r in ranked)
@@ -408,3 +411,141 @@ def test_module_compare_ranks_two_formats_by_kld(tiny_bundle: Path, record_ckpt:
 def test_rank_by_kld_needs_kld_measured(tmp_path: Path) -> None:
     proc = bytegolf("compare", "compare.rank_by=kld", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2 and "compare.rank_by=kld needs eval.kld=true" in proc.stdout + proc.stderr
+
+
+def test_files_fingerprint_covers_the_paths_and_bytes_in_any_order(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("X = 1\n")
+    b.write_text("Y = 2\n")
+    fp = files_fingerprint([a, b])
+    assert files_fingerprint([b, a, a]) == fp  # order and repeats do not matter
+    assert files_fingerprint([a]) != fp  # every file counts
+    b.write_text("Y = 3\n")
+    assert files_fingerprint([a, b]) != fp  # its bytes
+    b.rename(tmp_path / "c.py")
+    assert files_fingerprint([a, tmp_path / "c.py"]) not in (fp, files_fingerprint([a, b]))  # and its path
+    assert files_fingerprint([a, tmp_path / "gone.py"]) != files_fingerprint([a])  # a missing file counts by path
+
+
+USER_MODEL = """import torch
+from torch import nn
+
+SCALE = 2.0
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(nn.functional.one_hot(ids, 4).float()) * SCALE
+"""
+
+USER_GLUE = """import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))  # for the import inside build
+from fp_train_gpt import Tiny
+
+
+def build(state_dict):
+    import fp_extras  # imported by the build only
+
+    model = Tiny()
+    model.load_state_dict(state_dict)
+    return model
+"""
+
+
+@pytest.fixture
+def user_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A glue file importing a user model module of its folder (and one more inside build), and a file nobody
+    imports; the modules it adds to sys.modules (and its sys.path entry) are gone after the test."""
+    (tmp_path / "fp_train_gpt.py").write_text(USER_MODEL)
+    (tmp_path / "fp_extras.py").write_text("ACT = 'relu'\n")
+    (tmp_path / "glue.py").write_text(USER_GLUE)
+    (tmp_path / "unrelated.py").write_text("Z = 0\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def _forget_user_modules(project: Path) -> None:
+    """What a fresh process is: none of the project's modules imported."""
+    for name, mod in list(sys.modules.items()):
+        if str(getattr(mod, "__file__", None) or "").startswith(str(project)):
+            del sys.modules[name]
+
+
+def test_module_code_fingerprint_covers_every_imported_user_module(user_project: Path) -> None:
+    cfg = {"name": "module", "checkpoint": "unused.pt", "file": str(user_project / "glue.py"), "build": "build"}
+    ad = get_adapter(cfg)
+    files = ad.code_files()
+    assert {user_project / "glue.py", user_project / "fp_train_gpt.py"} <= set(files)
+    assert user_project / "fp_extras.py" not in files
+    bytegolf_dir = Path(get_adapter.__code__.co_filename).parents[1]
+    installed = (Path(torch.__file__).parents[1], Path(json.__file__).parent, bytegolf_dir)
+    assert not any(f.is_relative_to(d) for f in files for d in installed)  # not torch, the stdlib, nor bytegolf
+    before_build = ad.fingerprints()["code"]
+    ad.build({f"proj.{k}": v for k, v in nn.Linear(4, 8).state_dict().items()})
+    assert user_project / "fp_extras.py" in ad.code_files()  # taken after the build: its imports count
+    fp = ad.fingerprints()["code"]
+    assert fp != before_build
+
+    (user_project / "unrelated.py").write_text("Z = 1\n")  # a file nobody imported: the same key
+    assert ad.fingerprints()["code"] == fp
+    (user_project / "fp_train_gpt.py").write_text(USER_MODEL.replace("SCALE = 2.0", "SCALE = 3.0"))
+    assert ad.fingerprints()["code"] == fp  # this process still runs the code it imported: still its key
+
+    _forget_user_modules(user_project)  # a fresh process imports the edited module: another key
+    edited = get_adapter(cfg)
+    assert edited.fingerprints()["code"] != fp
+    _forget_user_modules(user_project)
+    (user_project / "fp_train_gpt.py").write_text(USER_MODEL)  # the original code again: the original key
+    again = get_adapter(cfg)
+    again.build({f"proj.{k}": v for k, v in nn.Linear(4, 8).state_dict().items()})
+    assert again.fingerprints()["code"] == fp
+
+
+def test_editing_an_imported_module_misses_the_cached_reference_and_grams(
+    tiny_bundle: Path, record_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bug: with only the glue file in the key, a rerun after editing the model module the glue imports
+    reused the old model's reference evaluation and Gram matrices, and delta_bpb compared two models."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train_gpt.py").write_text(FIXTURE.read_text())
+    (project / "glue.py").write_text(
+        "from train_gpt import RecordGPT\n\n\ndef build(state_dict):\n"
+        "    model = RecordGPT()\n    model.load_state_dict(state_dict)\n    return model\n"
+    )
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BYTEGOLF_CACHE", str(cache))
+
+    def run(name: str) -> dict:
+        out = tmp_path / name
+        out.mkdir()
+        proc = bytegolf(
+            "run", f"bundle={tiny_bundle}", *TINY_ARGS, "model=module", f"model.file={project / 'glue.py'}",
+            "model.build=build", f"model.checkpoint={record_ckpt}", "format.bits=6", "codec=zstd",
+            f"hydra.run.dir={out}", cwd=out,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return store.read_result(out / "result.json")
+
+    def cached() -> tuple[int, int]:
+        return len(list((cache / "ref").glob("*"))), len(list((cache / "calib").glob("*")))
+
+    first = run("first")
+    assert cached() == (1, 1)
+    src = (project / "train_gpt.py").read_text()
+    assert src.count("range(REPEATS)") == 1
+    (project / "train_gpt.py").write_text(src.replace("range(REPEATS)", "range(REPEATS - 1)"))  # one line edited
+    second = run("second")
+    assert cached() == (2, 2)  # a new reference evaluation and new Grams, none reused
+    assert second["fingerprints"]["code"] != first["fingerprints"]["code"]
+    assert second["ref_val_loss"] != first["ref_val_loss"]  # the reference is the edited model's
+    assert abs(second["delta_bpb"]) < 0.1
