@@ -1,5 +1,5 @@
 """Statistics for comparing points: paired bootstrap, multiple-comparison correction, Kendall tau-b,
-Pareto fronts, BD-rate.
+Pareto fronts.
 
 Paired bootstrap (Koehn 2004, as sacrebleu does it): draw N resamples of the evaluation windows
 with replacement, the same indices for every system; each resample gives each system's ratio
@@ -14,7 +14,7 @@ family-wise error rate under any dependence (the default), or Benjamini–Hochbe
 which controls the false discovery rate. Adjusted p-values are monotone in the raw ones and
 capped at 1; a claim is significant where its adjusted p ≤ α.
 
-BD-rate (Bjøntegaard): see bytegolf.study.bdrate; `bd_rate` here is its NaN-returning form.
+BD-rate (Bjøntegaard): bytegolf.study.bdrate, on the fronts pareto_front finds.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import t as student
 
 LN2 = math.log(2)
 
@@ -109,6 +110,24 @@ def paired_bootstrap(
     return delta_from_samples(observed, r[:, 0] - r[:, 1], level)
 
 
+def ratio_t_test(diff: np.ndarray, denom: np.ndarray) -> float:
+    """Two-sided p that the ratio Σdiff / Σdenom is 0, over n independent units (documents) with these sums.
+
+    t = r / se with r = Σdiff/Σdenom and the linearized (cluster-robust) standard error
+    se² = n/(n−1)·Σ(diff − r·denom)² / (Σdenom)², on n − 1 degrees of freedom (scipy): the analytic
+    counterpart of the document bootstrap of the same ratio. NaN below two units; no spread: 1 where
+    r is 0, else 0."""
+    diff, denom = np.asarray(diff, dtype=np.float64), np.asarray(denom, dtype=np.float64)
+    n = len(diff)
+    if n < 2 or not denom.sum() > 0:
+        return math.nan
+    r = diff.sum() / denom.sum()
+    se = math.sqrt(n / (n - 1) * float(np.sum((diff - r * denom) ** 2))) / denom.sum()
+    if se <= 1e-15 * max(abs(r), 1e-300):
+        return 1.0 if r == 0 else 0.0
+    return float(2 * student.sf(abs(r) / se, n - 1))
+
+
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Kendall's tau-b between two rankings (scipy; ties handled), and its p-value. NaN below 2 points."""
     from scipy.stats import kendalltau
@@ -189,14 +208,3 @@ def correction_name(method: str) -> str:
     return {"holm": "Holm (family-wise error rate)", "bh": "Benjamini–Hochberg (false discovery rate)"}.get(
         method, "none"
     )
-
-
-def bd_rate(rate_a: np.ndarray, dist_a: np.ndarray, rate_b: np.ndarray, dist_b: np.ndarray) -> float:
-    """Bjøntegaard delta rate of curve b against anchor a, in percent; NaN where bytegolf.study.bdrate.bd_rate
-    raises (fewer than two Pareto points, or no overlap). Distortion: smaller is better."""
-    from bytegolf.study import bdrate
-
-    try:
-        return bdrate.bd_rate(rate_a, dist_a, rate_b, dist_b)
-    except bdrate.FrontError:
-        return math.nan

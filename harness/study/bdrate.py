@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bytegolf.errors import BytegolfError
+from bytegolf.measure.stats import pareto_front
 
 
 class FrontError(BytegolfError, ValueError):
@@ -50,11 +51,7 @@ def front(rate: np.ndarray, quality: np.ndarray, name: str = "front") -> Front:
     if r.shape != q.shape:
         raise FrontError(f"{name}: {len(r)} rates but {len(q)} quality values")
     ok = np.flatnonzero(np.isfinite(r) & np.isfinite(q) & (r > 0))
-    keep, best = [], math.inf
-    for i in ok[np.lexsort((q[ok], r[ok]))]:  # by rate, then quality
-        if q[i] < best:
-            keep.append(i)
-            best = q[i]
+    keep = ok[pareto_front(r[ok], q[ok])]
     if len(keep) < 2:
         raise FrontError(
             f"{name}: {len(keep)} Pareto point(s) of {len(ok)} usable; a Bjøntegaard delta needs at least 2"
@@ -95,3 +92,11 @@ def bd_quality(ref_rate: np.ndarray, ref_quality: np.ndarray, test_rate: np.ndar
 
 
 bd_bpb = bd_quality
+
+
+def bd_rate_or_nan(rate_a: np.ndarray, dist_a: np.ndarray, rate_b: np.ndarray, dist_b: np.ndarray) -> float:
+    """bd_rate of curve b against anchor a, in percent; NaN where it raises FrontError."""
+    try:
+        return bd_rate(rate_a, dist_a, rate_b, dist_b)
+    except FrontError:
+        return math.nan

@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bytegolf.artifact import file as artifact
 from bytegolf.errors import ConfigError
+from bytegolf.measure.stats import adjust_pvalues, paired_bootstrap
 from bytegolf.quantize import encoder
 from bytegolf.quantize.plan import PlanConfig, format_defaults, merge_settings
 from bytegolf.run import store, sweep
@@ -51,7 +52,6 @@ from bytegolf.run.provenance import git_revision, source_hash
 from bytegolf.search import budget as search
 from bytegolf.search.prober import Encoder, Workspace
 from bytegolf.study.analysis import REFERENCE_SYSTEMS, system
-from bytegolf.study.stats import adjust_pvalues, paired_bootstrap
 
 log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "experiment"
@@ -408,6 +408,8 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
                 rule = {"match": EMBEDDING, "format": "scalar", "params": dict(embedding)}
                 plan["rules"] = [rule, *(plan.get("rules") or [])]
         instance = get_format(fmt, **params)
+        if instance.rate_knob and params.get(instance.rate_knob) is None:  # a default the format resolves
+            params = {**params, instance.rate_knob: getattr(instance, instance.rate_knob)}  # (scalar's clip_k)
         from bytegolf.codecs import get_codec
 
         get_codec(c_name, **c_params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import warnings
@@ -9,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bytegolf.errors import BytegolfError
+from bytegolf.measure import stats
 from bytegolf.run import store
-from bytegolf.study import analysis, plots, stats
+from bytegolf.study import analysis, plots
 
 
 def _fmt(v: Any) -> str:
@@ -129,44 +131,106 @@ def _bd_section(ev: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _reversal_section(results: list[dict[str, Any]], samples: int, correction: str) -> str:
-    """The reversal list with raw and adjusted p and which correction made the call."""
+REVERSALS_CSV = "reversals.csv"
+TOP_REVERSALS = 10  # the reversals report.md shows; reversals.csv has every one
+
+
+def _both(r: dict[str, Any], key: str) -> str:
+    """One quantity of a reversal row as "preferred / other" (byte counts as whole bytes)."""
+    vals = [r.get(f"{key}_{side}") for side in ("preferred", "other")]
+    if key.endswith("bytes"):
+        vals = [round(v) if isinstance(v, float) and math.isfinite(v) else v for v in vals]
+    return " / ".join(_fmt(v) for v in vals)
+
+
+def write_reversals_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Every reversal row, analysis.REVERSAL_COLUMNS in that order, to a CSV file (a header only when none)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(analysis.REVERSAL_COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def _reversal_section(
+    results: list[dict[str, Any]],
+    samples: int,
+    correction: str,
+    out: Path | None = None,
+    top: int = TOP_REVERSALS,
+    tolerance: float = analysis.TOLERANCE,
+) -> str:
+    """The count of reversals and the `top` largest by |Δbpb|; every one to out/reversals.csv (out given)."""
     alpha = 0.05
-    rev = analysis.reversals(results, samples, level=1 - alpha, correction=correction, alpha=alpha)
-    bpb = [r for r in rev if r["outcome"] == "bpb"]
-    exact = [r for r in rev if r["outcome"] != "bpb"]
-    family = rev[0]["family"] if rev else 0
-    used = rev[0]["samples"] if rev else samples
-    sig = [r for r in bpb if r["significant"]]
-    raised = f", raised from {samples} so that p can reach {alpha:g} after correction" if used > samples else ""
-    out = [
-        "Pairs where the pre-artifact metric prefers one point and the outcome the other. Final-bytes reversals "
-        f"are exact. bpb reversals are tested by the paired bootstrap ({used} resamples{raised}): listed where "
-        f"the raw p ≤ {alpha:g}; multiple-comparison correction: **{stats.correction_name(correction)}** over "
-        f"the {family} paired bpb test(s) made (every pair of points on the same windows that a metric orders); "
-        f"significant: adjusted p ≤ {alpha:g}.\n",
-        f"{len(sig) + len(exact)} reversal(s): {len(exact)} on final bytes (exact), {len(sig)} on bpb significant "
-        f"after correction ({len(bpb)} before).\n",
-    ]
-    if correction == "holm" and family / (used + 1) > alpha:
-        out.append(
-            f"Note: with {used} resamples the smallest bootstrap p is 1/{used + 1}; Holm over {family} tests "
-            f"cannot reach {alpha:g}.\n"
+    rev = analysis.reversals(results, samples, level=1 - alpha, correction=correction, alpha=alpha, tolerance=tolerance)
+    # significant first, then by |Δbpb| (reversals on bytes alone by |Δbytes| after them)
+    rev.sort(
+        key=lambda r: (
+            not r["significant"],
+            math.isnan(r["delta"]),
+            -abs(r["delta"]) if not math.isnan(r["delta"]) else -abs(r["delta_bytes"]),
         )
-    # significant bpb reversals first, then the exact byte ones, then those the correction rejects
-    rev.sort(key=lambda r: (2 * (not r["significant"]) + (r["outcome"] != "bpb"), -abs(r["delta"])))
-    cols = ["group", "metric", "outcome", "preferred", "other", "metric_preferred", "metric_other", "delta"]
-    heads = ["group", "metric", "outcome", "metric prefers", "over", "metric (pref.)", "metric (other)", "Δ outcome"]
-    cols += ["lo", "hi", "p", "p_adj", "significant"]
-    heads += ["CI lo", "CI hi", "p (raw)", f"p ({correction})", "significant"]
-    out.append(md_table(rev[:40], cols, heads))
-    if len(rev) > 40:
-        out.append(f"({len(rev) - 40} more not shown.)\n")
-    return "\n".join(out)
+    )
+    if out is not None:
+        write_reversals_csv(rev, out / REVERSALS_CSV)
+    family = rev[0]["family"] if rev else 0
+    on_bpb = [r for r in rev if r["reversed_on_bpb"]]
+    sig = [r for r in on_bpb if r["bpb_significant"]]
+    on_bytes = [r for r in rev if r["reversed_on_bytes"]]
+    total = [r for r in rev if r["significant"]]
+    text = [
+        "Pairs of systems where a pre-artifact metric prefers one point and the outcome the other: one row per "
+        "pair per budget (the reference exports at their own size join each budget they fit, as in the ranking; "
+        "one that is the same evaluation as its budget point is not compared again; other-seed repeats are left "
+        "out). **bpb** (rel_mse, output_error): only pairs whose final bytes differ by at most "
+        f"{tolerance:.0%} of the budget (off budget: of the larger), on the same windows; Δbpb of the point the "
+        f"metric prefers with the 95% CI of the paired document bootstrap ({samples} resamples), p of the "
+        "paired t-test over documents (linearized standard error of the bpb difference, analytic: no "
+        f"resampling floor); listed where p ≤ {alpha:g}; multiple-comparison correction: "
+        f"**{stats.correction_name(correction)}** over the {family} pair(s) tested; significant: adjusted "
+        f"p ≤ {alpha:g}. **Final bytes** (nominal bits/weight, entropy bound): exact, any strict difference, "
+        "except between two points landed on the same budget (their bytes are where the search stopped).\n",
+        f"**{len(total)} reversal(s)**: {len(sig)} on bpb significant after correction ({len(on_bpb)} before), "
+        f"{len(on_bytes)} on final bytes.\n",
+    ]
+    rows = []
+    for r in rev[:top]:
+        d = r["delta"]
+        cells = {
+            "group": r["group"],
+            "preferred": r["preferred"],
+            "other": r["other"],
+            "bytes": _both(r, "final_bytes"),
+            **{m: _both(r, m) for m in analysis.PRE},
+            "prefers_preferred": r["prefers_preferred"],
+            "prefers_other": r["prefers_other"],
+            "reversed": "; ".join(
+                f"{o}: {r[k]}" for o, k in (("bpb", "reversed_on_bpb"), ("bytes", "reversed_on_bytes")) if r[k]
+            ),
+            "delta": f"{d:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]" if not math.isnan(d) else "",
+            "p": r["p"],
+            "p_adj": r["p_adj"],
+            "significant": r["significant"],
+        }
+        rows.append(cells)
+    heads = ["group", "metric prefers", "over", "final bytes", "rel_mse", "output_error", "nominal bits/weight"]
+    heads += ["entropy bound B", "metrics preferring it", "metrics preferring the other", "reversed on"]
+    heads += ["Δbpb [95% CI]", "p (t-test)", f"p ({correction})", "significant"]
+    if rows:
+        order = "significant first, by |Δbpb|; each cell: metric-preferred point / other"
+        text.append(f"The first {len(rows)} ({order}):\n")
+    text.append(md_table(rows, list(rows[0]) if rows else [], heads))
+    if out is not None:
+        hidden = f" ({len(rev) - len(rows)} not shown here)" if len(rev) > len(rows) else ""
+        text.append(f"All {len(rev)} listed pair(s){hidden}, every column: [{REVERSALS_CSV}]({REVERSALS_CSV}).\n")
+    return "\n".join(text)
 
 
 def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "holm") -> Path:
-    """Write out/report.md and its PNGs from the results under src; BytegolfError if there are none.
+    """Write out/report.md, its PNGs and out/reversals.csv from the results under src; BytegolfError if there
+    are none.
 
     correction: how the p-values of the pairwise claims are adjusted for multiple comparisons,
     "holm" (default), "bh" (Benjamini–Hochberg) or "none"."""
@@ -231,7 +295,7 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
     md.append(md_table(analysis.rank_agreement(results), ["group", "metric", "outcome", "tau_b", "p", "n"]))
 
     md.append("## Ranking reversals\n")
-    md.append(_reversal_section(results, samples, correction))
+    md.append(_reversal_section(results, samples, correction, out))
     fr = analysis.frontier_reversals(ev)
     md.append("Format-level: BD-rate on nominal bytes vs on final bytes (quality rel_mse) disagree in sign:\n")
     md.append(md_table(fr, ["test", "anchor", "bd_rate_nominal", "bd_rate_final"]))

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from bytegolf.study import stats
+from bytegolf.measure import stats
+from bytegolf.study import bdrate
 
 
 def _windows(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -84,22 +85,22 @@ def _curve(d: np.ndarray) -> np.ndarray:
 
 def test_bd_rate_of_a_curve_against_itself_is_zero() -> None:
     d = np.linspace(0.5, 2.5, 6)
-    assert stats.bd_rate(_curve(d), d, _curve(d), d) == pytest.approx(0.0, abs=1e-9)
+    assert bdrate.bd_rate_or_nan(_curve(d), d, _curve(d), d) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_bd_rate_of_ten_percent_more_bytes_is_ten_percent() -> None:
     da = np.linspace(0.5, 2.5, 6)
     db = np.linspace(0.7, 2.9, 5)  # sampled elsewhere, partly overlapping
-    bd = stats.bd_rate(_curve(da), da, 1.1 * _curve(db), db)
+    bd = bdrate.bd_rate_or_nan(_curve(da), da, 1.1 * _curve(db), db)
     assert bd == pytest.approx(10.0, abs=0.5)
-    back = stats.bd_rate(1.1 * _curve(db), db, _curve(da), da)
+    back = bdrate.bd_rate_or_nan(1.1 * _curve(db), db, _curve(da), da)
     assert back == pytest.approx(100 / 1.1 - 100, abs=0.5)  # -9.09%: the anchor needs 1/1.1 of the bytes
 
 
 def test_bd_rate_without_overlap_is_nan() -> None:
     da, db = np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6])
-    assert math.isnan(stats.bd_rate(_curve(da), da, _curve(db), db))
-    assert math.isnan(stats.bd_rate(_curve(da), da, _curve(da[:1]), da[:1]))  # one point is no curve
+    assert math.isnan(bdrate.bd_rate_or_nan(_curve(da), da, _curve(db), db))
+    assert math.isnan(bdrate.bd_rate_or_nan(_curve(da), da, _curve(da[:1]), da[:1]))  # one point is no curve
 
 
 def test_document_bootstrap_resamples_whole_documents() -> None:

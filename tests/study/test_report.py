@@ -3,6 +3,7 @@ the frontier plot draws the reference line, exports and caps; the report names i
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -133,21 +134,13 @@ def test_frontier_plot_draws_reference_bpb_exports_and_caps(tmp_path: Path) -> N
 
 def test_report_prints_the_correction_raw_and_adjusted_p_and_bd_rate(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    for i, r in enumerate(_synthetic_results()):
+    for i, r in enumerate(_reversal_rows()):
         (src / f"p{i}").mkdir(parents=True)
         (src / f"p{i}" / "result.json").write_text(json.dumps(r))
     md = report.write_report(src, tmp_path / "out", samples=200).read_text()
     rev = md.split("## Ranking reversals")[1]
     assert "multiple-comparison correction: **Holm (family-wise error rate)**" in rev
-    assert "| p (raw) | p (holm) | significant |" in rev
-    # pg_top's tiny rel_mse and +0.067 bpb over the best scalar point: a clear reversal that survives Holm
-    (line,) = [
-        ln for ln in rev.splitlines() if ln.startswith("| all points | rel_mse | bpb | pg_top@own | scalar k=3 |")
-    ]
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    p_raw, p_adj = float(cells[10]), float(cells[11])
-    assert float(cells[7]) == pytest.approx(0.8 / 3 - 0.8 / 4, abs=0.01) and cells[12] == "yes"
-    assert p_raw < p_adj <= 0.05
+    assert "| p (t-test) | p (holm) | significant |" in rev and "**2 reversal(s)**" in rev
     bd = md.split("### BD-rate against a reference system")[1].split("BD-rate on (final bytes, rel_mse)")[0]
     assert "Reference: **scalar**" in bd  # pg_top has one point: the best-ranked system is the reference
     (clustered,) = [line for line in bd.splitlines() if line.startswith("| clustered |")]
@@ -164,3 +157,54 @@ def test_report_prints_the_correction_raw_and_adjusted_p_and_bd_rate(tmp_path: P
     assert "pg_top: 1 point(s), 1 on its Pareto front; a front needs 2" in bd
     bh = report.write_report(src, tmp_path / "out_bh", samples=200, correction="bh").read_text()
     assert "**Benjamini–Hochberg (false discovery rate)**" in bh and "| p (bh) |" in bh
+
+
+def _reversal_rows() -> list[dict]:
+    """_synthetic_results plus two systems 0.55% of bytes from a scalar point with far lower rel_mse and clearly
+    higher bpb (+0.03, +0.05): two reversals on bpb."""
+    return [
+        *_synthetic_results(),
+        {**_synthetic("clustered", 3, 0.905, 0.03), "variant": "additive", "rel_mse": 1e-4},  # vs scalar k=3
+        {**_synthetic("clustered", 2, 0.905, 0.05), "variant": "sparse", "rel_mse": 1e-4},  # vs scalar k=2
+    ]
+
+
+def test_reversals_go_to_a_csv_and_the_report_shows_the_count_and_the_largest(tmp_path: Path) -> None:
+    rows = _reversal_rows()
+    md = report._reversal_section(rows, 200, "holm", tmp_path, top=1)
+    assert "**2 reversal(s)**: 2 on bpb significant after correction (2 before), 0 on final bytes." in md
+    assert "| Δbpb [95% CI] | p (t-test) | p (holm) | significant |" in md
+    table = [ln for ln in md.splitlines() if ln.startswith("| all points |")]
+    (line,) = table  # top=1: only the largest |Δbpb|
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:4] == ["sparse", "scalar k=2", "3,620,000 / 3,600,000"]
+    assert cells[4] == "0.0001 / 0.025" and cells[10] == "bpb: rel_mse" and cells[14] == "yes"
+    delta = float(cells[11].split()[0])
+    assert delta == pytest.approx(rows[-1]["bpb"] - rows[2]["bpb"], abs=1e-4) and delta > 0.04
+    assert 0 < float(cells[12]) < 1 / 201  # the t-test p, off the bootstrap floor
+    assert "All 2 listed pair(s) (1 not shown here), every column: [reversals.csv](reversals.csv)." in md
+    # without the two: every pair of points differs by 5% of bytes or more (the old list had pg_top@own over
+    # scalar k=3, 3.8 vs 7.2 MB): none within 2%, no reversal
+    none = report._reversal_section(_synthetic_results(), 200, "holm")
+    assert "**0 reversal(s)**: 0 on bpb significant after correction (0 before), 0 on final bytes." in none
+    with (tmp_path / report.REVERSALS_CSV).open() as f:
+        got = list(csv.DictReader(f))
+    want = analysis.reversals(rows, 200, level=0.95, alpha=0.05)
+    assert len(got) == len(want) == 2 and list(got[0]) == list(analysis.REVERSAL_COLUMNS)
+    assert [(r["preferred"], r["other"]) for r in got] == [("sparse", "scalar k=2"), ("additive", "scalar k=3")]
+    assert {(r["preferred"], r["other"], r["p"]) for r in want} == {
+        (r["preferred"], r["other"], float(r["p"])) for r in got
+    }
+    assert float(got[1]["final_bytes_preferred"]) == 7_240_000 and got[1]["reversed_on_bpb"] == "rel_mse"
+
+
+def test_write_report_writes_reversals_csv_beside_report_md(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i, r in enumerate(_reversal_rows()):
+        (src / f"p{i}").mkdir(parents=True)
+        (src / f"p{i}" / "result.json").write_text(json.dumps(r))
+    md = report.write_report(src, tmp_path / "out", samples=200).read_text()
+    assert "**2 reversal(s)**" in md and "All 2 listed pair(s), every column" in md
+    assert "reversals.csv" in {p.name for p in (tmp_path / "out").iterdir()}
+    with (tmp_path / "out" / "reversals.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
