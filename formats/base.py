@@ -131,6 +131,8 @@ BUILTIN: dict[str, str] = {
     "basis_delta": "bytegolf.formats.basis_delta:BasisDelta",
     "sparse_outlier": "bytegolf.formats.sparse_outlier:SparseOutlier",
     "lowrank": "bytegolf.formats.lowrank:LowRank",
+    "kquant": "bytegolf.formats.kquant:KQuant",
+    "hqq": "bytegolf.formats.hqq:HQQ",
 }
 
 # The built-ins plus the `bytegolf.formats` entry points of installed distributions (a built-in wins a clash).
