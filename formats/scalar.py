@@ -91,6 +91,24 @@ class Grid:
         return Grid(self.bits, self.clip.to(device), self.scale.to(device), self.deq_scale.to(device), z)
 
 
+SDCLIP_K_INT6 = 12.85  # the leading records' clip multiple for int6 block matrices
+
+
+def clip_warning(params: dict[str, Any]) -> str | None:
+    """Why a scalar setting is likely a mistake, or None: SDClip at a width other than int6 with the clip
+    multiple left at its default (12.85 is tuned for int6; at int4 its step is 1.8σ and most weights round
+    to zero)."""
+    bits = params.get("bits", 6)
+    if params.get("clip", "sdclip") != "sdclip" or params.get("clip_k") is not None or bits == 6:
+        return None
+    keep = SDCLIP_K_INT6 * (2 ** (bits - 1) - 1) / 31
+    return (
+        f"scalar bits={bits} with clip_k left at {SDCLIP_K_INT6}, which is tuned for int6: the step is "
+        f"{SDCLIP_K_INT6 / (2 ** (bits - 1) - 1):.2f} std of a row. Under an entropy coder the clip, not the width, "
+        f"sets the rate: set format.clip_k (e.g. {keep:.2f} keeps int6's step at int{bits}) or sweep clip_k at bits=6"
+    )
+
+
 class Scalar(Format):
     """b-bit scalar quantization per row or group, symmetric or asymmetric, RTN or GPTQ."""
 
@@ -104,7 +122,7 @@ class Scalar(Format):
         symmetric: bool = True,
         clip: str = "sdclip",
         clip_q: float = 0.9999984,
-        clip_k: float = 12.85,
+        clip_k: float | None = None,
         scale_dtype: str = "fp16",
         scale_floor: float = 0.0,
         gptq: bool = False,
@@ -118,7 +136,8 @@ class Scalar(Format):
         search_steps: int = 36,
     ) -> None:
         """round_stored: round with the stored scale (else the fp32 one); scale_search: none, mse or
-        output, over factors of the clip rule's scale in [search_min, search_max] (search_steps + 1)."""
+        output, over factors of the clip rule's scale in [search_min, search_max] (search_steps + 1);
+        clip_k None: the records' int6 multiple 12.85 (see clip_warning for other widths)."""
         if not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ConfigError(f"scalar: bits must be an integer in 2..8, got {bits!r}")
         if not isinstance(group_size, int) or group_size < 0:
@@ -127,6 +146,8 @@ class Scalar(Format):
             raise ConfigError(f"scalar: clip must be one of {', '.join(CLIPS)}, got {clip!r}")
         if not 0.0 < clip_q <= 1.0:
             raise ConfigError(f"scalar: clip_q must be in (0, 1], got {clip_q!r}")
+        if clip_k is None:
+            clip_k = SDCLIP_K_INT6
         if not clip_k > 0:
             raise ConfigError(f"scalar: clip_k must be positive, got {clip_k!r}")
         if scale_dtype not in SCALE_DTYPES:

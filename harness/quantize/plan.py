@@ -49,7 +49,10 @@ def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class Rule:
     """Tensors whose name matches `match` (a glob) get `format` (default: the run's format) with `params`
-    over that format's settings (the run's for the run's format, else `format=<name>`'s defaults)."""
+    over that format's settings (the run's for the run's format, else `format=<name>`'s defaults).
+
+    A rule takes every float tensor its glob matches, those that would pass through included (small tensors,
+    control tensors such as `blocks.N.attn.q_gain`): a glob meant for matrices names them (`blocks.*.attn.*.weight`)."""
 
     match: str
     format: str | None = None

@@ -14,7 +14,7 @@ import yaml
 
 from bytegolf.errors import ConfigError
 from bytegolf.formats.base import EncodeContext, get_format
-from bytegolf.formats.scalar import Scalar, quantile
+from bytegolf.formats.scalar import Scalar, clip_warning, quantile
 from bytegolf.measure.metrics import rel_mse
 
 PG_Q = 0.9999984
@@ -437,3 +437,13 @@ def test_gptq_column_quantizer_rounds_as_rtn():
         assert np.array_equal(rtn, gptq)
         codes[rs] = rtn
     assert not np.array_equal(codes[True], codes[False])
+
+
+def test_clip_warning_names_a_width_the_default_clip_is_not_tuned_for():
+    """clip_k left at the int6 default with another width is flagged; a chosen clip_k, int6 or another clip is not."""
+    msg = clip_warning({"bits": 4, "clip": "sdclip", "clip_k": None})
+    assert msg is not None and "bits=4" in msg and "1.84 std" in msg and "2.90 keeps int6's step" in msg
+    assert clip_warning({"bits": 6, "clip": "sdclip", "clip_k": None}) is None
+    assert clip_warning({"bits": 4, "clip": "sdclip", "clip_k": 4.0}) is None
+    assert clip_warning({"bits": 4, "clip": "max", "clip_k": None}) is None
+    assert Scalar(bits=4).clip_k == Scalar().clip_k == 12.85  # unset means the records' multiple
