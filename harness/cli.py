@@ -30,6 +30,7 @@ verbs:
   eval      ARTIFACT [overrides] : score an existing artifact (or run directory) without encoding it again:
             bpb with its interval and the protocol; eval.kld=true adds llama-perplexity's KLD table; by
             default under the config of the run that wrote it (e.g. eval outputs/runs/X eval.windows=0)
+  list      formats|codecs|presets|systems : one line each, what it is and its cost where measured
   inspect   ARTIFACT : every stream's format, role, codec, stored and raw bytes and entropy bound; totals by role
   decode    ARTIFACT OUT.safetensors : the artifact's decoded weights (decoded as evaluation decodes them)
 
@@ -317,7 +318,22 @@ def decode_main(args: list[str]) -> None:
     main_(args)
 
 
-PLAIN = {"results": results_main, "report": report_main, "inspect": inspect_main, "decode": decode_main}
+def list_main(args: list[str]) -> None:
+    """`bytegolf list formats|codecs|presets|systems`: one line each."""
+    from bytegolf.tools.catalog import KINDS, render
+
+    if len(args) != 1 or args[0] not in KINDS:
+        raise BytegolfError(f"usage: bytegolf list {'|'.join(KINDS)}")
+    print(render(args[0]))
+
+
+PLAIN = {
+    "list": list_main,
+    "results": results_main,
+    "report": report_main,
+    "inspect": inspect_main,
+    "decode": decode_main,
+}
 
 
 def _eval_overrides(args: list[str]) -> list[str]:
