@@ -336,6 +336,17 @@ PLAIN = {
 }
 
 
+def _task_help(verb: str, config_name: str, overrides: list[str]) -> str:
+    """A Hydra verb's help: groups, choices and every key with its YAML comment (under the given overrides)."""
+    from hydra import compose, initialize_config_dir
+
+    from bytegolf.confighelp import task_help
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=[o for o in overrides if "=" in o and not o.startswith("-")])
+    return task_help(verb, config_name, cfg)
+
+
 def _eval_overrides(args: list[str]) -> list[str]:
     """`eval ARTIFACT [overrides]` as Hydra arguments: the artifact's path as a key, the run's own composed
     config (DIR/.hydra/config.yaml beside the artifact) as the base when there is one, and the output
@@ -390,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     config_name, task = TASKS[verb]
+    if {"--help", "-h"} & set(overrides):
+        print(_task_help(verb, config_name, [o for o in overrides if o not in ("--help", "-h")]))
+        return
     sys.argv = [f"bytegolf {verb}", *overrides]
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()
     if sweep.FAILED:

@@ -18,3 +18,13 @@ def test_list_names_every_registered_format_and_codec() -> None:
     assert {"pg_baseline", "pg_record", "pg_top", "scalar_gptq", "alloc_gptq"} <= systems
     done = subprocess.run([sys.executable, "-m", "bytegolf.cli", "list", "nope"], capture_output=True, text=True)
     assert done.returncode == 2 and "usage: bytegolf list formats|codecs|presets|systems" in done.stderr
+
+
+def test_verb_help_lists_choices_and_keys_with_their_comments_and_no_internal_schemas() -> None:
+    done = subprocess.run([sys.executable, "-m", "bytegolf.cli", "run", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "base_" not in out and "format={additive, basis_delta, clustered" in out and "scalar*" in out
+    assert "eval.windows = " in out and "format.clip_k = None   # SDClip multiple" in out
+    done = subprocess.run([sys.executable, "-m", "bytegolf.cli", "compare", "--help"], capture_output=True, text=True)
+    assert "compare.budgets = [16000000.0, 8000000.0, 4000000.0]   # bytes" in done.stdout
