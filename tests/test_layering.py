@@ -19,7 +19,7 @@ LAYERS = (
     {"run"},
     {"search"},
     {"study"},
-    {"settings", "cli", "tools", "__init__"},
+    {"settings", "cli", "confighelp", "tools", "__init__"},
 )
 FOLDERS = {"harness": "bytegolf", "formats": "bytegolf.formats", "codecs": "bytegolf.codecs"}
 
