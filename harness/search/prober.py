@@ -29,6 +29,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("bytegolf")
 
 
+def remove_stale_probes(folder: Path) -> list[Path]:
+    """Delete the probe files (.probe-<name>-<pid>.bgz) of processes that no longer run, such as a search
+    killed with SIGKILL; a live process's probe (another compare on the same folder) stays. Returns the
+    removed paths."""
+    removed = []
+    for path in folder.glob(".probe-*-*.bgz"):
+        pid = path.stem.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Workspace:
     """What every probe of every format shares: the state dict, the plan settings, the Gram matrices."""
 

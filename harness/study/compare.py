@@ -50,7 +50,7 @@ from bytegolf.quantize.plan import PlanConfig, format_defaults, merge_settings
 from bytegolf.run import store, sweep
 from bytegolf.run.provenance import git_revision, source_hash
 from bytegolf.search import budget as search
-from bytegolf.search.prober import Encoder, Workspace
+from bytegolf.search.prober import Encoder, Workspace, remove_stale_probes
 from bytegolf.study.analysis import REFERENCE_SYSTEMS, system
 
 log = logging.getLogger("bytegolf")
@@ -432,6 +432,8 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     if not budgets:
         raise ConfigError("compare: need at least one budget")
     count_code = bool(cfg.budget.count_code)
+    for stale in remove_stale_probes(out_dir / "search"):
+        log.info("removed %s, the probe of a search that no longer runs", stale)
     if cc.get("rank_by", "bpb") not in ("bpb", "kld"):
         raise ConfigError(f"compare.rank_by must be bpb or kld, got {cc.rank_by!r}")
     if cc.get("rank_by") == "kld" and not cfg.eval.get("kld", False):

@@ -180,3 +180,21 @@ def test_a_flat_stretch_of_a_continuous_knob_ends_the_search() -> None:
 
     landing = search(measure, Knob("num_codebooks", 1, 16, log=False), 2.0, 2500, tol=0.0001)
     assert landing.final_bytes == 2007 and landing.status == "short" and len(calls) <= 24
+
+
+def test_probes_of_processes_that_no_longer_run_are_removed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bytegolf.search.prober import remove_stale_probes
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f".probe-scalar-{int(dead.stdout)}.bgz"
+    live = tmp_path / f".probe-scalar-{os.getpid()}.bgz"
+    other = tmp_path / "scalar_abc.json"
+    for p in (gone, live, other):
+        p.write_bytes(b"x" * 100)
+    assert remove_stale_probes(tmp_path) == [gone]
+    assert not gone.exists() and live.exists() and other.exists()
+    assert remove_stale_probes(tmp_path / "missing") == []
