@@ -234,7 +234,10 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         "cap_counts_code": cfg.budget.count_code,
         "rel_mse": metrics.weighted_mean([r["rel_mse"] for r in quantized], weights),
         "sqnr_db": metrics.weighted_mean([r["sqnr_db"] for r in quantized], weights),
-        "output_error": metrics.weighted_mean([r["output_error"] for r in quantized], weights),
+        "output_error": metrics.weighted_mean(
+            [r["output_error"] for r in quantized], [r["output_error_params"] for r in quantized]
+        ),
+        "output_error_covers": _output_error_covers(quantized),
         **(_eval_fields(res, ref, ed, cfg) if res is not None and ref is not None else _unmeasured(ad)),
         **storage,
         "tensors": tensor_rows,
@@ -358,15 +361,15 @@ def _extra_codecs(
 
 
 def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
-    """Per-tensor error measures of the decoded weights against the originals."""
+    """Per-tensor error measures of the decoded weights against the originals: rel_mse and SQNR over the whole
+    tensor, output error per matrix (per slice for a weight bank; metrics.tensor_output_error)."""
     rows = []
     for unit in units:
         unit_numel = sum(math.prod(t.shape) for t in unit.tensors) or 1
         for spec in unit.tensors:
             w, w_hat = state[spec.name], decoded[spec.name]
             rel = metrics.rel_mse(w.float(), w_hat.float()) if w.is_floating_point() else 0.0
-            g = grams.get(spec.name)
-            out_err = metrics.output_error(w.float(), w_hat.float(), g) if g is not None and w.ndim == 2 else math.nan
+            out_err, covered = metrics.tensor_output_error(spec.name, w.float(), w_hat.float(), grams)
             rows.append(
                 {
                     "name": spec.name,
@@ -375,10 +378,31 @@ def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
                     "rel_mse": rel,
                     "sqnr_db": metrics.sqnr_db(rel),
                     "output_error": out_err,
+                    "output_error_params": covered,  # the params it covers (all, or a bank's slices with Grams)
                     "nominal_bits": unit.nominal_bits * w.numel() / unit_numel,
                 }
             )
     return rows
+
+
+def _output_error_covers(quantized: list[dict]) -> dict[str, Any]:
+    """What the aggregate output error covers: the quantized tensors and params with a Gram matrix, of all
+    quantized params, and the tensors without one (in full or, for a bank, some slices)."""
+    return {
+        "tensors": sum(1 for r in quantized if r["output_error_params"]),
+        "params": sum(r["output_error_params"] for r in quantized),
+        "of_params": sum(r["params"] for r in quantized),
+        "missing": [r["name"] for r in quantized if r["output_error_params"] < r["params"]],
+    }
+
+
+def _output_err(r: dict[str, Any]) -> str:
+    """The summary's output error, with the share of quantized weights it covers when that is not all."""
+    cov = r.get("output_error_covers")
+    if not cov or not cov["of_params"] or cov["params"] >= cov["of_params"]:
+        return f"output_err {r['output_error']:.3e}"
+    share = min(round(100 * cov["params"] / cov["of_params"], 1), 99.9)  # 99.96% is not 100%
+    return f"output_err {r['output_error']:.3e} ({share:g}% of quantized weights)"
 
 
 def _parts(by_role: dict[str, float] | None) -> str:
@@ -407,7 +431,7 @@ def summary_line(r: dict[str, Any]) -> str:
     return (
         f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B (+{r['code_bytes']:,} B code; "
         f"{r['bits_per_weight']:.3f} bits/weight, "
-        f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} output_err {r['output_error']:.3e} "
+        f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} {_output_err(r)} "
         f"{bpb}{kld}"
         f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s\n"
         f"  bytes by role: {shares}{bound}{extra}"

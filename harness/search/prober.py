@@ -189,11 +189,14 @@ class Encoder:
             if unit.format == "passthrough":
                 continue
             for spec in unit.tensors:
-                g, rec = self.ws.grams.get(spec.name), (unit.recon or {}).get(spec.name)
-                w = self.ws.state[spec.name]
-                if g is not None and rec is not None and w.ndim == 2:
-                    errs.append(metrics.output_error(w.float(), rec.float(), g))
-                    weights.append(w.numel())
+                rec = (unit.recon or {}).get(spec.name)
+                if rec is None:
+                    continue
+                err, covered = metrics.tensor_output_error(spec.name, self.ws.state[spec.name].float(), rec.float(),
+                                                           self.ws.grams)  # fmt: skip
+                if covered:
+                    errs.append(err)
+                    weights.append(covered)
         return metrics.weighted_mean(errs, weights) if errs else None
 
     def _save(self) -> None:
