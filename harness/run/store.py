@@ -166,23 +166,28 @@ def claim(out_dir: Path) -> Iterator[bool]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CLAIM
     body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if _claim_is_live(path):
-                yield False
-                return
-            log.info("taking over the stale claim %s", path)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
-        break
-    else:
-        yield False
-        return
+    # the claim appears whole or not at all: written aside, then hard-linked into place (a reader
+    # never sees an empty claim it would take for a crashed taker's)
+    tmp = out_dir / f".claim-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+    tmp.write_text(body)
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                if _claim_is_live(path):
+                    yield False
+                    return
+                log.info("taking over the stale claim %s", path)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            break
+        else:
+            yield False
+            return
+    finally:
+        tmp.unlink(missing_ok=True)
     stop = threading.Event()
 
     def beat() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,31 @@ def test_claim_is_exclusive_and_stale_claims_are_taken_over(tmp_path: Path) -> N
     os.utime(tmp_path / store.CLAIM, (0, 0))
     with store.claim(tmp_path) as fourth:
         assert fourth  # ... until it goes stale
+
+
+def _race(out_dir: Path, start, owners) -> None:
+    start.wait()
+    with store.claim(out_dir) as owned:
+        if owned:
+            owners.put(os.getpid())
+            time.sleep(0.3)  # hold it while the others look
+
+
+def test_claim_has_one_owner_when_workers_race(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        start, owners = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(tmp_path / str(round_), start, owners)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=30)
+        won = []
+        while not owners.empty():
+            won.append(owners.get())
+        assert len(won) == 1, f"round {round_}: {len(won)} workers owned one point"
+        assert not (tmp_path / str(round_) / store.CLAIM).exists()
+        assert [f.name for f in (tmp_path / str(round_)).iterdir()] == []  # no aside copies left
 
 
 def test_table_flattens_scalars_and_drops_lists(tmp_path: Path) -> None:
