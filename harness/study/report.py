@@ -12,7 +12,7 @@ from typing import Any
 from bytegolf.errors import BytegolfError
 from bytegolf.measure import stats
 from bytegolf.run import store
-from bytegolf.study import analysis, plots
+from bytegolf.study import analysis, html, plots
 
 
 def _fmt(v: Any) -> str:
@@ -264,10 +264,12 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
     md.append("## Frontiers\n")
     if ev:
         pngs = [
-            plots.frontier(ev, "bpb", "bits per byte of the decoded model (bpb)", out / "frontier_bpb.png", clip=1.5),
+            plots.delta_frontier(results, out / "frontier_bpb.png", samples),
+            plots.delta_by_budget(results, out / "delta_bpb_by_budget.png", samples),
             plots.frontier(ev, "rel_mse", "weight relative MSE ‖W−Ŵ‖²/‖W‖²", out / "frontier_rel_mse.png", logy=True),
             plots.nominal_vs_actual(ev, out / "nominal_vs_actual.png"),
         ]
+        pngs = [p for p in pngs if p is not None]  # no per-budget plot without budgets
         md += [f"![{p.stem}]({p.name})\n" for p in pngs]
         for y in ("bpb", "rel_mse"):
             rows = []
@@ -300,6 +302,8 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
     md.append("Format-level: BD-rate on nominal bytes vs on final bytes (quality rel_mse) disagree in sign:\n")
     md.append(md_table(fr, ["test", "anchor", "bd_rate_nominal", "bd_rate_final"]))
 
+    if html.write_html(results, out / "report.html", samples, title=f"bytegolf report: {src}") is not None:
+        md.insert(2, "Interactive plots (hover: each point's bytes, bpb ± CI, protocol): [report.html](report.html)\n")
     path = out / "report.md"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(md))

@@ -113,15 +113,15 @@ def test_frontier_plot_draws_reference_bpb_exports_and_caps(tmp_path: Path) -> N
     by_gid = {a.get_gid(): a for a in [*ax.lines, *ax.collections, *ax.texts] if a.get_gid()}
     assert by_gid["ref_bpb"].get_ydata()[0] == pytest.approx(1.6925)  # the unquantized model, horizontal
     assert list(by_gid["ref_bpb"].get_xdata()) == [0, 1]  # spans the axes
-    assert by_gid["cap:16000000"].get_xdata()[0] == 16_000_000 and by_gid["cap:2000000"].get_xdata()[0] == 2_000_000
+    assert by_gid["cap:2000000"].get_xdata()[0] == 2_000_000  # the one budget used
+    assert "cap:16000000" not in by_gid  # the byte cap of a study with budgets is not drawn
     top = rows[-3]
     assert by_gid["reference:pg_top@own"].get_offsets().tolist() == [[top["final_bytes"], top["bpb"]]]
-    assert by_gid["reference_label:pg_top@own"].get_text() == "pg_top@own"
-    assert "reference_label:pg_baseline@own" in by_gid
+    assert "reference:pg_baseline@own" in by_gid and not ax.texts  # named in the legend, no label on a point
     assert sorted(g for g in by_gid if g.startswith("front:")) == ["front:clustered", "front:scalar"]  # no pg_* line
     assert len(by_gid["front:scalar"].get_xdata()) == 4
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "unquantized model (1.6925 bpb)" in legend and "Parameter Golf reference exports" in legend
+    assert "unquantized model (1.6925 bpb)" in legend and "pg_top  (1 point)" in legend
     assert ax.get_ylim()[0] < 1.6925  # the reference line is inside the clipped axis
     pyplot().close(fig)
     # rel_mse has no unquantized line; the PNG is written
