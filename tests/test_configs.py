@@ -171,8 +171,8 @@ def _readme_commands(section: str) -> list[list[str]]:
 
 
 def test_readme_bring_your_own_commands_compose() -> None:
-    commands = _readme_commands("Bring your own checkpoint and data")
-    assert [c[0] for c in commands] == ["run", "run", "train"]
+    commands = _readme_commands("Bring your own checkpoint, data and model")
+    assert [c[0] for c in commands] == ["run", "run", "train", "run"]
     for verb, *overrides in commands:
         cli._check_choices(overrides)
         cli._check_groups(verb, cli.TASKS[verb][0], overrides)
