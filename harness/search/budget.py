@@ -63,7 +63,7 @@ class Knob:
 KNOBS: dict[str, Knob] = {
     # SDClip clips each row at clip_k·std: below ~3σ it cuts into the bulk of the weights, so bytes
     # still rise while quality collapses (int6 at k=1.6: rel MSE 0.14); the search stops at 3.
-    "clip_k": Knob("clip_k", 3.0, 64.0),
+    "clip_k": Knob("clip_k", 3.0, 256.0),
     "lam": Knob("lam", 1e-4, 100.0),
     "bits": Knob("bits", 2, 8, log=False, integer=True),
     "codebook_size": Knob("codebook_size", 2, 65536, integer=True),
@@ -75,12 +75,34 @@ KNOBS: dict[str, Knob] = {
 }
 
 
+def setting(params: dict[str, Any], name: str) -> Any:
+    """A format setting by its dotted name ("base.clip_k": the clip of sparse_outlier's base); None if unset."""
+    node: Any = params
+    for part in name.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def with_setting(params: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
+    """params with the setting at a dotted name replaced (nested dicts copied, the input untouched)."""
+    head, _, rest = name.partition(".")
+    if not rest:
+        return {**params, head: value}
+    inner = params.get(head)
+    if not isinstance(inner, dict):
+        raise ConfigError(f"knob {name}: {head} is not a nested setting of this format (it is {inner!r})")
+    return {**params, head: with_setting(inner, rest, value)}
+
+
 def knob_for(name: str | None, default: Any, override: dict[str, Any] | None = None) -> Knob | None:
-    """The search range of a knob: from KNOBS, else inferred from the default's type; override
-    (keys lo, hi, log, integer) wins."""
+    """The search range of a knob: from KNOBS (by its last name part: base.clip_k ranges as clip_k),
+    else inferred from the default's type; override (keys lo, hi, log, integer) wins."""
     if name is None:
         return None
-    knob = KNOBS.get(name)
+    knob = KNOBS.get(name) or KNOBS.get(name.rsplit(".", 1)[-1])
+    knob = replace(knob, name=name) if knob is not None else None
     if knob is None:
         if isinstance(default, bool) or not isinstance(default, (int, float)) or default <= 0:
             raise ConfigError(
@@ -93,7 +115,8 @@ def knob_for(name: str | None, default: Any, override: dict[str, Any] | None = N
     if override:
         unknown = set(override) - {"lo", "hi", "log", "integer"}
         if unknown:
-            raise ConfigError(f"knob settings for {name}: unknown keys {sorted(unknown)} (use lo, hi, log, integer)")
+            keys = "name, lo, hi, log, integer"
+            raise ConfigError(f"knob settings for {name}: unknown keys {sorted(unknown)} (use {keys})")
         knob = replace(knob, **{k: v for k, v in override.items()})
     if not knob.lo < knob.hi or (knob.log and knob.lo <= 0):
         raise ConfigError(f"knob {name}: need 0 < lo < hi on a log scale (lo < hi otherwise), got {knob}")
@@ -110,6 +133,7 @@ class Probe:
     seconds: float = 0.0
     error: str = ""
     output_error: float | None = None  # the encoding's aggregate output error, where Gram matrices exist
+    rel_mse: float | None = None  # the encoding's parameter-weighted rel MSE
 
     def counted(self, count_code: bool) -> int | None:
         if self.final_bytes is None:

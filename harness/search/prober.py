@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bytegolf.errors import ConfigError
-from bytegolf.search.budget import Knob, Probe
+from bytegolf.search.budget import Knob, Probe, with_setting
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -139,7 +139,9 @@ class Encoder:
                 self.cache[float(p["value"])] = Probe(**p)
 
     def params_at(self, value: float) -> dict[str, Any]:
-        return {**self.params, self.knob.name: self.knob.value(value)} if self.knob else dict(self.params)
+        if self.knob is None:
+            return dict(self.params)
+        return with_setting(self.params, self.knob.name, self.knob.value(value))
 
     def __call__(self, value: float) -> Probe:
         if value in self.cache:
@@ -164,8 +166,9 @@ class Encoder:
             lay = layout.LayoutConfig(**(self.layout_cfg if self.layout_cfg is not None else cfg.layout))
             written = artifact.write(path, units, self.codec, self.codec_params, lay)
             code = codebytes.artifact_code_bytes(path)["code_bytes"]
-            err = self.output_error(units)
-            probe = Probe(value, written.final_bytes, code, round(time.perf_counter() - t0, 3), output_error=err)
+            err, rel = self.errors(units)
+            seconds = round(time.perf_counter() - t0, 3)
+            probe = Probe(value, written.final_bytes, code, seconds, output_error=err, rel_mse=rel)
             self.units[value] = units
             while len(self.units) > KEEP_ENCODINGS:
                 self.units.pop(next(iter(self.units)))
@@ -179,12 +182,13 @@ class Encoder:
         self._save()
         return probe
 
-    def output_error(self, units: list) -> float | None:
-        """The parameter-weighted mean output error (bytegolf.measure.metrics.output_error) of the encoding's
-        reconstructions over the tensors with a Gram matrix, as a run reports it; None without any."""
+    def errors(self, units: list) -> tuple[float | None, float | None]:
+        """The encoding's pre-artifact errors as a run reports them: the parameter-weighted mean output error
+        (bytegolf.measure.metrics.output_error; None without any Gram matrix) and rel MSE over the tensors
+        the format encodes."""
         from bytegolf.measure import metrics
 
-        errs, weights = [], []
+        errs, weights, rels, sizes = [], [], [], []
         for unit in units:
             if unit.format == "passthrough":
                 continue
@@ -192,12 +196,15 @@ class Encoder:
                 rec = (unit.recon or {}).get(spec.name)
                 if rec is None:
                     continue
-                err, covered = metrics.tensor_output_error(spec.name, self.ws.state[spec.name].float(), rec.float(),
-                                                           self.ws.grams)  # fmt: skip
+                w = self.ws.state[spec.name].float()
+                rels.append(metrics.rel_mse(w, rec.float()))
+                sizes.append(w.numel())
+                err, covered = metrics.tensor_output_error(spec.name, w, rec.float(), self.ws.grams)
                 if covered:
                     errs.append(err)
                     weights.append(covered)
-        return metrics.weighted_mean(errs, weights) if errs else None
+        out = metrics.weighted_mean(errs, weights) if errs else None
+        return out, (metrics.weighted_mean(rels, sizes) if rels else None)
 
     def _save(self) -> None:
         if self.cache_file is None:
@@ -213,3 +220,24 @@ class Encoder:
             "probes": [asdict(p) for p in sorted(self.cache.values(), key=lambda p: p.value)],
         }
         write_json_atomic(self.cache_file, body)
+
+
+def probe_rows(search_dir: Path) -> list[dict[str, Any]]:
+    """Every cached probe under a compare's search/ as a row: variant (the system's label), format, knob,
+    value, final_bytes, code_bytes, rel_mse, output_error, seconds. Probes that did not encode are left out."""
+    import json
+
+    rows = []
+    for path in sorted(search_dir.glob("*.json")):
+        if path.name.endswith(".allocation.json"):
+            continue
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        label = path.stem.rsplit("_", 1)[0]  # <label>_<config hash>
+        knob = (body.get("knob") or {}).get("name")
+        for p in body.get("probes", []):
+            if p.get("final_bytes") is not None:
+                rows.append({"variant": label, "format": body.get("format"), "knob": knob, **p})
+    return rows

@@ -194,7 +194,7 @@ class CompareSettings:
     formats: list[str] | None = None
     references: list[str] = field(default_factory=lambda: list(REFERENCES))
     search_references: Any = True  # true: every reference; false: none; a list: those references
-    budgets: list[float] = field(default_factory=lambda: [16e6, 8e6, 4e6])
+    budgets: list[float] = field(default_factory=lambda: [16e6, 4e6, 3e6, 2e6])
     params: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, Any] = field(default_factory=dict)
@@ -209,6 +209,7 @@ class CompareSettings:
     rank_by: str = "bpb"  # bpb, or kld (mean KL(ref||quant) per token; needs eval.kld=true)
     seeds: int = 2  # randomized encoders (k-means, AQLM init) are run with this many seeds at every landing
     front_points: int = 6  # evaluated points per system across the budgets' range (landings count)
+    front_windows: int = 0  # eval windows of a front point (0: the landings' eval.windows)
 
 
 def register() -> None:
@@ -413,7 +414,11 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
         from bytegolf.codecs import get_codec
 
         get_codec(c_name, **c_params)
-        knob = search.knob_for(instance.rate_knob, params.get(instance.rate_knob), knob_over.get(label))
+        over = dict(knob_over.get(label) or {})
+        name = str(over.pop("name", None) or instance.rate_knob or "") or None  # a path: base.clip_k
+        if name and search.setting(params, name) is None:
+            raise ConfigError(f"compare.knobs.{label}.name: {label} has no setting {name!r}")
+        knob = search.knob_for(name, search.setting(params, name) if name else None, over)
         tune = dict(calibrate.get(label) or {})
         out.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference, tune))
     for label, (fmt, params, a_plan, a_lay, spec) in allocated.items():  # the candidates set the embedding
@@ -465,7 +470,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             continue
         p_name, p_params = (sysm.codec, sysm.codec_params) if sysm.reference or not probe_codec else probe_codec
         ident, _ = sweep.point_config(
-            point_cfg(cfg, sysm, {**sysm.params, **({sysm.knob.name: 0} if sysm.knob else {})}, 0)
+            point_cfg(cfg, sysm, search.with_setting(sysm.params, sysm.knob.name, 0) if sysm.knob else sysm.params, 0)
         )
         for k in ("eval", "budget"):
             ident.pop(k, None)
@@ -483,7 +488,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             plan_at=sysm.plan_config,
             layout_cfg=sysm.layout,
         )
-        start = sysm.params.get(sysm.knob.name) if sysm.knob else None
+        start = search.setting(sysm.params, sysm.knob.name) if sysm.knob else None
         if sysm.reference:  # the export as published, at its own size
             value = sysm.knob.snap(start) if sysm.knob and start is not None else 0.0
             probe = enc(value)
@@ -612,7 +617,7 @@ def _front_landing(cfg: DictConfig, sysm: System, enc: Encoder, target: int, cou
         c = p.counted(count_code)
         knob = enc.knob.name
         return search.Landing(0, "front", knob, p.value, p.final_bytes, c, p.code_bytes, 1.0, 0, [(p.value, c)])
-    start = sysm.params.get(sysm.knob.name)
+    start = search.setting(sysm.params, sysm.knob.name)
     landing = search.search(enc, sysm.knob, start, target, count_code, 0.05, cfg.compare.max_probes)
     if landing.value is None or landing.counted_bytes is None:
         return None
@@ -668,6 +673,9 @@ def _point(
     pc = point_cfg(cfg, sysm, params, landing.budget, landing.value)
     if seed is not None:
         pc.seed = seed
+    few, windows = int(cfg.compare.get("front_windows", 0) or 0), int(cfg.eval.windows)
+    if landing.status == "front" and few > 0 and (windows == 0 or few < windows):
+        pc.eval.windows = few  # a cheaper evaluation; the point's result has its window count
     conf, _ = sweep.point_config(pc, drop=False)
     chash = store.config_hash(conf)
     where = {"own": "own", "front": "front"}.get(landing.status, str(landing.budget))

@@ -630,3 +630,40 @@ def nominal_vs_actual_figure(results: list[dict[str, Any]]):
 def nominal_vs_actual(results: list[dict[str, Any]], path: Path) -> Path:
     """nominal_vs_actual_figure written to path as PNG."""
     return _save(nominal_vs_actual_figure(results), path)
+
+
+def probe_front_figure(probes: list[dict[str, Any]], marks: list[int], y: str = "output_error"):
+    """Every search probe's pre-artifact error (y) against its bytes, one line per system through its probes
+    sorted by bytes, as a matplotlib Figure; None without a probe that has y."""
+    rows = [r for r in probes if math.isfinite(analysis.number(r, y)) and analysis.number(r, y) > 0]
+    if not rows:
+        return None
+    plt = pyplot()
+    groups = by_system(rows)
+    style = styles(groups)
+    fig, ax = plt.subplots(figsize=(13, 6))
+    handles = []
+    for name, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["final_bytes"])
+        st = style[name]
+        xs, ys = [r["final_bytes"] for r in rs], [analysis.number(r, y) for r in rs]
+        (line,) = ax.plot(xs, ys, color=st.color, marker=st.marker, ms=5, lw=1.2, alpha=0.9)
+        line.set_gid(f"probes:{name}")
+        handles.append(_handle(st, STATUS["point"], f"{name} ({len(rs)} probes)", ls="-"))
+    lines = _budget_lines(ax, marks, True)
+    _mb_axis(ax, [r["final_bytes"] for r in rows], marks)
+    _log_y(ax, [analysis.number(r, y) for r in rows])
+    what = {"output_error": "output error ‖(W−Ŵ)X‖²/‖WX‖²", "rel_mse": "weight relative MSE ‖W−Ŵ‖²/‖W‖²"}
+    ax.set_title(f"every search probe: {y} before the artifact vs bytes (probe codec; no evaluation)", fontsize=10)
+    ax.set_xlabel("probe artifact size (MB = 10⁶ bytes, log scale)")
+    ax.set_ylabel(what.get(y, y))
+    ax.grid(True, which="major", alpha=0.3)
+    _legend_table(ax, [("system", handles), ("lines", lines)])
+    fig.tight_layout()
+    return fig
+
+
+def probe_front(probes: list[dict[str, Any]], marks: list[int], path: Path, y: str = "output_error") -> Path | None:
+    """probe_front_figure written to path as PNG (None, nothing written, without a probe that has y)."""
+    fig = probe_front_figure(probes, marks, y)
+    return _save(fig, path) if fig is not None else None

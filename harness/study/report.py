@@ -228,6 +228,45 @@ def _reversal_section(
     return "\n".join(text)
 
 
+PROBES_CSV = "probes.csv"
+PROBE_COLUMNS = ["variant", "format", "knob", "value", "final_bytes", "code_bytes"]
+PROBE_COLUMNS += ["rel_mse", "output_error", "seconds"]
+
+
+def _probe_section(search_dir: Path, out: Path, marks: list[int]) -> str:
+    """A compare's search probes: every probe's pre-artifact error and bytes (probes.csv, probe_front*.png) and
+    per system the range they span; empty without a search/ directory."""
+    from bytegolf.search.prober import probe_rows
+
+    probes = probe_rows(search_dir) if search_dir.is_dir() else []
+    if not probes:
+        return ""
+    with (out / PROBES_CSV).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PROBE_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(sorted(probes, key=lambda r: (r["variant"], r["final_bytes"])))
+    text = [
+        "## Search probes\n",
+        "Every encode the equal-bytes search made is a point of its system's error-vs-bytes front at no extra "
+        "cost: bytes through the probe codec, error before the artifact, no evaluation. "
+        f"All of them: [{PROBES_CSV}]({PROBES_CSV}).\n",
+    ]
+    for y, name in (("output_error", "probe_front.png"), ("rel_mse", "probe_front_rel_mse.png")):
+        png = plots.probe_front(probes, marks, out / name, y)
+        if png is not None:
+            text.append(f"![{png.stem}]({png.name})\n")
+    rows = []
+    for label, rs in plots.by_system(probes).items():
+        rs = sorted(rs, key=lambda r: r["final_bytes"])
+        rows.append({"system": label, "knob": rs[0].get("knob") or "-", "probes": len(rs),
+                     "smallest": rs[0]["final_bytes"], "error_smallest": rs[0].get("output_error"),
+                     "largest": rs[-1]["final_bytes"], "error_largest": rs[-1].get("output_error")})  # fmt: skip
+    cols = ["system", "knob", "probes", "smallest", "error_smallest", "largest", "error_largest"]
+    heads = ["system", "knob", "probes", "smallest B", "output error there", "largest B", "output error there"]
+    text.append(md_table(rows, cols, heads))
+    return "\n".join(text)
+
+
 def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "holm") -> Path:
     """Write out/report.md, its PNGs and out/reversals.csv from the results under src; BytegolfError if there
     are none.
@@ -292,6 +331,8 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
             md.append(md_table(rows, ["test", "anchor", "bd_rate"], ["test", "anchor", "BD-rate %"]))
     else:
         md.append("_no evaluated points_\n")
+
+    md.append(_probe_section(src / "search", out, plots.budgets(results)))
 
     md.append("## Rank agreement (Kendall tau-b)\n")
     md.append(md_table(analysis.rank_agreement(results), ["group", "metric", "outcome", "tau_b", "p", "n"]))

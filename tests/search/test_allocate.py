@@ -96,11 +96,11 @@ def test_candidates_mix_formats_match_tensors_and_follow_a_knob() -> None:
     assert [c.label for c in cands] == [
         "bits=8@tok_emb.weight",
         "clustered:codebook_size=16@*.mlp.*",
-        "clip_k=3.0",  # bytegolf.search.budget.KNOBS["clip_k"]: 3..64 on a log scale, 5 steps
-        "clip_k=6.4474",
-        "clip_k=13.856",
-        "clip_k=29.779",
-        "clip_k=64.0",
+        "clip_k=3.0",  # bytegolf.search.budget.KNOBS["clip_k"]: 3..256 on a log scale, 5 steps
+        "clip_k=9.118",
+        "clip_k=27.713",
+        "clip_k=84.229",
+        "clip_k=256.0",
         "sparse_outlier:base.bits=3",
         "sparse_outlier:base.bits=4",
     ]

@@ -99,7 +99,7 @@ def test_invalid_knob_values_bound_the_range() -> None:
 
 def test_knob_ranges_and_overrides() -> None:
     assert search.knob_for(None, None) is None
-    assert search.knob_for("clip_k", 12.85) == KNOBS["clip_k"] == Knob("clip_k", 3.0, 64.0)
+    assert search.knob_for("clip_k", 12.85) == KNOBS["clip_k"] == Knob("clip_k", 3.0, 256.0)
     assert search.knob_for("clip_k", 12.85, {"lo": 2.0}).lo == 2.0
     assert search.knob_for("depth", 8) == Knob("depth", 1, 512, integer=True)  # unknown knob: from its default
     with pytest.raises(Exception, match="unknown keys"):

@@ -280,6 +280,7 @@ def test_randomized_systems_get_a_seed_spread_and_every_system_a_front(tiny_bund
         "compare.calibrate.clustered.steps=0",
         "compare.embedding=null",
         "compare.front_points=4",
+        "compare.front_windows=2",
         "compare.seeds=2",
         "compare.allocated=null",
         f"compare.budgets=[{budget}]",
@@ -301,6 +302,8 @@ def test_randomized_systems_get_a_seed_spread_and_every_system_a_front(tiny_bund
     for fmt, rs in by.items():
         front = [r for r in rs if r["status"] == "front"]
         assert all(r["budget_bytes"] is None for r in front)
+        assert {len(r["window_nll"]) for r in front} == {2}  # the cheaper evaluation of front points
+        assert {len(r["window_nll"]) for r in rs if r["status"] != "front"} == {4}
         sizes = sorted({r["counted_bytes"] for r in rs if r["status"] != "seed"})
         assert len(sizes) >= 4, (fmt, sizes)  # the landing plus front points across [budget / 2, budget]
         assert sizes[0] < 0.8 * budget and sizes[-1] <= budget

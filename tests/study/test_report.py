@@ -208,3 +208,27 @@ def test_write_report_writes_reversals_csv_beside_report_md(tmp_path: Path) -> N
     assert "reversals.csv" in {p.name for p in (tmp_path / "out").iterdir()}
     with (tmp_path / "out" / "reversals.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_every_search_probe_is_a_front_point_in_the_report(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i, r in enumerate(_reversal_rows()):
+        (src / f"p{i}").mkdir(parents=True)
+        (src / f"p{i}" / "result.json").write_text(json.dumps(r))
+    (src / "search").mkdir()
+    probes = [
+        {"value": k, "final_bytes": int(4e6 / k), "code_bytes": 9, "seconds": 1.0, "output_error": 1e-3 * k,
+         "rel_mse": 2e-3 * k} for k in (1.0, 2.0, 4.0)
+    ] + [{"value": 0.5, "final_bytes": None, "error": "bad"}]  # fmt: skip
+    body = {"format": "scalar", "knob": {"name": "base.clip_k"}, "probes": probes}
+    (src / "search" / "scalar_gptq_0123456789ab.json").write_text(json.dumps(body))
+    (src / "search" / "alloc_0123456789ab.allocation.json").write_text("{}")  # not a probe cache
+    out = tmp_path / "out"
+    md = report.write_report(src, out, samples=200).read_text()
+    section = md.split("## Search probes")[1].split("\n## ")[0]
+    assert "| scalar_gptq | base.clip_k | 3 | 1,000,000 | 0.004 | 4,000,000 | 0.001 |" in section
+    assert (out / "probe_front.png").is_file() and (out / "probe_front_rel_mse.png").is_file()
+    with (out / "probes.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["final_bytes"]) for r in rows] == [1_000_000, 2_000_000, 4_000_000]  # the failed probe left out
+    assert {r["variant"] for r in rows} == {"scalar_gptq"} and rows[0]["rel_mse"] == "0.008"

@@ -1,0 +1,64 @@
+"""The compare's shipped knob paths (compare.knobs.<format>.name) move each format's bytes monotonically."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+import bytegolf.run.sweep  # noqa: F401  (the ${repo:} resolver)
+from bytegolf import settings
+from bytegolf.errors import ConfigError
+from bytegolf.search import allocate
+from bytegolf.search import budget as search
+from bytegolf.search.prober import Encoder, Workspace
+from bytegolf.study import compare
+from tests.integration.test_run import TINY_ARGS
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def _cfg(overrides: list[str]):
+    settings.register()
+    compare.register()
+    allocate.register()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("compare", overrides=overrides)
+
+
+def test_dotted_settings_read_and_replace_one_nested_value() -> None:
+    params = {"fraction": 0.01, "base": {"bits": 4, "clip_k": 4.0}}
+    assert search.setting(params, "base.clip_k") == 4.0 and search.setting(params, "fraction") == 0.01
+    assert search.setting(params, "base.nope") is None and search.setting(params, "fraction.x") is None
+    moved = search.with_setting(params, "base.clip_k", 9.0)
+    assert moved == {"fraction": 0.01, "base": {"bits": 4, "clip_k": 9.0}}
+    assert params["base"]["clip_k"] == 4.0  # the input is untouched
+    with pytest.raises(ConfigError, match="fraction is not a nested setting"):
+        search.with_setting(params, "fraction.x", 1)
+    knob = search.knob_for("base.clip_k", 4.0)
+    assert (knob.name, knob.lo, knob.hi) == ("base.clip_k", 3.0, 256.0)  # ranged as clip_k
+
+
+def test_a_knob_name_the_format_lacks_is_refused() -> None:
+    cfg = _cfg(["compare.formats=[sparse_outlier]", "compare.references=[]", "compare.allocated=null",
+                "compare.knobs.sparse_outlier.name=base.nope"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"sparse_outlier\.name: sparse_outlier has no setting 'base\.nope'"):
+        compare.systems(cfg)
+
+
+def test_shipped_knob_paths_are_monotone_in_bytes(tiny_bundle: Path, tmp_path: Path) -> None:
+    cfg = _cfg([f"bundle={tiny_bundle}", *TINY_ARGS, "compare.formats=[scalar,sparse_outlier,basis_delta]",
+                "compare.references=[]", "compare.allocated=null", "compare.params.basis_delta.rank=2"])  # fmt: skip
+    systems, probe_codec = compare.systems(cfg)
+    knobs = {s.label: s.knob.name for s in systems}
+    assert knobs == {"scalar": "clip_k", "sparse_outlier": "base.clip_k", "basis_delta": "residual.clip_k"}
+    ws = Workspace(cfg)
+    for s in systems:
+        enc = Encoder(ws, s.fmt, s.params, s.knob, *probe_codec, tmp_path, plan_at=s.plan_config, layout_cfg=s.layout)
+        values = np.geomspace(s.knob.lo, 60.0, 5)
+        sizes = [enc(float(v)).final_bytes for v in values]
+        assert all(a > b for a, b in itertools.pairwise(sizes)), (s.label, sizes)
+        assert sizes[-1] < 0.6 * sizes[0], (s.label, sizes)  # the path spans a wide range of bytes
