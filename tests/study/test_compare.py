@@ -345,3 +345,29 @@ def test_precision_check_names_bad_input(tmp_path: Path) -> None:
         precision.main([str(tmp_path), "--precision", "fp8"])
     with pytest.raises(SystemExit, match="no evaluated compare points"):
         precision.main([str(tmp_path)])
+
+
+def test_equal_bytes_hold_on_the_written_file_not_on_the_probe(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The search probes with ans; fair writes smaller. The landed file still fills the budget."""
+    out = tmp_path / "fair"
+    budget = 24_000
+    proc = bytegolf(
+        "compare",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        *ONE_POINT,
+        "compare.formats=[scalar]",
+        "compare.references=[]",
+        "compare.embedding=null",
+        f"compare.budgets=[{budget}]",
+        "compare.samples=300",
+        "codec=fair",
+        f"hydra.run.dir={out}",
+        cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = [json.loads(p.read_text()) for p in out.glob(f"points/*/*/{store.RESULT}")]
+    assert r["status"] == "ok" and (1 - 0.005) * budget <= r["final_bytes"] <= budget, (r["final_bytes"], proc.stdout)
+    probes = json.loads(next((out / "search").glob("scalar_*.json")).read_text())["probes"]
+    landed = next(p for p in probes if p["value"] == r["knob_value"])
+    assert landed["final_bytes"] > r["final_bytes"]  # the probe codec measured it larger
