@@ -220,6 +220,12 @@ _memo: OrderedDict[tuple, bytes] = OrderedDict()
 _memo_lock = threading.Lock()
 
 
+def forget_compressed() -> None:
+    """Drop the remembered compressed outputs (a benchmark times the codecs afresh)."""
+    with _memo_lock:
+        _memo.clear()
+
+
 def _compress(name: str, params: dict[str, Any], raw: bytes, info: StreamInfo) -> bytes:
     """codec(name, params).compress(raw, info), remembered: the codecs are deterministic, so the same
     input compressed again (a landed point written after its search probe) is looked up, not recomputed."""

@@ -208,7 +208,7 @@ class CompareSettings:
     level: float = 0.95
     rank_by: str = "bpb"  # bpb, or kld (mean KL(ref||quant) per token; needs eval.kld=true)
     seeds: int = 2  # randomized encoders (k-means, AQLM init) are run with this many seeds at every landing
-    front_points: int = 6  # evaluated points per system across the budgets' range (landings count)
+    front_points: int = 0  # evaluated points per system across the budgets' range (landings count)
     front_windows: int = 0  # eval windows of a front point (0: the landings' eval.windows)
 
 
@@ -516,12 +516,13 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             target = budget
             for _ in range(3):  # calibration can move the bytes past the probe's: land lower and again
                 landing = search.search(enc, sysm.knob, start, target, count_code, cc.tol, cc.max_probes)
-                if enc.codec != sysm.codec and landing.status == "ok" and target == budget:
-                    landing = _land_on_written(enc, sysm, landing, budget, count_code, cc)
                 landing = replace(landing, budget=budget, ratio=(landing.counted_bytes or 0) / budget)
                 via = f" (bytes through the probe codec {enc.codec})" if enc.codec != sysm.codec else ""
                 log.info("%s at %s B: %s%s", sysm.label, f"{budget:,}", landing.describe(), via)
                 print(f"{sysm.label} at {budget:,} B: {landing.describe()}{via}", flush=True)
+                if via and landing.status == "ok" and target == budget:
+                    landing = _land_on_written(enc, sysm, landing, budget, count_code, cc)
+                    landing = replace(landing, budget=budget, ratio=(landing.counted_bytes or 0) / budget)
                 same = sysm.reference and landing.value == own.value and "bpb" in own_row
                 twin = (Path(own_row["artifact"]).parent, own_row) if same else None
                 row = _point(cfg, sysm, enc, landing, out_dir, run_point, twin=twin)
@@ -580,7 +581,8 @@ def _land_on_written(
         new = written_bytes(enc, sysm, again.value, count_code) if again.value is not None else None
         if new is None or new > budget or new <= written:
             break  # no better: keep the landing so far
-        print(f"  landed again: {new:,} B written ({new / budget:.4f}× budget)", flush=True)
+        where = f"{again.knob}={again.value:g}"
+        print(f"  landed again at {where}: {new:,} B written ({new / budget:.4f}× budget)", flush=True)
         landing = replace(again, trace=[*landing.trace, *again.trace], probes=landing.probes + again.probes)
         written = new
     return landing
