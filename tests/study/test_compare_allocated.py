@@ -78,7 +78,7 @@ def test_an_allocated_system_lands_every_budget_and_is_ranked(compared: tuple) -
     small = rows[BUDGETS[2]]
     assert small["status"] == "does_not_fit" and small["counted_bytes"] > BUDGETS[2] and small.get("bpb") is None
     # measured once for every budget, then allocated per budget from the tables
-    assert proc.stdout.count(f"{ALLOCATED}: measuring 13 units × 13 candidates") == 1
+    assert proc.stdout.count(f"{ALLOCATED}: measuring 13 units × 17 candidates") == 1
     assert len(list((out / "search").glob(f"{ALLOCATED}_*.allocation.json"))) == 1
     # ranked with the searched format, in the printed ranking and in results.parquet
     for budget in BUDGETS[:2]:
@@ -197,7 +197,7 @@ def test_allocated_systems_are_checked_and_listed(tiny_bundle: Path) -> None:
     ranked = _systems(tiny_bundle, "compare.formats=[]", "compare.references=[]")
     assert [s.label for s in ranked] == [ALLOCATED]  # formats=[]: no format, only the allocated system
     (s,) = ranked
-    assert s.knob is None and s.allocation is not None and len(s.allocation.candidates) == 13
+    assert s.knob is None and s.allocation is not None and len(s.allocation.candidates) == 17
     assert not s.plan.get("rules")  # compare.embedding is not added: the candidates set the embedding
     with pytest.raises(ConfigError, match=r"compare\.allocated\.scalar: 'scalar' is already a format"):
         _systems(tiny_bundle, "+compare.allocated.scalar={format: scalar, candidates: [{bits: 4}]}")

@@ -27,4 +27,4 @@ def test_verb_help_lists_choices_and_keys_with_their_comments_and_no_internal_sc
     assert "base_" not in out and "format={additive, basis_delta, clustered" in out and "scalar*" in out
     assert "eval.windows = " in out and "format.clip_k = None   # SDClip multiple" in out
     done = subprocess.run([sys.executable, "-m", "bytegolf.cli", "compare", "--help"], capture_output=True, text=True)
-    assert "compare.budgets = [16000000.0, 8000000.0, 4000000.0]   # bytes" in done.stdout
+    assert "compare.budgets = [16000000.0, 4000000.0, 3000000.0, 2000000.0]   # bytes" in done.stdout
