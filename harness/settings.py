@@ -76,12 +76,12 @@ class EvalSettings:
     batch_size: windows per forward (null: 1024 tokens' worth on the CPU, 16 on CUDA); streams: batches
     evaluated at once on the CPU, each on one core (null: torch's thread count; bytegolf.measure.evaluate)."""
 
-    windows: int = 64
+    windows: int = 256
     seq_len: int = 1024
     batch_size: int | None = None
     streams: int | None = None
-    precision: str = "fp32"
-    sample: bool = False
+    precision: str = "bf16"
+    sample: bool = True
     seed: int = 0
     stride: int | None = None
     kld: bool = False

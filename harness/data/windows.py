@@ -67,6 +67,10 @@ class Windows:
         """Targets scored over all windows (each block's seq_len targets once)."""
         return int((self.seq_len - self.score_from).sum())
 
+    def targets(self) -> np.ndarray:
+        """The scored targets, (blocks, seq_len): block b's row holds its seq_len targets."""
+        return self.tokens[self.block_first[:, None] + np.arange(self.seq_len)[None, :]]
+
     def batch(self, i: int, j: int) -> np.ndarray:
         """Windows i..j-1 as an int64 array of shape (j−i, seq_len+1)."""
         idx = self.starts[i:j, None] + np.arange(self.seq_len + 1)[None, :]

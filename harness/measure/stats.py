@@ -79,6 +79,16 @@ def resampled_ratios(nll: np.ndarray, denom: np.ndarray, counts: np.ndarray, sca
     return scale * (counts @ nll.T) / (counts @ denom)[:, None]
 
 
+def bpb_interval(
+    nll: list[float], nbytes: list[int], docs: np.ndarray, samples: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of bpb (nll in nats) over a bootstrap of documents (every window of a drawn document
+    counts)."""
+    counts = resample_counts(len(nll), samples, 0, docs)
+    r = resampled_ratios(np.asarray(nll)[None, :], np.asarray(nbytes), counts, 1 / LN2)[:, 0]
+    return float(np.quantile(r, (1 - level) / 2)), float(np.quantile(r, (1 + level) / 2))
+
+
 def delta_from_samples(observed: float, diffs: np.ndarray, level: float = 0.95) -> PairedDelta:
     """CI and p-value of an observed difference from its resampled differences."""
     tail = (1.0 - level) / 2.0

@@ -14,7 +14,7 @@ import torch
 
 from bytegolf.data import bundle as data
 from bytegolf.data import shards, tokenizer
-from bytegolf.measure.evaluate import autocast, evaluate
+from bytegolf.measure.evaluate import autocast, evaluate, unigram_bpb
 from bytegolf.model import checkpoint
 from bytegolf.model.curve import training_curve
 from bytegolf.model.gpt import GPT, ModelConfig, param_groups
@@ -156,7 +156,7 @@ def _write_bundle(
     val = data.windows(shards.read_shards([out / "val_000000.bin"]), cfg.seq_len)
     tables = tokenizer.byte_tables(sp, model.cfg.vocab_size)
     r = evaluate(stored, val, tables, device, "fp32")
-    unigram = unigram_bpb(shards.read_shards(files.train), val, tables, model.cfg.vocab_size)
+    unigram = unigram_bpb(shards.read_shards(files.train), val[:, 1:], r.bytes, model.cfg.vocab_size)
     stats = {
         "train": asdict(cfg),
         "model": asdict(model.cfg),
@@ -182,12 +182,3 @@ def _write_bundle(
         seconds / 60,
     )
     return stats
-
-
-def unigram_bpb(train_tokens: np.ndarray, val_windows: np.ndarray, tables: tokenizer.ByteTables, vocab: int) -> float:
-    """Bits per byte of an add-one unigram model fitted on the train tokens."""
-    counts = np.bincount(train_tokens, minlength=vocab).astype(np.float64) + 1
-    logp = np.log2(counts / counts.sum())
-    tgt = val_windows[:, 1:]
-    bits = -logp[tgt].sum()
-    return float(bits / tables.count(val_windows[:, :-1], tgt).sum())

@@ -11,27 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig
 
 from bytegolf.artifact import file as artifact
 from bytegolf.data import evaldata
 from bytegolf.errors import ConfigError
-from bytegolf.measure import stats
-from bytegolf.measure.evaluate import evaluate, protocol
+from bytegolf.measure.evaluate import evaluate
 from bytegolf.measure.fidelity import kld_table
 from bytegolf.model import adapters
-from bytegolf.run.point import reference_eval
+from bytegolf.run.point import bpb_phrase, eval_fields, reference_eval, unigram_warning
 from bytegolf.run.provenance import git_revision, source_hash
-
-BOOTSTRAP_SAMPLES = 2000
-
-
-def bpb_interval(nll: list[float], nbytes: list[int], docs: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bpb over a bootstrap of documents (every window of a drawn document counts)."""
-    counts = stats.resample_counts(len(nll), BOOTSTRAP_SAMPLES, 0, docs)
-    r = stats.resampled_ratios(np.asarray(nll)[None, :], np.asarray(nbytes), counts, 1 / stats.LN2)[:, 0]
-    return float(np.quantile(r, (1 - level) / 2)), float(np.quantile(r, (1 + level) / 2))
 
 
 def evaluate_artifact(cfg: DictConfig, path: Path) -> dict[str, Any]:
@@ -67,31 +56,10 @@ def evaluate_artifact(cfg: DictConfig, path: Path) -> dict[str, Any]:
         compile=e.compile,
         streams=e.get("streams"),
     )
-    docs = np.asarray(ed.val_docs)
-    lo, hi = bpb_interval(res.window_nll, res.window_bytes, docs)
-    delta = stats.paired_bootstrap(
-        np.asarray(res.window_nll), np.asarray(ref.window_nll), np.asarray(res.window_bytes), BOOTSTRAP_SAMPLES,
-        groups=docs,
-    )  # fmt: skip
     return {
         "artifact": str(path),
         "final_bytes": path.stat().st_size,
-        "bpb": res.bpb,
-        "bpb_ci": [lo, hi],
-        "ref_bpb": ref.bpb,
-        "delta_bpb": res.bpb - ref.bpb,
-        "delta_bpb_ci": [delta.lo, delta.hi],
-        "val_loss": res.loss,
-        "ppl": res.ppl,
-        "eval_windows": len(res.window_nll),
-        "eval_tokens": res.tokens,
-        "eval_bytes": res.bytes,
-        "eval_precision": e.precision,
-        "eval_stride": e.get("stride", None),
-        "protocol": protocol(e, len(res.window_nll)),
-        "kld": res.kld,
-        "window_nll": res.window_nll,
-        "window_bytes": res.window_bytes,
+        **eval_fields(res, ref, ed.val_docs, ed.val, e),
         "seconds": round(time.perf_counter() - t0, 3),
         "git_revision": git_revision(),
         "source_hash": source_hash(),
@@ -100,11 +68,9 @@ def evaluate_artifact(cfg: DictConfig, path: Path) -> dict[str, Any]:
 
 def eval_summary(r: dict[str, Any]) -> str:
     """What `bytegolf eval` prints: bpb ± interval and Δbpb under the named protocol, then the KLD table."""
-    lo, hi = r["bpb_ci"]
-    dlo, dhi = r["delta_bpb_ci"]
     head = (
-        f"{r['artifact']}: {r['final_bytes']:,} B; bpb {r['bpb']:.4f} [{lo:.4f}, {hi:.4f}], "
-        f"Δbpb {r['delta_bpb']:+.4f} [{dlo:+.4f}, {dhi:+.4f}] vs the unquantized {r['ref_bpb']:.4f}\n"
+        f"{r['artifact']}: {r['final_bytes']:,} B; {bpb_phrase(r)}\n"
         f"  protocol: {r['protocol']}; 95% intervals from a bootstrap over documents; {r['seconds']:.1f}s"
     )
-    return head + ("\n" + kld_table(r["kld"]) if r.get("kld") else "")
+    warning = unigram_warning(r)
+    return head + (f"\n  WARNING: {warning}" if warning else "") + ("\n" + kld_table(r["kld"]) if r.get("kld") else "")

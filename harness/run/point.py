@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,12 +22,13 @@ from bytegolf.artifact import container, layout
 from bytegolf.artifact import file as artifact
 from bytegolf.codecs import get_codec
 from bytegolf.data import evaldata
-from bytegolf.data.windows import window_count
+from bytegolf.data.windows import Windows, window_count
 from bytegolf.errors import ConfigError
+from bytegolf.fingerprint import file_fingerprint
 from bytegolf.formats import EncodeContext, Encoded
 from bytegolf.formats.scalar import clip_warning
-from bytegolf.measure import accounting, codebytes, metrics
-from bytegolf.measure.evaluate import EvalResult, evaluate
+from bytegolf.measure import accounting, codebytes, metrics, stats
+from bytegolf.measure.evaluate import EvalResult, evaluate, protocol, unigram_bpb
 from bytegolf.model import adapters, checkpoint
 from bytegolf.quantize import encoder
 from bytegolf.quantize.block_calibration import finetune
@@ -36,6 +38,7 @@ from bytegolf.run.provenance import git_revision, source_hash
 from bytegolf.run.store import write_json_atomic
 
 log = logging.getLogger("bytegolf")
+ARTIFACT_GROUPS = ("model", "format", "codec", "layout", "plan", "calib", "finetune")  # what shapes an artifact
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -83,6 +86,38 @@ def reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, r.__dict__)
     return r
+
+
+def artifact_key(cfg: DictConfig, fp: dict[str, str]) -> str:
+    """The identity of an encoding and of the file it is written to: the model's and data's fingerprints, every
+    setting that shapes the artifact, the seed, the device and the code."""
+    shaping = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ARTIFACT_GROUPS if k in cfg}
+    return _key("artifact", fp, shaping, cfg.seed, cfg.device, source_hash())
+
+
+def reusable_artifact(key: str) -> dict[str, Any] | None:
+    """The record of an earlier artifact with this key whose file is still there, unchanged; else None."""
+    entry_path = cache_dir() / "artifacts" / f"{key}.json"
+    if not entry_path.is_file():
+        return None
+    entry = json.loads(entry_path.read_text())
+    src = Path(entry["artifact"])
+    if not src.is_file() or file_fingerprint(src) != entry["fingerprint"]:
+        return None
+    return entry
+
+
+def remember_artifact(key: str, path: Path, units: list[Encoded], finetune_report: dict[str, Any]) -> None:
+    """Record a freshly written artifact under its encoding's key, for a later identical run to reuse."""
+    entry = {
+        "artifact": str(path.resolve()),
+        "fingerprint": file_fingerprint(path),
+        "nominal_bits": [u.nominal_bits for u in units],
+        "finetune": finetune_report,
+    }
+    entry_path = cache_dir() / "artifacts" / f"{key}.json"
+    entry_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(entry_path, entry)
 
 
 def calibration_windows(ed: evaldata.EvalData, cfg: DictConfig) -> np.ndarray:
@@ -172,21 +207,38 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         plan_cfg = plan_config(cfg.plan)
         plan = make_plan(state, plan_cfg, fmt_name, fmt_params)
     reused = units is not None
-    with st("encode"):
-        if units is None:
-            counts = dict.fromkeys(grams, rows)
-            ctx = EncodeContext(hessians=grams, hessian_counts=counts, device=cfg.device, seed=cfg.seed)
-            units = encode_units(cfg, state, plan, ctx, plan_cfg.lowrank, ed)
-        elif [t.name for u in units for t in u.tensors] != [a.name for g in encoder.group_units(plan) for a in g]:
-            raise ConfigError("run_point: the given encoding does not cover this plan's tensors")
-    with st("finetune"):
-        units, ft_report = _finetune(units, ref_model, ed, cfg, ad)
+    key = artifact_key(cfg, fp) if units is None and cfg.get("reuse", True) else None
+    earlier = reusable_artifact(key) if key else None
     path = out_dir / artifact.ARTIFACT_NAME
-    with st("write"):
-        written = artifact.write(path, units, codec_name, codec_params, lay)
-    with st("decode"):
-        decoded, _ = artifact.read(path)
-        artifact.verify_bit_exact(decoded, units)
+    if earlier is not None:  # an identical encoding was written before: its file is this run's artifact
+        log.info("reusing the artifact of an identical encoding: %s", earlier["artifact"])
+        with st("write"):
+            if Path(earlier["artifact"]).resolve() != path.resolve():
+                shutil.copyfile(earlier["artifact"], path)
+            manifest = container.read_manifest(path)
+            written = artifact.Written([], path.stat().st_size, container.stored_sizes(path), [], manifest)
+        with st("decode"):
+            decoded, units = artifact.read(path)
+            for unit, bits in zip(units, earlier["nominal_bits"], strict=True):
+                unit.nominal_bits, unit.recon = bits, {t.name: decoded[t.name] for t in unit.tensors}
+        ft_report = earlier["finetune"]
+    else:
+        with st("encode"):
+            if units is None:
+                counts = dict.fromkeys(grams, rows)
+                ctx = EncodeContext(hessians=grams, hessian_counts=counts, device=cfg.device, seed=cfg.seed)
+                units = encode_units(cfg, state, plan, ctx, plan_cfg.lowrank, ed)
+            elif [t.name for u in units for t in u.tensors] != [a.name for g in encoder.group_units(plan) for a in g]:
+                raise ConfigError("run_point: the given encoding does not cover this plan's tensors")
+        with st("finetune"):
+            units, ft_report = _finetune(units, ref_model, ed, cfg, ad)
+        with st("write"):
+            written = artifact.write(path, units, codec_name, codec_params, lay)
+        with st("decode"):
+            decoded, _ = artifact.read(path)
+            artifact.verify_bit_exact(decoded, units)
+        if key:
+            remember_artifact(key, path, units, ft_report)
     with st("extra_codecs"):
         extra = _extra_codecs(out_dir, units, extra_serializers, decoded)
     with st("metrics"):
@@ -238,12 +290,13 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
             [r["output_error"] for r in quantized], [r["output_error_params"] for r in quantized]
         ),
         "output_error_covers": _output_error_covers(quantized),
-        **(_eval_fields(res, ref, ed, cfg) if res is not None and ref is not None else _unmeasured(ad)),
+        **(eval_fields(res, ref, ed.val_docs, ed.val, cfg.eval) if res and ref and ed else _unmeasured(ad)),
         **storage,
         "tensors": tensor_rows,
         "seconds": round(time.perf_counter() - t_start, 3),
         "stage_seconds": st.seconds,
         "encoding_reused": reused,
+        "artifact_reused_from": earlier["artifact"] if earlier else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": cfg.device,
         "git_revision": git_revision(),
@@ -259,25 +312,50 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     return result
 
 
-def _eval_fields(res: EvalResult, ref: EvalResult, ed: evaldata.EvalData, cfg: DictConfig) -> dict[str, Any]:
-    """result.json's evaluation fields."""
+BOOTSTRAP_SAMPLES = 2000  # document resamples behind a run's bpb and Δbpb intervals
+
+
+def eval_fields(res: EvalResult, ref: EvalResult, docs: np.ndarray, val: Windows, eval_cfg: Any) -> dict[str, Any]:
+    """result.json's evaluation fields: bpb and Δbpb against the unquantized model, each with its 95%
+    document-bootstrap interval, the protocol in words, and the bpb of a unigram model fitted on the evaluated
+    tokens themselves (a run worse than it has lost the model)."""
+    docs = np.asarray(docs)
+    lo, hi = stats.bpb_interval(res.window_nll, res.window_bytes, docs, BOOTSTRAP_SAMPLES)
+    delta = stats.paired_bootstrap(
+        np.asarray(res.window_nll), np.asarray(ref.window_nll), np.asarray(res.window_bytes), BOOTSTRAP_SAMPLES,
+        groups=docs,
+    )  # fmt: skip
     return {
         "val_loss": res.loss,
         "ppl": res.ppl,
         "bpb": res.bpb,
-        "ref_val_loss": ref.loss,
+        "bpb_ci": [lo, hi],
         "ref_bpb": ref.bpb,
         "delta_bpb": res.bpb - ref.bpb,
+        "delta_bpb_ci": [delta.lo, delta.hi],
+        "unigram_bpb": unigram_bpb(targets := val.targets(), targets, res.bytes),
+        "protocol": protocol(eval_cfg, len(res.window_nll)),
+        "eval_windows": len(res.window_nll),
         "eval_tokens": res.tokens,
         "eval_bytes": res.bytes,
-        "eval_precision": cfg.eval.precision,
-        "eval_stride": cfg.eval.get("stride", None),
+        "eval_precision": eval_cfg.precision,
+        "eval_stride": eval_cfg.get("stride", None),
         "kld": res.kld,
         "window_nll": res.window_nll,
         "window_bytes": res.window_bytes,
         "ref_window_nll": ref.window_nll,
-        "window_docs": ed.val_docs.tolist(),
+        "window_docs": docs.tolist(),
     }
+
+
+def unigram_warning(r: dict[str, Any]) -> str | None:
+    """A warning when a result's bpb is worse than a unigram model's on the same tokens, else None."""
+    if r.get("bpb") is None or r.get("unigram_bpb") is None or r["bpb"] <= r["unigram_bpb"]:
+        return None
+    return (
+        f"bpb {r['bpb']:.4f} is worse than a unigram model's {r['unigram_bpb']:.4f} on the same tokens: the "
+        "quantized model has lost what it learned (too few bits, or a clip tuned for another width?)"
+    )
 
 
 def _unmeasured(ad: adapters.ModelAdapter) -> dict[str, Any]:
@@ -423,16 +501,25 @@ def summary_line(r: dict[str, Any]) -> str:
     bound = f"; {over:.3f}× the entropy bound" if over else ""
     k = r.get("kld")
     kld = f" KLD {k['mean']:.4g}±{k['se']:.2g} top-1 {k['top1_agreement']:.1%}" if k else ""
-    bpb = (
-        f"bpb {r['bpb']:.4f} (Δ {r['delta_bpb']:+.4f} vs {r['ref_bpb']:.4f})"
-        if r.get("bpb") is not None
-        else "bpb not measured"
-    )
+    warning = unigram_warning(r)
     return (
         f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B (+{r['code_bytes']:,} B code; "
         f"{r['bits_per_weight']:.3f} bits/weight, "
         f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} {_output_err(r)} "
-        f"{bpb}{kld}"
+        f"{bpb_phrase(r)}{kld}"
         f"{'' if r['fits_cap'] else ' DOES NOT FIT the cap'} in {r['seconds']:.1f}s\n"
-        f"  bytes by role: {shares}{bound}{extra}"
+        + (f"  protocol: {r['protocol']}; 95% intervals from a bootstrap over documents\n" if r.get("protocol") else "")
+        + f"  bytes by role: {shares}{bound}{extra}"
+        + (f"\n  WARNING: {warning}" if warning else "")
     )
+
+
+def bpb_phrase(r: dict[str, Any]) -> str:
+    """ "bpb 1.8903 [1.86, 1.92] (Δ +0.0027 [+0.0019, +0.0035] vs 1.8876)", the intervals where the result has them."""
+    if r.get("bpb") is None:
+        return "bpb not measured"
+    ci = r.get("bpb_ci")
+    dci = r.get("delta_bpb_ci")
+    bpb = f"bpb {r['bpb']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+    delta = f"Δ {r['delta_bpb']:+.4f}" + (f" [{dci[0]:+.4f}, {dci[1]:+.4f}]" if dci else "")
+    return f"{bpb} ({delta} vs {r['ref_bpb']:.4f})"

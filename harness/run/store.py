@@ -31,7 +31,7 @@ CLAIM = ".claim"
 HEARTBEAT_S = 30.0  # a running point touches its claim this often
 STALE_S = 300.0  # a claim untouched this long belongs to a dead worker
 # Settings that change how fast a point runs but not what it computes.
-NOT_HASHED = ("threads", "encode_jobs")
+NOT_HASHED = ("threads", "encode_jobs", "reuse")
 # Per-point columns the table leaves out (lists, per-tensor rows, provenance blobs).
 DROPPED = (
     "tensors",
@@ -153,22 +153,23 @@ def _claim_is_live(path: Path) -> bool:
     return True
 
 
-def is_claimed(out_dir: Path) -> bool:
+def is_claimed(out_dir: Path, name: str = CLAIM) -> bool:
     """Whether a live worker holds out_dir's claim (a dead or stale taker's claim does not count)."""
-    path = out_dir / CLAIM
+    path = out_dir / name
     return path.exists() and _claim_is_live(path)
 
 
 @contextlib.contextmanager
-def claim(out_dir: Path) -> Iterator[bool]:
+def claim(out_dir: Path, name: str = CLAIM) -> Iterator[bool]:
     """Try to own out_dir while a point runs there: yields True when owned (a heartbeat keeps the
-    claim fresh until the block ends), False when a live worker owns it already."""
+    claim fresh until the block ends), False when a live worker owns it already. name: the claim
+    file's (other than .claim: one of several things in out_dir, such as a cached search probe)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / CLAIM
+    path = out_dir / name
     body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
     # the claim appears whole or not at all: written aside, then hard-linked into place (a reader
     # never sees an empty claim it would take for a crashed taker's)
-    tmp = out_dir / f".claim-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+    tmp = out_dir / f"{name}-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
     tmp.write_text(body)
     try:
         for _ in range(2):

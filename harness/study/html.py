@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from bytegolf.measure.evaluate import row_protocol
 from bytegolf.study import analysis, plots
 
 PLOTLY_REQUIREMENT = "plotly>=5.0"
@@ -27,32 +28,6 @@ SYMBOLS = {
 def available() -> bool:
     """Whether plotly is installed (report.html needs it)."""
     return importlib.util.find_spec("plotly") is not None
-
-
-def protocol(r: dict[str, Any]) -> str:
-    """The evaluation protocol of a row in words, from what rows carry (the row's own `protocol` where it has one):
-    "256 windows × 1024 tokens, 54 documents, bf16, no stride" (as bytegolf.measure.evaluate.protocol, less how
-    the windows were drawn, which rows do not record). "" for a row without an evaluation."""
-    if r.get("protocol"):
-        return str(r["protocol"])
-    windows = int(r.get("eval_windows") or len(r.get("window_nll") or []))
-    tokens = int(r.get("eval_tokens") or 0)
-    stride = r.get("eval_stride")
-    if not (windows or tokens):
-        return ""
-    if windows and tokens and not stride and tokens % windows == 0:
-        parts = [f"{windows} windows × {tokens // windows} tokens"]
-    elif windows:
-        parts = [f"{windows} windows" + (f", {tokens:,} tokens scored" if tokens else "")]
-    else:
-        parts = [f"{tokens:,} tokens scored"]
-    docs = len(set(r.get("window_docs") or []))
-    if docs:
-        parts.append(f"{docs} documents")
-    if r.get("eval_precision"):
-        parts.append(str(r["eval_precision"]))
-    parts.append(f"sliding, stride {int(stride)}" if stride else "no stride")
-    return ", ".join(parts)
 
 
 def knob(r: dict[str, Any]) -> str:
@@ -97,8 +72,8 @@ def hover(r: dict[str, Any], ci: plots.PointCI | None, samples: int = 1000) -> s
     mse = analysis.number(r, "rel_mse")
     if math.isfinite(mse):
         lines.append(f"rel_mse: {mse:.4g}")
-    if protocol(r):
-        lines.append(f"protocol: {e(protocol(r))}")
+    if row_protocol(r):
+        lines.append(f"protocol: {e(row_protocol(r))}")
     return "<br>".join(lines)
 
 
@@ -305,7 +280,7 @@ def _table(results: list[dict[str, Any]], cis: dict[int, plots.PointCI]) -> str:
             f"{fb:,.0f}" if math.isfinite(fb) else "",
             _interval(c.bpb, c.bpb_lo, c.bpb_hi) if c else "",
             _interval(c.delta, c.delta_lo, c.delta_hi, "+") if c else "",
-            protocol(r),
+            row_protocol(r),
         ]
         out.append("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in cells) + "</tr>")
     return "\n".join([*out, "</table>"])

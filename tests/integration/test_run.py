@@ -81,9 +81,31 @@ def test_same_config_gives_a_byte_identical_artifact(
 ) -> None:
     out, _ = tiny_run
     args = ["run", f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=4", "format.clip_k=4", "format.gptq=true"]
-    proc = bytegolf(*args, "codec=zstd", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    proc = bytegolf(*args, "codec=zstd", "reuse=false", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["artifact_reused_from"] is None and "encode" in r["stage_seconds"]  # encoded again
     assert (tmp_path / artifact.ARTIFACT_NAME).read_bytes() == (out / artifact.ARTIFACT_NAME).read_bytes()
+
+
+def test_an_identical_encoding_reuses_the_artifact(
+    tiny_run: tuple[Path, subprocess.CompletedProcess], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    out, _ = tiny_run
+    args = ["run", f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=4", "format.clip_k=4", "format.gptq=true"]
+    proc = bytegolf(*args, "codec=zstd", "eval.kld=true", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = json.loads((out / "result.json").read_text())
+    r = json.loads((tmp_path / "result.json").read_text())
+    # the fixture's own file, or the one it reused in its turn (the cache outlives a test session)
+    assert r["artifact_reused_from"] in {str((out / artifact.ARTIFACT_NAME).resolve()), first["artifact_reused_from"]} - {None}
+    assert "encode" not in r["stage_seconds"] and "reusing the artifact" in proc.stdout + proc.stderr
+    assert (tmp_path / artifact.ARTIFACT_NAME).read_bytes() == (out / artifact.ARTIFACT_NAME).read_bytes()
+    for key in ("final_bytes", "nominal_bits_per_weight", "rel_mse", "output_error", "bpb", "bytes_by_role"):
+        assert r[key] == first[key], key
+    assert r["kld"] is not None  # the evaluation setting changed, the encoding did not
+    other = bytegolf(*args, "codec=zlib", f"hydra.run.dir={tmp_path / 'zlib'}", cwd=tmp_path)  # another artifact
+    assert json.loads((tmp_path / "zlib" / "result.json").read_text())["artifact_reused_from"] is None, other.stderr
 
 
 def test_artifact_decodes_alone(tiny_run: tuple[Path, subprocess.CompletedProcess], tiny_bundle: Path) -> None:
