@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -112,6 +114,27 @@ class Format:
     def trainable(self, enc: Encoded, device: str | torch.device) -> Trainable | None:
         """What block calibration may train in this unit (harness/quantize/block_calibration.py); None: nothing."""
         return None
+
+
+_FALLBACKS: weakref.WeakKeyDictionary[Format, set[str]] = weakref.WeakKeyDictionary()
+
+
+def hessian_fallback(fmt: Format, option: str, variant: str, tensor: str) -> None:
+    """Note that `option` needs a calibration Hessian (Gram matrix) that `tensor` lacks (no calibration, a
+    model=weights checkpoint, a weight the calibration cannot see), so the format encodes it by `variant`:
+    one warning on the "bytegolf" logger per format instance and option, however many tensors lack one."""
+    seen = _FALLBACKS.setdefault(fmt, set())
+    if option in seen:
+        return
+    seen.add(option)
+    logging.getLogger("bytegolf").warning(
+        "%s: %s needs a calibration Hessian, and tensor %s has none (no calibration Gram matrix): "
+        "encoding by %s instead (also for any other tensor without one)",
+        fmt.name,
+        option,
+        tensor,
+        variant,
+    )
 
 
 def meta_int(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:

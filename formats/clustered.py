@@ -1,16 +1,19 @@
 """Clustered (ClusComp-style) vector quantization: k-means over sub-vectors of d output channels.
 
 A matrix W (d_out, d_in) is cut into sub-vectors W[r:r+d, c] (d consecutive output channels of
-one input feature; d must divide d_out, the rows). All sub-vectors of the unit (one tensor, or a
-family / the whole model under scope "family" / "global") are clustered together into one
-codebook of K centroids, stored once in `codebook_dtype`; each sub-vector stores its index.
-Every sub-vector has length d whatever its tensor's shape, so the tensors of a unit may differ
-in both dimensions (a global unit of 512×512 attention and 1024×512 / 512×1024 MLP matrices
-shares one codebook); only d has to divide each one's rows. d = 1 is non-uniform scalar
-quantization (SqueezeLLM-like).
+one input feature). Rows not divisible by d: W is padded with zero rows to the next multiple of d
+(the last block's sub-vectors end in zeros, clustered like the rest, their indices stored and
+counted in the nominal bits), and decode drops the padding, so the shape is kept. All
+sub-vectors of the unit (one tensor, or a family / the whole model under scope "family" /
+"global") are clustered together into one codebook of K centroids, stored once in
+`codebook_dtype`; each sub-vector stores its index. Every sub-vector has length d whatever its
+tensor's shape, so the tensors of a unit may differ in both dimensions (a global unit of 512×512
+attention and 1024×512 / 512×1024 MLP matrices shares one codebook). d = 1 is non-uniform
+scalar quantization (SqueezeLLM-like).
 
 Options: `normalize` divides every row by its RMS first (one fp16 scale per row, multiplied
-back on decode); `weighted` (Hessian weighting) weights each sub-vector W[r:r+d, c] in k-means by
+back on decode); `weighted` (Hessian weighting; a unit with a tensor lacking its Hessian falls back to unweighted
+k-means with one warning) weights each sub-vector W[r:r+d, c] in k-means by
 diag(H)[c] of its own tensor's calibration Gram matrix (times the mean squared row scale of its d
 rows when normalized), so the assignment minimises and the centroid update (a weighted mean)
 fits Σ_c H_cc‖w_c − ŵ_c‖², the diagonal part of the output error tr(ΔW H ΔWᵀ);
@@ -21,7 +24,7 @@ energy one bit is worth" and does not depend on the tensor's scale.
 Codes are re-assigned against the codebook as stored (after rounding to its dtype), so every
 code is the best one for the codebook the decoder sees. Reconstruction: codebook rows read as
 fp32, gathered by the codes, times the fp16 row scale read as fp32, cast to the tensor's dtype.
-Bits: Σ (numel/d)·ceil(log2 K) + K·d·(codebook bits) (+ 16 per row when normalized), i.e.
+Bits: Σ ⌈rows/d⌉·cols·ceil(log2 K) + K·d·(codebook bits) (+ 16 per row when normalized), i.e.
 ClusComp's ceil(log2 n)/d + 16·n·d/(d_in·d_out) per weight for one tensor.
 """
 
@@ -36,7 +39,16 @@ from torch import Tensor
 
 from bytegolf.errors import ConfigError
 from bytegolf.formats.arrays import check_matrix, from_numpy, index_bits, symbol_dtype, to_numpy, torch_dtype
-from bytegolf.formats.base import SCOPES, EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable
+from bytegolf.formats.base import (
+    SCOPES,
+    EncodeContext,
+    Encoded,
+    Format,
+    Stream,
+    TensorSpec,
+    Trainable,
+    hessian_fallback,
+)
 from bytegolf.formats.kmeans import assign, kmeans
 
 CODEBOOK_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -51,21 +63,32 @@ def is_int(v: Any) -> bool:
 def cluscomp_bits(
     shapes: list[tuple[int, int]], k: int, d: int, codebook_bits: int = 16, normalize: bool = False
 ) -> int:
-    """Analytic bits of a unit: one ceil(log2 K)-bit index per sub-vector, the codebook once, fp16 row scales."""
-    per = sum(r // d * c * index_bits(k) + (16 * r if normalize else 0) for r, c in shapes)
+    """Analytic bits of a unit: one ceil(log2 K)-bit index per sub-vector (a last block padded to d rows
+    included), the codebook once, fp16 row scales."""
+    per = sum(blocks(r, d) * c * index_bits(k) + (16 * r if normalize else 0) for r, c in shapes)
     return per + k * d * codebook_bits
 
 
+def blocks(rows: int, d: int) -> int:
+    """Row blocks of d rows (the last one padded): ⌈rows/d⌉."""
+    return -(-rows // d)
+
+
 def subvectors(w: Tensor, d: int) -> Tensor:
-    """(R, C) -> (R/d · C, d): row block b, column c is sub-vector b·C + c = W[b·d:(b+1)·d, c]."""
+    """(R, C) -> (⌈R/d⌉ · C, d): row block b, column c is sub-vector b·C + c = W[b·d:(b+1)·d, c]; a last block
+    short of d rows is padded with zeros."""
     rows, cols = w.shape
-    return w.reshape(rows // d, d, cols).permute(0, 2, 1).reshape(-1, d)
+    pad = blocks(rows, d) * d - rows
+    if pad:
+        w = torch.cat([w, w.new_zeros(pad, cols)])
+    return w.reshape(-1, d, cols).permute(0, 2, 1).reshape(-1, d)
 
 
-def reconstruct(codebook: Tensor, codes: Tensor, d: int, scales: Tensor | None) -> Tensor:
-    """fp32 (R, C) from an fp32 codebook (K, d), int64 codes (R/d, C) and fp32 row scales (R,) or None."""
-    blocks, cols = codes.shape
-    w = codebook[codes].permute(0, 2, 1).reshape(blocks * d, cols)
+def reconstruct(codebook: Tensor, codes: Tensor, d: int, scales: Tensor | None, rows: int | None = None) -> Tensor:
+    """fp32 (R, C) from an fp32 codebook (K, d), int64 codes (⌈R/d⌉, C) and fp32 row scales (R,) or None;
+    rows R (None: all ⌈R/d⌉·d) drops the padding of the last block."""
+    nblocks, cols = codes.shape
+    w = codebook[codes].permute(0, 2, 1).reshape(nblocks * d, cols)[:rows]
     return w * scales[:, None] if scales is not None else w
 
 
@@ -135,10 +158,14 @@ class Clustered(Format):
             raise ConfigError(f"clustered: Hessian of tensor {name} holds NaN or inf")
         mean = float(diag.mean())
         diag = diag.clamp_min(mean * 1e-6) if mean > 0 else torch.ones_like(diag)
+        n = blocks(rows, self.dim)
         if scales is None:
-            blk = torch.ones(rows // self.dim, device=diag.device)
-        else:
-            blk = scales.float().pow(2).reshape(-1, self.dim).mean(1)  # (R/d,)
+            blk = torch.ones(n, device=diag.device)
+        else:  # the mean over a block's real rows (the last block's padding has none)
+            sq = torch.zeros(n * self.dim, device=diag.device)
+            real = torch.zeros(n * self.dim, device=diag.device)
+            sq[:rows], real[:rows] = scales.to(diag.device).float().pow(2), 1.0
+            blk = sq.reshape(n, self.dim).sum(1) / real.reshape(n, self.dim).sum(1)  # (⌈R/d⌉,)
         return (blk[:, None] * diag[None, :]).reshape(-1)  # sub-vector b·C + c
 
     def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
@@ -147,10 +174,11 @@ class Clustered(Format):
         d, k = self.dim, self.codebook_size
         for name, t in tensors.items():  # shapes may differ: every sub-vector is d rows of one column
             check_matrix(self.name, name, t)
-            if t.shape[0] % d:
-                raise ConfigError(
-                    f"clustered: tensor {name} has {t.shape[0]} rows (output channels), not divisible by dim {d}"
-                )
+        weighted = self.weighted
+        missing = [name for name in tensors if name not in ctx.hessians] if weighted else []
+        if missing:  # one codebook per unit: its k-means weights all sub-vectors alike or none
+            hessian_fallback(self, "weighted=true", "unweighted k-means (weighted=false)", missing[0])
+            weighted = False
         xs, ws, scales = [], [], []
         for name, t in tensors.items():
             w = t.detach().to(ctx.device, torch.float32)
@@ -159,7 +187,7 @@ class Clustered(Format):
                 w = w / s.float()[:, None]
             scales.append(s)
             xs.append(subvectors(w, d))
-            if self.weighted:
+            if weighted:
                 ws.append(self._weights(name, tuple(w.shape), s, ctx))
         x = torch.cat(xs) if len(xs) > 1 else xs[0]
         n = x.shape[0]
@@ -168,7 +196,7 @@ class Clustered(Format):
                 f"clustered: codebook_size {k} is larger than the {n} sub-vectors of "
                 f"{', '.join(tensors)} (dim {d}); lower codebook_size"
             )
-        weights = torch.cat(ws) if self.weighted else None
+        weights = torch.cat(ws) if weighted else None
         energy = float(((weights if weights is not None else 1.0) * x.pow(2).sum(1)).sum()) / n
         lam_eff = self.lam * energy
         res = kmeans(x, k, weights=weights, iters=self.iters, seed=ctx.seed, lam=lam_eff)
@@ -184,14 +212,14 @@ class Clustered(Format):
         specs, recon, start = [], {}, 0
         for i, (name, t) in enumerate(tensors.items()):
             rows, cols = t.shape
-            c = codes[start : start + rows // d * cols].reshape(rows // d, cols)
+            c = codes[start : start + blocks(rows, d) * cols].reshape(blocks(rows, d), cols)
             start += c.numel()
             streams[f"{i}.codes"] = Stream(c.numpy().astype(symbol_dtype(k)), "codes", k)
             s = scales[i]
             if s is not None:
                 s = s.cpu()
                 streams[f"{i}.scales"] = Stream(to_numpy(s), "scales")
-            recon[name] = reconstruct(codebook32, c, d, None if s is None else s.float()).to(t.dtype)
+            recon[name] = reconstruct(codebook32, c, d, None if s is None else s.float(), rows).to(t.dtype)
             specs.append(TensorSpec.of(name, t))
         meta = {
             "codebook_size": k,
@@ -217,7 +245,7 @@ class Clustered(Format):
             scales = None
             if meta["normalize"]:
                 scales = from_numpy(enc.streams[f"{i}.scales"].data, torch.float16).float()
-            w = reconstruct(codebook, codes.reshape(rows // d, cols), d, scales)
+            w = reconstruct(codebook, codes.reshape(blocks(rows, d), cols), d, scales, rows)
             out[spec.name] = w.to(torch_dtype(spec.dtype))
         return out
 
@@ -225,7 +253,9 @@ class Clustered(Format):
         """The codebook (and row scales) over the frozen codes."""
         meta, d = enc.meta, int(enc.meta["dim"])
         codes = [
-            torch.from_numpy(enc.streams[f"{i}.codes"].data.astype(np.int64)).reshape(s.shape[0] // d, -1).to(device)
+            torch.from_numpy(enc.streams[f"{i}.codes"].data.astype(np.int64))
+            .reshape(blocks(s.shape[0], d), -1)
+            .to(device)
             for i, s in enumerate(enc.tensors)
         ]
         dtypes = {"codebook": CODEBOOK_DTYPES[meta["codebook_dtype"]]}
@@ -234,6 +264,9 @@ class Clustered(Format):
 
         def rebuild(v: dict[str, Tensor]) -> dict[str, Tensor]:
             cb = v["codebook"].reshape(-1, d)
-            return {s.name: reconstruct(cb, codes[i], d, v.get(f"{i}.scales")) for i, s in enumerate(enc.tensors)}
+            return {
+                s.name: reconstruct(cb, codes[i], d, v.get(f"{i}.scales"), s.shape[0])
+                for i, s in enumerate(enc.tensors)
+            }
 
         return Trainable(dtypes, rebuild)

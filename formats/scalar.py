@@ -34,7 +34,16 @@ from torch import Tensor
 
 from bytegolf.errors import ConfigError
 from bytegolf.formats.arrays import from_numpy, single_tensor, to_numpy, torch_dtype
-from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, Trainable, meta_int
+from bytegolf.formats.base import (
+    EncodeContext,
+    Encoded,
+    Format,
+    Stream,
+    TensorSpec,
+    Trainable,
+    hessian_fallback,
+    meta_int,
+)
 from bytegolf.formats.gptq import gptq_quantize
 
 SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -271,15 +280,19 @@ class Scalar(Format):
         factor: Tensor | float = 1.0
         if matrix and self.scale_search != "none":
             weight = None
-            if self.scale_search == "output":
+            if self.scale_search == "output" and name not in ctx.hessians:
+                hessian_fallback(self, "scale_search=output", "scale_search=mse (unweighted)", name)
+            elif self.scale_search == "output":
                 weight = self._column_weight(name, ctx, cols, g, w.device)
             factor = self._search(x, clip, lo, hi, weight)
         grid, stored = self._grid(clip, lo, hi, per_tensor=not matrix, factor=factor)
         if not bool(torch.isfinite(stored).all()):
             raise ConfigError(f"scalar: tensor {name} has scales beyond scale_dtype {self.scale_dtype}; use fp32")
-        if matrix and self.gptq:
-            if name not in ctx.hessians:
-                raise ConfigError(f"scalar: gptq needs a Hessian for tensor {name}, none was collected")
+        gptq = matrix and self.gptq
+        if gptq and name not in ctx.hessians:
+            hessian_fallback(self, "gptq=true", "round-to-nearest (gptq=false)", name)
+            gptq = False
+        if gptq:
             flat = grid.select(torch.arange(cols, device=w.device) // g)  # one grid entry per column
 
             def quantize_column(col: Tensor, j: int) -> tuple[Tensor, Tensor]:

@@ -59,7 +59,7 @@ from torch import Tensor
 
 from bytegolf.errors import ConfigError
 from bytegolf.formats.arrays import check_matrix, from_numpy, to_numpy
-from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format
+from bytegolf.formats.base import EncodeContext, Encoded, Format, Stream, TensorSpec, get_format, hessian_fallback
 from bytegolf.formats.spqr import SpqrGroups, scalar_in_gptq
 
 LAYOUTS = ("fine", "row", "column", "block")
@@ -171,20 +171,27 @@ class SparseOutlier(Format):
 
     # ---- encode ----------------------------------------------------------------------------------
 
+    def _select(self, name: str, ctx: EncodeContext) -> str:
+        """The selection for a tensor: select=hessian without the tensor's Hessian is its unweighted form, error
+        (the saliency with H = I)."""
+        if self.select == "hessian" and name not in ctx.hessians:
+            hessian_fallback(self, "select=hessian", "select=error (the saliency unweighted)", name)
+            return "error"
+        return self.select
+
     def _scores(self, name: str, t: Tensor, w: Tensor, ctx: EncodeContext) -> Tensor:
         """Per-weight exception score (R, C), fp32 on the CPU."""
-        if self.select == "magnitude":
+        select = self._select(name, ctx)
+        if select == "magnitude":
             return w.abs()
-        if self.select == "hessian" and name not in ctx.hessians:
-            raise ConfigError(f"sparse_outlier: select=hessian needs a Hessian for tensor {name}, none was collected")
         h = ctx.hessians.get(name)
-        if self.select == "hessian" and not self.base_gptq:
+        if select == "hessian" and not self.base_gptq:
             self._check_hessian(name, h, w.shape[1])
             hdiag = torch.diagonal(h).float().cpu()
             if isinstance(self.base_format, SpqrGroups):
                 return self.base_format.rtn_saliency(name, t, hdiag, ctx)
         err = w - self.base_format.encode({name: t}, ctx).recon[name].float().cpu()
-        if self.select == "error":
+        if select == "error":
             return err.abs()
         if not self.base_gptq:
             return err.pow(2) * hdiag[None, :]
@@ -228,7 +235,7 @@ class SparseOutlier(Format):
         w = t.detach().float().cpu()
         n_units = to_units(w, self.layout, b).shape[0]
         n = round(self.fraction * n_units)
-        if n > 0 and self.select == "hessian" and self.layout == "fine" and self.base_gptq:
+        if n > 0 and self._select(name, ctx) == "hessian" and self.layout == "fine" and self.base_gptq:
             return self._encode_in_gptq(name, t, n, ctx, prefix)
         w0 = t
         if n > 0:

@@ -2,7 +2,9 @@
 
 Each format names its rate knob (`Format.rate_knob`, per instance). The search treats the counted
 bytes (final bytes, plus the decoder's code bytes when `budget.count_code`) as a monotone function
-of the knob, in whichever direction the measurements show. It brackets the budget by stepping
+of the knob, in whichever direction the measurements show. A knob that declares its cheap end
+(`Knob.cheap`) is probed there first: a budget that end is over does not fit, after that one probe.
+It brackets the budget by stepping
 geometrically from the format's default, then narrows the bracket by the secant rule on
 (knob, log bytes) — log-knob for knobs with a log scale, since H(q) ≈ b − log2 k + const —
 safeguarded by bisection. Integer knobs (bits, codebook size, number of codebooks) move over the
@@ -34,13 +36,21 @@ log = logging.getLogger("bytegolf")
 
 @dataclass(frozen=True)
 class Knob:
-    """A rate knob's search range: [lo, hi], log or linear steps, integer or continuous."""
+    """A rate knob's search range: [lo, hi], log or linear steps, integer or continuous; cheap ("lo" or
+    "hi", None: unknown) names the end toward which the bytes fall monotonically, so that end is the
+    knob's smallest setting and one probe there tells whether a budget can be reached at all."""
 
     name: str
     lo: float
     hi: float
     log: bool = True
     integer: bool = False
+    cheap: str | None = None
+
+    @property
+    def cheapest(self) -> float | None:
+        """The value with the fewest bytes (None where the knob does not say which end that is)."""
+        return {"lo": self.lo, "hi": self.hi}.get(self.cheap) if self.cheap else None
 
     def snap(self, x: float) -> float:
         """x clamped to the range, rounded to an integer or to 5 significant digits."""
@@ -63,15 +73,17 @@ class Knob:
 KNOBS: dict[str, Knob] = {
     # SDClip clips each row at clip_k·std: below ~3σ it cuts into the bulk of the weights, so bytes
     # still rise while quality collapses (int6 at k=1.6: rel MSE 0.14); the search stops at 3.
-    "clip_k": Knob("clip_k", 3.0, 256.0),
-    "lam": Knob("lam", 1e-4, 100.0),
-    "bits": Knob("bits", 2, 8, log=False, integer=True),
-    "codebook_size": Knob("codebook_size", 2, 65536, integer=True),
+    # Each declares its cheap end: a wider clip, a larger ECVQ rate weight, fewer bits, centroids,
+    # codebooks, outliers or rank all store fewer bytes.
+    "clip_k": Knob("clip_k", 3.0, 256.0, cheap="hi"),
+    "lam": Knob("lam", 1e-4, 100.0, cheap="hi"),
+    "bits": Knob("bits", 2, 8, log=False, integer=True, cheap="lo"),
+    "codebook_size": Knob("codebook_size", 2, 65536, integer=True, cheap="lo"),
     # additive: a real number, ⌊x⌋ AQLM codebooks plus a partial one on a share x − ⌊x⌋ of the rows,
     # so bytes move continuously (one whole codebook is ≈2.35 MB on the 17M-parameter model)
-    "num_codebooks": Knob("num_codebooks", 1, 16, log=False),
-    "fraction": Knob("fraction", 1e-4, 0.5),
-    "rank": Knob("rank", 1, 512, integer=True),
+    "num_codebooks": Knob("num_codebooks", 1, 16, log=False, cheap="lo"),
+    "fraction": Knob("fraction", 1e-4, 0.5, cheap="lo"),
+    "rank": Knob("rank", 1, 512, integer=True, cheap="lo"),
 }
 
 
@@ -98,7 +110,8 @@ def with_setting(params: dict[str, Any], name: str, value: Any) -> dict[str, Any
 
 def knob_for(name: str | None, default: Any, override: dict[str, Any] | None = None) -> Knob | None:
     """The search range of a knob: from KNOBS (by its last name part: base.clip_k ranges as clip_k),
-    else inferred from the default's type; override (keys lo, hi, log, integer) wins."""
+    else inferred from the default's type (no cheap end: the search measures the direction); override
+    (keys lo, hi, log, integer, cheap) wins."""
     if name is None:
         return None
     knob = KNOBS.get(name) or KNOBS.get(name.rsplit(".", 1)[-1])
@@ -113,13 +126,17 @@ def knob_for(name: str | None, default: Any, override: dict[str, Any] | None = N
         else:
             knob = Knob(name, default / 256, default * 256)
     if override:
-        unknown = set(override) - {"lo", "hi", "log", "integer"}
+        unknown = set(override) - {"lo", "hi", "log", "integer", "cheap"}
         if unknown:
-            keys = "name, lo, hi, log, integer"
+            keys = "name, lo, hi, log, integer, cheap"
             raise ConfigError(f"knob settings for {name}: unknown keys {sorted(unknown)} (use {keys})")
         knob = replace(knob, **{k: v for k, v in override.items()})
     if not knob.lo < knob.hi or (knob.log and knob.lo <= 0):
         raise ConfigError(f"knob {name}: need 0 < lo < hi on a log scale (lo < hi otherwise), got {knob}")
+    if knob.cheap not in (None, "lo", "hi"):
+        raise ConfigError(
+            f"knob {name}: cheap must be lo, hi or null (the end with the fewest bytes), got {knob.cheap!r}"
+        )
     return knob
 
 
@@ -213,6 +230,14 @@ def search(
         ev(0.0 if start is None else start)
         return landing()
 
+    # The knob's cheapest end first (cached by the caller, so one probe serves every budget): over the
+    # budget there, nothing on the knob fits and the search ends after this one probe.
+    cheapest, bc = knob.cheapest, None
+    if cheapest is not None:
+        bc = ev(cheapest)
+        if bc is not None and bc > budget:
+            return landing()
+
     x0 = knob.snap(start)
     b0 = ev(x0)
     if b0 is None:  # the default itself is invalid here: restart from the middle of the range
@@ -236,7 +261,7 @@ def search(
 
     def bracket() -> tuple[tuple[float, int] | None, tuple[float, int] | None]:
         """(fitting probe with most bytes, non-fitting probe with fewest bytes)."""
-        valid = [(x, p.counted(count_code)) for x, p in seen.items() if p.final_bytes is not None]
+        valid = [(x, p.counted(count_code)) for x, p in seen.items() if p.final_bytes is not None and x not in aside]
         fit = [xb for xb in valid if xb[1] <= budget]
         over = [xb for xb in valid if xb[1] > budget]
         # ties in bytes (a flat stretch of the knob): the probe nearest the other side, so the bracket shrinks
@@ -245,7 +270,10 @@ def search(
             min(over, key=lambda xb: (xb[1], direction * xb[0])) if over else None,
         )
 
-    # Expand geometrically from the best probe so far until the budget is bracketed or the range ends.
+    # Expand geometrically from the best probe so far until the budget is bracketed or the range ends. The
+    # cheapest end's probe stays aside until the expansion gets there: a bracket out to the range's end
+    # would leave the narrowing many more probes than the expansion's doubling steps take.
+    aside = {cheapest} - {x0, None}
     edge_more = knob.hi if direction > 0 else knob.lo  # the end with the most bytes
     edge_less = knob.lo if direction > 0 else knob.hi
     step = unit
@@ -260,6 +288,9 @@ def search(
         x_new = knob.snap(knob.x(knob.t(x_from) + sign * step))
         if x_new == x_from and knob.integer:
             x_new = knob.snap(x_from + sign)
+        if x_new in aside:  # the expansion reached the cheapest end, probed already
+            aside.clear()
+            continue
         if x_new in seen and seen[x_new].final_bytes is not None:
             if x_new == edge:  # the range's end is known already (bytes need not be monotone there)
                 return landing("at_limit" if fit else None)
@@ -273,6 +304,7 @@ def search(
             return landing("at_limit" if fit else None)  # x_from is as far as the knob goes
         step *= 2
 
+    aside.clear()
     # Narrow the bracket: secant on (t, log bytes) aimed inside the tolerance, bisection as safeguard.
     target = budget * (1 - tol / 2)
     last_side = same_side = 0

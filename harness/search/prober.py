@@ -6,10 +6,17 @@ that value, encodes, writes a probe artifact with the run's layout and codec, co
 code bytes, deletes the file and returns a `Probe`. Probes are cached by knob value, in memory and
 (optionally) in a JSON file, so a rerun or another budget's search does not encode again; the
 last few encodings are kept so a landing is not encoded twice.
+
+Compares running at once on one output directory share that file (`ProbeCache`): a probe being
+computed is claimed as points are (bytegolf.run.store.claim: a claim file next to the cache, written
+aside then hard-linked, a dead or stale taker's claim taken over), so a second process asking for
+the same knob value waits and reads the first one's result instead of encoding it again; the file
+is rewritten (merged with what is on disk) under a claim of its own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bytegolf.errors import ConfigError
+from bytegolf.run import store
 from bytegolf.search.budget import Knob, Probe, with_setting
 
 if TYPE_CHECKING:
@@ -108,6 +116,81 @@ class Workspace:
 KEEP_ENCODINGS = 4  # encodings an Encoder keeps in memory (each about the model's fp32 size)
 
 
+class ProbeCache:
+    """Probes by knob value: in memory and, with a path, in a JSON file ({**header, "probes": [...]}) that
+    the processes searching the same system on one output directory share.
+
+    get(value, compute) computes a value's probe only when neither memory nor the file has it, and while it
+    does so holds the claim `.claim-<file name>-<value>` next to the file: another process asking for the
+    same value meanwhile polls (every `wait_s` seconds) until the result is in the file or the claim is
+    gone (its holder failed or died: then it claims and computes itself)."""
+
+    wait_s = 1.0  # seconds between looks at a value another process is computing
+    lock_wait_s = 0.02  # seconds between tries to claim the file for a rewrite (held for milliseconds)
+
+    def __init__(self, path: Path | None, header: dict[str, Any] | None = None) -> None:
+        self.path, self.header = path, dict(header or {})
+        self.probes: dict[float, Probe] = {}
+        self.computed = 0  # probes this instance computed (the others came from memory or the file)
+        self.load()
+
+    def _read(self) -> dict[float, Probe]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            body = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # vanished between the look and the read
+            return {}
+        return {float(p["value"]): Probe(**p) for p in body.get("probes", [])}
+
+    def load(self) -> None:
+        """Add the file's probes that memory lacks."""
+        for value, probe in self._read().items():
+            self.probes.setdefault(value, probe)
+
+    def get(self, value: float, compute: Callable[[float], Probe]) -> Probe:
+        if value in self.probes:
+            return self.probes[value]
+        if self.path is None:
+            self.probes[value] = probe = compute(value)
+            self.computed += 1
+            return probe
+        name = f"{store.CLAIM}-{self.path.name}-{value!r}"
+        waited = False
+        while True:
+            self.load()
+            if value in self.probes:
+                if waited:
+                    log.info("probe %s=%g: computed by another process", self.path.stem, value)
+                return self.probes[value]
+            with store.claim(self.path.parent, name) as owned:
+                if owned:
+                    self.load()  # computed and released between the look and the claim
+                    if value not in self.probes:
+                        self.probes[value] = compute(value)
+                        self.computed += 1
+                        self.save()
+                    return self.probes[value]
+            if not waited:
+                log.info("probe %s=%g: another process is computing it; waiting", self.path.stem, value)
+                waited = True
+            time.sleep(self.wait_s)
+
+    def save(self) -> None:
+        """Rewrite the file with memory's probes and the file's (another process's) together."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            with store.claim(self.path.parent, f"{store.CLAIM}-{self.path.name}-write") as owned:
+                if owned:
+                    self.load()
+                    probes = [asdict(p) for p in sorted(self.probes.values(), key=lambda p: p.value)]
+                    store.write_json_atomic(self.path, {**self.header, "probes": probes})
+                    return
+            time.sleep(self.lock_wait_s)
+
+
 class Encoder:
     """measure(value): encode + write one format at one knob value; cached in memory and in a JSON file."""
 
@@ -130,13 +213,10 @@ class Encoder:
         self.plan_at, self.layout_cfg = plan_at, layout_cfg
         self.codec, self.codec_params = codec, dict(codec_params)
         self.work_dir, self.cache_file = work_dir, cache_file
-        self.cache: dict[float, Probe] = {}
+        header = {"format": fmt, "params": self.params, "knob": asdict(knob) if knob else None, "codec": codec}
+        self.probes = ProbeCache(cache_file, header)
+        self.cache: dict[float, Probe] = self.probes.probes
         self.units: dict[float, list] = {}  # the last few probes' encodings, so a landing is not encoded again
-        if cache_file is not None and cache_file.is_file():
-            import json
-
-            for p in json.loads(cache_file.read_text()).get("probes", []):
-                self.cache[float(p["value"])] = Probe(**p)
 
     def params_at(self, value: float) -> dict[str, Any]:
         if self.knob is None:
@@ -144,8 +224,11 @@ class Encoder:
         return with_setting(self.params, self.knob.name, self.knob.value(value))
 
     def __call__(self, value: float) -> Probe:
-        if value in self.cache:
-            return self.cache[value]
+        """The probe at value: from memory or the cache file, else encoded here (claimed while it is)."""
+        return self.probes.get(value, self.encode)
+
+    def encode(self, value: float) -> Probe:
+        """Encode + write at value and measure (no cache)."""
         import torch
 
         from bytegolf.artifact import file as artifact
@@ -178,8 +261,6 @@ class Encoder:
             path.unlink(missing_ok=True)
         name = self.knob.name if self.knob else "settings"
         log.info("probe %s %s=%g: %s", self.fmt, name, value, probe.final_bytes or probe.error)
-        self.cache[value] = probe
-        self._save()
         return probe
 
     def errors(self, units: list) -> tuple[float | None, float | None]:
@@ -206,27 +287,10 @@ class Encoder:
         out = metrics.weighted_mean(errs, weights) if errs else None
         return out, (metrics.weighted_mean(rels, sizes) if rels else None)
 
-    def _save(self) -> None:
-        if self.cache_file is None:
-            return
-        from bytegolf.run.store import write_json_atomic
-
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        body = {
-            "format": self.fmt,
-            "params": self.params,
-            "knob": asdict(self.knob) if self.knob else None,
-            "codec": self.codec,
-            "probes": [asdict(p) for p in sorted(self.cache.values(), key=lambda p: p.value)],
-        }
-        write_json_atomic(self.cache_file, body)
-
 
 def probe_rows(search_dir: Path) -> list[dict[str, Any]]:
     """Every cached probe under a compare's search/ as a row: variant (the system's label), format, knob,
     value, final_bytes, code_bytes, rel_mse, output_error, seconds. Probes that did not encode are left out."""
-    import json
-
     rows = []
     for path in sorted(search_dir.glob("*.json")):
         if path.name.endswith(".allocation.json"):

@@ -59,8 +59,8 @@ def test_two_jobs_give_the_same_artifact_as_one(
 
 def test_an_error_in_a_worker_reaches_the_caller_as_itself(tiny_state_and_ctx: tuple) -> None:
     state, _ = tiny_state_and_ctx
-    plan = make_plan(state, PlanConfig(passthrough_max_numel=1024), "scalar", {"bits": 4, "gptq": True})
-    with pytest.raises(ConfigError, match="gptq needs a Hessian"):
+    plan = make_plan(state, PlanConfig(passthrough_max_numel=1024), "scalar", {"bits": 4, "group_size": 7})
+    with pytest.raises(ConfigError, match="not divisible by group_size 7"):
         encoder.encode_state(state, plan, EncodeContext(), progress=False, jobs=2)
 
 

@@ -99,11 +99,47 @@ def test_invalid_knob_values_bound_the_range() -> None:
 
 def test_knob_ranges_and_overrides() -> None:
     assert search.knob_for(None, None) is None
-    assert search.knob_for("clip_k", 12.85) == KNOBS["clip_k"] == Knob("clip_k", 3.0, 256.0)
+    assert search.knob_for("clip_k", 12.85) == KNOBS["clip_k"] == Knob("clip_k", 3.0, 256.0, cheap="hi")
     assert search.knob_for("clip_k", 12.85, {"lo": 2.0}).lo == 2.0
     assert search.knob_for("depth", 8) == Knob("depth", 1, 512, integer=True)  # unknown knob: from its default
+    assert search.knob_for("depth", 8).cheapest is None and KNOBS["bits"].cheapest == 2
+    assert search.knob_for("depth", 8, {"cheap": "lo"}).cheapest == 1
     with pytest.raises(Exception, match="unknown keys"):
         search.knob_for("clip_k", 12.85, {"low": 2.0})
+    with pytest.raises(Exception, match="cheap must be lo, hi or null"):
+        search.knob_for("clip_k", 12.85, {"cheap": "left"})
+
+
+@pytest.mark.parametrize(
+    ("knob", "start", "fn"),
+    [(KNOBS["clip_k"], 12.85, lambda k: 1000 + clip_like(k)), (KNOBS["bits"], 6, lambda b: 10_000 * b)],
+    ids=["clip_k", "bits"],
+)
+def test_an_unreachable_budget_is_known_after_one_probe_at_the_cheapest_end(knob, start, fn) -> None:
+    """A knob that declares its cheap end is probed there first: a budget over it ends the search at once
+    (before: 4 to 5 probes walking out from the default)."""
+    m = Curve(fn)
+    land = search.search(m, knob, start, 999)
+    assert land.status == "does_not_fit" and land.probes == 1 and m.calls == [knob.cheapest]
+    assert land.value == knob.cheapest and land.counted_bytes == int(fn(knob.cheapest))
+    assert land.describe().startswith(f"does not fit: smallest {int(fn(knob.cheapest)):,} B")
+
+
+def test_the_cheapest_probe_serves_every_budget_and_costs_reachable_ones_little() -> None:
+    """With the encoder's cache shared by the searches, the cheapest end is measured once per compare, and a
+    reachable budget lands as before (the end's probe is kept out of the bracket until the expansion gets there)."""
+    m = Curve(lambda k: 1000 + clip_like(k))
+    cache: dict[float, Probe] = {}
+
+    def cached(x: float) -> Probe:
+        if x not in cache:
+            cache[x] = m(x)
+        return cache[x]
+
+    lands = [search.search(cached, KNOBS["clip_k"], 12.85, b) for b in (300_000, 600_000, 999)]
+    assert [x.status for x in lands] == ["ok", "ok", "does_not_fit"]
+    assert m.calls.count(256.0) == 1 and m.calls[0] == 256.0
+    assert lands[0].probes <= 7 and lands[1].probes <= 8
 
 
 # ------------------------------------------------------------------ the real encoder on a tiny model
@@ -149,6 +185,11 @@ def test_search_lands_within_one_percent_on_a_tiny_model(tiny_cfg, tmp_path: Pat
     # an impossible budget is a does-not-fit landing, not an exception
     none = search.search(enc, CLIP, 12.85, 500)
     assert none.status == "does_not_fit" and none.counted_bytes > 500 and none.value == 64.0
+    # the shipped clip_k knob knows its cheap end: a fresh encoder encodes once to say so
+    fresh = _encoder(tiny_cfg, ws, tmp_path)
+    one = search.search(fresh, KNOBS["clip_k"], 12.85, 500)
+    assert one.status == "does_not_fit" and one.probes == 1 and list(fresh.cache) == [256.0]
+    assert one.counted_bytes == fresh.cache[256.0].final_bytes > 500
 
 
 def test_out_of_reach_budget_on_a_non_monotone_knob_stops() -> None:
