@@ -62,6 +62,7 @@ BUILTIN: dict[str, str] = {
     "brotli": "bytegolf.codecs.brotli_codec:Brotli",
     "ans": "bytegolf.codecs.ans:Ans",
     "zpaq": "bytegolf.codecs.zpaq_codec:Zpaq",
+    "deepcabac": "bytegolf.codecs.deepcabac:DeepCabac",
     "best": "bytegolf.codecs.best:Best",
 }
 
