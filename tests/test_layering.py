@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # bottom to top; a module may import its own layer and the layers below
 LAYERS = (
-    {"errors", "registry", "fingerprint", "figure", "formats", "codecs"},  # core and the plugins
+    {"errors", "registry", "fingerprint", "figure", "markdown", "formats", "codecs"},  # core and the plugins
     {"artifact"},  # the decoder: what an artifact needs to be read back
     {"data"},
     {"measure"},

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from bytegolf.artifact import container, layout, reshape
 from bytegolf.errors import ArtifactError, BytegolfError
@@ -53,12 +54,13 @@ def write(
     return Written(units, size, stored, [len(b.raw) for b in blobs], manifest, seconds)
 
 
-def read(path: Path) -> tuple[dict[str, Tensor], list[Encoded]]:
-    """Decode every tensor from an artifact file alone; any inconsistency raises ArtifactError."""
+def read(path: Path, progress: bool = True) -> tuple[dict[str, Tensor], list[Encoded]]:
+    """Decode every tensor from an artifact file alone; any inconsistency raises ArtifactError.
+    progress: a bar of units decoded."""
     manifest, blobs = container.read_artifact(path)
     units = layout.unpack(manifest.get("units"), blobs)
     out: dict[str, Tensor] = {}
-    for ui, unit in enumerate(units):
+    for ui, unit in enumerate(tqdm(units, desc="decode", unit="unit", leave=False, disable=not progress)):
         names = [t.name for t in unit.tensors]
         try:
             params = unit.meta.get("params", {})

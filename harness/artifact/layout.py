@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from bytegolf.artifact.container import Blob
 from bytegolf.artifact.packing import manifest_int, np_dtype, read_stream, serial_dtype, serialize
@@ -246,12 +247,17 @@ def _compress(name: str, params: dict[str, Any], raw: bytes, info: StreamInfo) -
 
 
 def pack(
-    units: list[Encoded], codec: str, codec_params: dict[str, Any], cfg: LayoutConfig, workers: int = 0
+    units: list[Encoded],
+    codec: str,
+    codec_params: dict[str, Any],
+    cfg: LayoutConfig,
+    workers: int = 0,
+    progress: bool = True,
 ) -> tuple[list[dict], list[Blob]]:
     """Manifest entries for the units and the blobs holding their streams, in the stable order above.
 
     Every blob is compressed here (Blob.stored); workers: blobs compressed at once (0: one per
-    available core); the output does not depend on it."""
+    available core); the output does not depend on it. progress: a bar of blobs compressed."""
     items, entries = _items(units, cfg)
     candidates, screen, margin = _candidates(codec, codec_params)
     groups: dict[Any, list[_Item]] = defaultdict(list)
@@ -298,11 +304,19 @@ def pack(
     # Blobs are compressed here, in parallel threads (the codecs' C libraries release the GIL); the
     # output does not depend on the thread count.
     jobs = workers or len(os.sched_getaffinity(0))
+    bar = tqdm(total=len(groups), desc="write", unit="blob", leave=False, disable=not progress)
+
+    def counted(members: list[_Item]) -> tuple[Blob, dict[int, dict[str, Any]]]:
+        out = blob(members)
+        bar.update()
+        return out
+
     if jobs > 1 and len(groups) > 1:
         with ThreadPoolExecutor(min(jobs, len(groups))) as pool:
-            done = list(pool.map(blob, groups.values()))
+            done = list(pool.map(counted, groups.values()))
     else:
-        done = [blob(members) for members in groups.values()]
+        done = [counted(members) for members in groups.values()]
+    bar.close()
     blobs: list[Blob] = [b for b, _ in done]
     placed: dict[tuple[int, str], dict[str, Any]] = {}
     for bi, (members, (_, where)) in enumerate(zip(groups.values(), done, strict=True)):

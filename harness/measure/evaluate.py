@@ -66,32 +66,6 @@ def protocol(eval_cfg: Any, windows: int) -> str:
     return f"{windows} windows × {seq_len} tokens, {drawn}, {eval_cfg.precision}, {slide}"
 
 
-def row_protocol(r: dict[str, Any]) -> str:
-    """The evaluation protocol of a result row in words, from what rows carry (the row's own `protocol` where it
-    has one, else "256 windows × 1024 tokens, 54 documents, bf16, no stride" from its evaluation fields, which do
-    not record how the windows were drawn). "" for a row without an evaluation."""
-    if r.get("protocol"):
-        return str(r["protocol"])
-    windows = int(r.get("eval_windows") or len(r.get("window_nll") or []))
-    tokens = int(r.get("eval_tokens") or 0)
-    stride = r.get("eval_stride")
-    if not (windows or tokens):
-        return ""
-    if windows and tokens and not stride and tokens % windows == 0:
-        parts = [f"{windows} windows × {tokens // windows} tokens"]
-    elif windows:
-        parts = [f"{windows} windows" + (f", {tokens:,} tokens scored" if tokens else "")]
-    else:
-        parts = [f"{tokens:,} tokens scored"]
-    docs = len(set(r.get("window_docs") or []))
-    if docs:
-        parts.append(f"{docs} documents")
-    if r.get("eval_precision"):
-        parts.append(str(r["eval_precision"]))
-    parts.append(f"sliding, stride {int(stride)}" if stride else "no stride")
-    return ", ".join(parts)
-
-
 def unigram_bpb(fit_tokens: np.ndarray, targets: np.ndarray, n_bytes: int, vocab: int = 0) -> float:
     """Bits per byte, over `targets` (which stand for n_bytes bytes), of an add-one unigram model fitted on
     fit_tokens (vocab: at least the tokens seen)."""

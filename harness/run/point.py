@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from bytegolf.artifact import container, layout
 from bytegolf.artifact import file as artifact
@@ -330,6 +331,7 @@ def eval_fields(res: EvalResult, ref: EvalResult, docs: np.ndarray, val: Windows
         "ppl": res.ppl,
         "bpb": res.bpb,
         "bpb_ci": [lo, hi],
+        "ref_val_loss": ref.loss,
         "ref_bpb": ref.bpb,
         "delta_bpb": res.bpb - ref.bpb,
         "delta_bpb_ci": [delta.lo, delta.hi],
@@ -442,7 +444,7 @@ def _tensor_metrics(state, decoded, units, grams) -> list[dict]:
     """Per-tensor error measures of the decoded weights against the originals: rel_mse and SQNR over the whole
     tensor, output error per matrix (per slice for a weight bank; metrics.tensor_output_error)."""
     rows = []
-    for unit in units:
+    for unit in tqdm(units, desc="metrics", unit="unit", leave=False):
         unit_numel = sum(math.prod(t.shape) for t in unit.tensors) or 1
         for spec in unit.tensors:
             w, w_hat = state[spec.name], decoded[spec.name]

@@ -18,10 +18,12 @@ import socket
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bytegolf import markdown
 from bytegolf.errors import BytegolfError
 
 log = logging.getLogger("bytegolf")
@@ -258,7 +260,14 @@ def table(results: list[dict[str, Any]]):
     """One pandas row per point, scalar columns only (plus config_hash and path)."""
     import pandas as pd
 
-    rows = [flatten(r) for r in results]
+    rows = []
+    for r in results:
+        row = flatten(r)
+        row["protocol"] = row_protocol(r) or None  # results written before the field: from their evaluation
+        for key in ("bpb_ci", "delta_bpb_ci"):
+            if isinstance(r.get(key), list) and len(r[key]) == 2:
+                row[f"{key}_lo"], row[f"{key}_hi"] = r[key]
+        rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -274,15 +283,50 @@ def mixed_sources(results: list[dict[str, Any]]) -> str:
     return f"{len(results)} results from {len(sources)} source trees ({', '.join(sources)}): they mix revisions"
 
 
+def row_protocol(r: dict[str, Any]) -> str:
+    """The evaluation protocol of a result row in words, from what rows carry (the row's own `protocol` where it
+    has one, else "256 windows × 1024 tokens, 54 documents, bf16, no stride" from its evaluation fields, which do
+    not record how the windows were drawn). "" for a row without an evaluation."""
+    if r.get("protocol"):
+        return str(r["protocol"])
+    windows = int(r.get("eval_windows") or len(r.get("window_nll") or []))
+    tokens = int(r.get("eval_tokens") or 0)
+    stride = r.get("eval_stride")
+    if not (windows or tokens):
+        return ""
+    if windows and tokens and not stride and tokens % windows == 0:
+        parts = [f"{windows} windows × {tokens // windows} tokens"]
+    elif windows:
+        parts = [f"{windows} windows" + (f", {tokens:,} tokens scored" if tokens else "")]
+    else:
+        parts = [f"{tokens:,} tokens scored"]
+    docs = len(set(r.get("window_docs") or []))
+    if docs:
+        parts.append(f"{docs} documents")
+    if r.get("eval_precision"):
+        parts.append(str(r["eval_precision"]))
+    parts.append(f"sliding, stride {int(stride)}" if stride else "no stride")
+    return ", ".join(parts)
+
+
+def mixed_protocols(results: list[dict[str, Any]]) -> str:
+    """A warning when the evaluated results were scored under more than one evaluation protocol, else ""."""
+    counts = Counter(row_protocol(r) for r in results if r.get("bpb") is not None)
+    if len(counts) <= 1:
+        return ""
+    parts = "; ".join(f"{n} under {p or 'an unrecorded protocol'}" for p, n in counts.most_common())
+    return f"the results mix {len(counts)} evaluation protocols ({parts}): compare bpb only within one"
+
+
 def collect(dirs: list[Path]):
     """The table of every result under the dirs; BytegolfError when there is none."""
     found = load_results(dirs)
     if not found:
         names = ", ".join(str(d) for d in dirs)
         raise BytegolfError(f"no bytegolf result.json under {names} (not a sweep, compare or run directory)")
-    msg = mixed_sources(found)
-    if msg:
-        warnings.warn(msg, stacklevel=2)
+    for msg in (mixed_sources(found), mixed_protocols(found)):
+        if msg:
+            warnings.warn(msg, stacklevel=2)
     return table(found)
 
 
@@ -303,6 +347,7 @@ def save_table(df, stem: Path) -> list[Path]:
 
 
 SHOWN = (
+    "point",
     "format",
     "codec",
     "status",
@@ -311,24 +356,44 @@ SHOWN = (
     "knob_value",
     "final_bytes",
     "bits_per_weight",
-    "nominal_bits_per_weight",
     "rel_mse",
     "output_error",
     "bpb",
     "delta_bpb",
 )
+HEADERS = {
+    "budget_bytes": "budget",
+    "final_bytes": "final bytes",
+    "bits_per_weight": "bits/weight",
+    "delta_bpb": "Δbpb",
+}
 
 
 def summary(df, limit: int = 60) -> str:
-    """A printable view of the main columns (swept format params included)."""
-    import pandas as pd
-
+    """The main columns (swept format and codec settings included) as a markdown table that pastes, bpb with its
+    interval, the protocol under it (a column, with a warning, where the rows mix protocols)."""
     if df.empty:
         return "(no points)"
+    df = df.assign(point=[Path(str(p)).name for p in df["path"]]) if "path" in df.columns else df
     varying = [c for c in df.columns if c.startswith(("format.", "codec.")) and df[c].nunique(dropna=False) > 1]
     cols = [c for c in SHOWN if c in df.columns and df[c].notna().any()]
-    cols = cols[:2] + varying + cols[2:]
+    cols = cols[:3] + varying + cols[3:]
     sort = [c for c in ("budget_bytes", "format", "codec", "final_bytes") if c in df.columns]
-    view = df.sort_values(sort)[cols] if sort else df[cols]
-    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_rows", limit):
-        return view.head(limit).to_string(index=False, float_format=lambda v: f"{v:.4g}" if not math.isnan(v) else "")
+    rows = (df.sort_values(sort) if sort else df).head(limit).to_dict("records")
+    for r in rows:
+        for key in ("bpb", "delta_bpb"):
+            lo, hi = r.get(f"{key}_ci_lo"), r.get(f"{key}_ci_hi")
+            if r.get(key) is not None and lo is not None and not math.isnan(lo):
+                sign = "+" if key == "delta_bpb" else ""
+                r[key] = f"{r[key]:{sign}.4f} [{lo:{sign}.4f}, {hi:{sign}.4f}]"
+    protocols = sorted({p for p in df.get("protocol", []) if isinstance(p, str) and p})
+    if len(protocols) > 1:
+        cols.append("protocol")
+    text = markdown.table(rows, cols, [HEADERS.get(c, c) for c in cols])
+    if len(df) > limit:
+        text += f"({len(df) - limit} more rows in the saved table)\n"
+    if len(protocols) == 1:
+        text += f"\nprotocol: {protocols[0]}; bpb [95% document-bootstrap interval]\n"
+    elif protocols:
+        text += f"\nWARNING: the rows mix {len(protocols)} evaluation protocols: compare bpb only within one\n"
+    return text

@@ -19,9 +19,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import itertools
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ CONFIG_DIR = REPO / "experiments"
 PARAM_GROUPS = ("format", "codec")  # groups whose keys depend on the chosen registry entry
 LAUNCHERS = ("joblib", "submitit_local", "submitit_slurm")
 ERROR = "error.json"
+RUN_NAME_TAIL = 60  # characters of overrides a run directory's name keeps
 FAILED: list[Path] = []  # points of the last multirun in this process that ended in error.json
 
 
@@ -56,7 +59,13 @@ def register_resolvers() -> None:
 
         return str(cache_dir() / p)
 
-    for name, fn in (("repo", lambda p: str(REPO / p)), ("cache", cache), ("bytegolf_point", point_name)):
+    resolvers = (
+        ("repo", lambda p: str(REPO / p)),
+        ("cache", cache),
+        ("bytegolf_point", point_name),
+        ("bytegolf_run", run_name),
+    )
+    for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -132,6 +141,22 @@ def point_name(*, _root_: DictConfig) -> str:
     fmt = conf.get("format", {}).get("name", "point") if isinstance(conf.get("format"), dict) else "point"
     codec = conf.get("codec", {}).get("name", "") if isinstance(conf.get("codec"), dict) else ""
     return "_".join(str(p) for p in (fmt, codec, store.config_hash(conf)) if p)
+
+
+def run_name(*, _root_: DictConfig) -> str:
+    """Directory name of a single run: the preset, or <format>_<codec>, then the command line's other overrides
+    ("pg_top_format.bits=5"); a path value by its last part, characters a directory name should not hold
+    as "-", and a long tail cut to a hash."""
+    choices = _root_.hydra.runtime.choices
+    preset = choices.get("experiment")
+    head = str(preset) if preset else f"{_root_.format.name}_{_root_.codec.name}"
+    named = {"experiment", "format", "codec"} if preset else {"experiment"}
+    rest = [o for o in _root_.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in named]
+    rest = [re.sub(r"=.*/([^/]+)/?$", r"=\1", o) for o in rest]  # a path by its last part: bundle=bundle0
+    tail = re.sub(r"[^A-Za-z0-9._=,+~-]", "-", ",".join(rest))
+    if len(tail) > RUN_NAME_TAIL:
+        tail = tail[: RUN_NAME_TAIL - 9] + "-" + hashlib.sha256(tail.encode()).hexdigest()[:8]
+    return f"{head}_{tail}" if tail else head
 
 
 # ------------------------------------------------------------------ before Hydra starts

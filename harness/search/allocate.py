@@ -338,7 +338,7 @@ def unit_bytes(unit: Encoded, codec: str, codec_params: dict[str, Any], lay: Lay
     from bytegolf.artifact import layout
     from bytegolf.codecs import get_codec
 
-    _, blobs = layout.pack([unit], codec, codec_params, lay)
+    _, blobs = layout.pack([unit], codec, codec_params, lay, progress=False)
     return sum(len(get_codec(b.codec, **b.params).compress(b.raw, b.info)) for b in blobs)
 
 

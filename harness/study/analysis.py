@@ -170,7 +170,7 @@ def _within(ra: dict[str, Any], rb: dict[str, Any], budget: int | None, toleranc
     return abs(fa - fb) <= tolerance * (budget if budget else max(fa, fb))
 
 
-def _paired_test(
+def paired_test(
     ra: dict[str, Any], rb: dict[str, Any], samples: int, level: float, seed: int
 ) -> tuple[stats.PairedDelta, str] | None:
     """Δbpb = bpb(a) − bpb(b) on shared windows and the unit resampled ("documents"; "windows" where the
@@ -291,7 +291,7 @@ def reversals(
             test = None
             bpbs = (number(ri, "bpb"), number(rj, "bpb"))
             if ordering and all(map(math.isfinite, bpbs)) and _within(ri, rj, budget, tolerance):
-                test = _paired_test(ri, rj, samples, level, seed)
+                test = paired_test(ri, rj, samples, level, seed)
             if test is None and not by_bytes:
                 continue
             pending.append(

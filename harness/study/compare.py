@@ -8,7 +8,7 @@ from its probe's encoding (bytegolf.run.point.run_point: the artifact is written
 file, checked bit for bit and evaluated) into points/<budget>/<format or variant>_<config hash>/result.json, with
 the budget, the knob value and how close it landed. A budget no setting reaches gives a row
 with status does_not_fit. Per budget the lowest bpb wins; every other format gets Δbpb against
-the winner with a paired bootstrap CI over the evaluation windows.
+the winner with a paired bootstrap CI over the evaluated documents and the p of a ratio t-test over them.
 
 Randomized systems (a format with `randomized = True`) are evaluated again at each landing with
 other seeds (compare.seeds), which gives the ranking's seed spread; every system gets
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from bytegolf import markdown
 from bytegolf.artifact import file as artifact
 from bytegolf.errors import ConfigError
 from bytegolf.measure.stats import adjust_pvalues, paired_bootstrap
@@ -51,7 +52,7 @@ from bytegolf.run import store, sweep
 from bytegolf.run.provenance import git_revision, source_hash
 from bytegolf.search import budget as search
 from bytegolf.search.prober import Encoder, Workspace, remove_stale_probes
-from bytegolf.study.analysis import REFERENCE_SYSTEMS, system
+from bytegolf.study.analysis import REFERENCE_SYSTEMS, paired_test, system
 
 log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "experiment"
@@ -1141,7 +1142,7 @@ def ranking(
 ) -> list[dict[str, Any]]:
     """Rows of one budget (the reference exports at their own size included where they fit), best bpb
     (by="kld": lowest mean KLD) first (bpb not measured: lowest output_error, else rel_mse, first), each
-    with Δbpb against the best and its bootstrap CI."""
+    with Δbpb against the best: its document-bootstrap CI and ratio t-test p (analysis.paired_test)."""
     here = [r for r in rows if r.get("budget_bytes") == budget]
     here += [r for r in rows if r.get("status") == "own" and (r.get("counted_bytes") or 0) <= budget]
     ok = sorted((r for r in here if evaluated(r)), key=lambda r: (rank_key(r, by)[0] != by, rank_key(r, by)[1]))
@@ -1150,13 +1151,11 @@ def ranking(
     for r in ok:
         entry = {"row": r, "delta": None, "spread": seed_spread(rows, r, budget) if r.get("bpb") is not None else None}
         if r is not best and best is not None and r.get("bpb") is not None and best.get("bpb") is not None:
-            a, b = np.asarray(r["window_nll"]), np.asarray(best["window_nll"])
-            if a.shape == b.shape and r["window_bytes"] == best["window_bytes"]:
-                docs = r.get("window_docs")
-                groups = np.asarray(docs) if docs is not None and docs == best.get("window_docs") else None
-                entry["delta"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level, groups=groups)
+            test = paired_test(r, best, samples, level, 0)  # CI of the document bootstrap, p of the ratio t-test
+            if test is not None:
+                entry["delta"], entry["by"] = test
+                a, b = np.asarray(r["window_nll"]), np.asarray(best["window_nll"])
                 entry["delta_windows"] = paired_bootstrap(a, b, np.asarray(r["window_bytes"]), samples, level)
-                entry["by"] = "documents" if groups is not None else "windows"
         out.append(entry)
     tested = [e for e in out if e["delta"] is not None]
     for e, p_adj in zip(tested, adjust_pvalues(np.array([e["delta"].p for e in tested]), "holm"), strict=True):
@@ -1188,54 +1187,64 @@ def separable(entry: dict[str, Any], best: dict[str, Any]) -> bool:
     return abs(d.delta) > spread
 
 
+def ranking_table(ranked: list[dict[str, Any]], budget: int) -> str:
+    """One budget's ranking as a markdown table that pastes: system, setting, bytes and their share of the
+    budget, bpb, Δbpb against the best with its interval and p (raw and Holm), seed spread and KLD where
+    measured, status."""
+    rows = []
+    for e in ranked:
+        r, d = e["row"], e["delta"]
+        knob = f"{r['knob']}={r['knob_value']:g}" if r.get("knob") else "-"
+        if r.get("allocation"):  # an allocated system: how many distinct settings it chose
+            knob = f"allocated ×{len(r['allocation']['settings'])} settings"
+        row = {"system": system(r), "setting": knob}
+        if not evaluated(r):
+            rows.append({**row, "bytes": f"does not fit (smallest {r['counted_bytes']:,} B)"})
+            continue
+        row |= {"bytes": r["counted_bytes"], "x budget": f"{r['counted_bytes'] / budget:.4f}", "status": r["status"]}
+        if r.get("bpb") is None:
+            by, v = rank_key(r)
+            row["bpb"] = f"{by} {v:.4e} (bpb not measured)"
+        else:
+            row["bpb"] = r["bpb"]
+            if d is not None:
+                row |= {"Δbpb [95% CI]": f"{d.delta:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]", "p": f"{d.p:.3g}"}
+                row["holm"] = f"{e['p_adj']:.3g}" if e.get("p_adj") is not None else ""
+            else:
+                row["Δbpb [95% CI]"] = "best" if e is ranked[0] else "n/a (windows differ)"
+            row["seeds ±"] = f"{e['spread'] / 2:.4f}" if e.get("spread") is not None else None
+            k = r.get("kld")
+            row["KLD"] = f"{k['mean']:.4g}±{k['se']:.2g}" if k else None
+        rows.append(row)
+    cols = ["system", "setting", "bytes", "x budget", "bpb", "Δbpb [95% CI]", "p", "holm", "seeds ±", "KLD", "status"]
+    cols = [c for c in cols if any(r.get(c) not in (None, "") for r in rows)]
+    return markdown.table(rows, cols, [c.replace("x budget", "× budget") for c in cols])
+
+
 def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfig) -> None:
     for budget in budgets:
         by = str(cc.get("rank_by", "bpb"))
         ranked = ranking(rows, budget, cc.samples, cc.level, by)
-        print(f"\nbudget {budget:,} B ({'final + code' if rows and rows[0].get('count_code') else 'final'} bytes):")
-        for e in ranked:
-            r, d = e["row"], e["delta"]
-            knob = f"{r['knob']}={r['knob_value']:g}" if r.get("knob") else "-"
-            if r.get("allocation"):  # an allocated system: how many distinct settings it chose
-                knob = f"allocated ×{len(r['allocation']['settings'])} settings"
-            if not evaluated(r):
-                line = f"{system(r):<16} {knob:<22} does not fit (smallest {r['counted_bytes']:,} B)"
-            elif r.get("bpb") is None:
-                by, v = rank_key(r)
-                cmp = "best" if e is ranked[0] else ""
-                line = (
-                    f"{system(r):<16} {knob:<22} {r['counted_bytes']:>12,} B {r['counted_bytes'] / budget:.4f}× "
-                    f"{by} {v:.4e} (bpb not measured)  {cmp}  [{r['status']}]"
-                )
-            else:
-                cmp = "best" if d is None and e is ranked[0] else (f"Δbpb {d}" if d else "Δbpb n/a (windows differ)")
-                cmp += f" holm {e['p_adj']:.3g}" if e.get("p_adj") is not None else ""
-                seeds = f"  seeds ±{e['spread'] / 2:.4f}" if e.get("spread") is not None else ""
-                k = r.get("kld")
-                kld = f" KLD {k['mean']:.4g}±{k['se']:.2g}" if k else ""
-                line = (
-                    f"{system(r):<16} {knob:<22} {r['counted_bytes']:>12,} B {r['counted_bytes'] / budget:.4f}× "
-                    f"bpb {r['bpb']:.4f}{kld}  {cmp}{seeds}  [{r['status']}]"
-                )
-            print("  " + line, flush=True)
+        counted = "final + code" if rows and rows[0].get("count_code") else "final"
+        print(f"\n### budget {budget:,} B ({counted} bytes)\n\n{ranking_table(ranked, budget)}", flush=True)
         fitted = [e for e in ranked if evaluated(e["row"])]
         if not fitted:
-            print("  no format fits this budget")
+            print("no format fits this budget")
             continue
         second = next((e for e in fitted[1:] if e.get("delta_windows") is not None), None)
         if second is not None:
             w, d = second["delta_windows"], second["delta"]
             print(
-                f"  Δbpb CIs resample {second['by']}; width for {system(second['row'])}: "
+                f"Δbpb CIs resample {second['by']}; width for {system(second['row'])}: "
                 f"windows {w.hi - w.lo:.4f}, {second['by']} {d.hi - d.lo:.4f}",
                 flush=True,
             )
         win = system(fitted[0]["row"])
         if fitted[0]["row"].get("bpb") is None:
-            print(f"  winner: {win} (lowest {rank_key(fitted[0]['row'])[0]}; bpb not measured)", flush=True)
+            print(f"winner: {win} (lowest {rank_key(fitted[0]['row'])[0]}; bpb not measured)", flush=True)
             continue
         if by == "kld":
-            print(f"  winner by KLD: {win} (Δbpb intervals above are against it)", flush=True)
+            print(f"winner by KLD: {win} (Δbpb intervals above are against it)", flush=True)
             continue
         ties = [system(e["row"]) for e in fitted[1:] if not separable(e, fitted[0])]
         verdict = f"winner: {win}" + (
@@ -1243,4 +1252,4 @@ def _print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfi
             if ties
             else ""
         )
-        print("  " + verdict, flush=True)
+        print(verdict, flush=True)

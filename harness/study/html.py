@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bytegolf.measure.evaluate import row_protocol
+from bytegolf.run import store
 from bytegolf.study import analysis, plots
 
 PLOTLY_REQUIREMENT = "plotly>=5.0"
@@ -72,8 +72,8 @@ def hover(r: dict[str, Any], ci: plots.PointCI | None, samples: int = 1000) -> s
     mse = analysis.number(r, "rel_mse")
     if math.isfinite(mse):
         lines.append(f"rel_mse: {mse:.4g}")
-    if row_protocol(r):
-        lines.append(f"protocol: {e(row_protocol(r))}")
+    if store.row_protocol(r):
+        lines.append(f"protocol: {e(store.row_protocol(r))}")
     return "<br>".join(lines)
 
 
@@ -280,7 +280,7 @@ def _table(results: list[dict[str, Any]], cis: dict[int, plots.PointCI]) -> str:
             f"{fb:,.0f}" if math.isfinite(fb) else "",
             _interval(c.bpb, c.bpb_lo, c.bpb_hi) if c else "",
             _interval(c.delta, c.delta_lo, c.delta_hi, "+") if c else "",
-            row_protocol(r),
+            store.row_protocol(r),
         ]
         out.append("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in cells) + "</tr>")
     return "\n".join([*out, "</table>"])

@@ -9,36 +9,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from bytegolf import markdown
 from bytegolf.errors import BytegolfError
 from bytegolf.measure import stats
 from bytegolf.run import store
 from bytegolf.study import analysis, html, plots
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return ""
-        if v.is_integer() and abs(v) >= 1000:
-            return f"{int(v):,}"
-        return f"{v:.4f}" if 0.1 <= abs(v) < 1000 else f"{v:.4g}"  # bpb differences live in the 4th decimal
-    return str(v).replace("|", "\\|")
-
-
-def md_table(rows: list[dict[str, Any]], cols: list[str], headers: list[str] | None = None) -> str:
-    """A GitHub markdown table of the given columns."""
-    if not rows:
-        return "_none_\n"
-    head = headers or cols
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _points_table(results: list[dict[str, Any]]) -> str:
@@ -50,7 +25,7 @@ def _points_table(results: list[dict[str, Any]]) -> str:
     cols += ["delta_bpb", "status"]
     if any(r.get("budget_bytes") for r in results):
         cols = ["budget_bytes", *cols[:2], "landed_ratio", *cols[2:]]
-    return md_table(rows, cols)
+    return markdown.table(rows, cols)
 
 
 def _compare_section(results: list[dict[str, Any]], samples: int, correction: str = "holm") -> str:
@@ -87,7 +62,7 @@ def _compare_section(results: list[dict[str, Any]], samples: int, correction: st
             )
         out.append(f"### budget {b:,} B\n")
         out.append(
-            md_table(
+            markdown.table(
                 rows,
                 list(rows[0]),
                 [
@@ -120,7 +95,7 @@ def _bd_section(ev: list[dict[str, Any]]) -> str:
             "(negative: lower bpb). Bjøntegaard, pchip over the range both fronts cover; blank: no overlap.\n"
         )
         out.append(
-            md_table(
+            markdown.table(
                 rows,
                 ["system", "points", "front", "bd_rate", "bd_bpb", "note"],
                 ["system", "points", "front points", "BD-rate %", "BD-bpb", "note"],
@@ -140,7 +115,7 @@ def _both(r: dict[str, Any], key: str) -> str:
     vals = [r.get(f"{key}_{side}") for side in ("preferred", "other")]
     if key.endswith("bytes"):
         vals = [round(v) if isinstance(v, float) and math.isfinite(v) else v for v in vals]
-    return " / ".join(_fmt(v) for v in vals)
+    return " / ".join(markdown.cell(v) for v in vals)
 
 
 def write_reversals_csv(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -221,7 +196,7 @@ def _reversal_section(
     if rows:
         order = "significant first, by |Δbpb|; each cell: metric-preferred point / other"
         text.append(f"The first {len(rows)} ({order}):\n")
-    text.append(md_table(rows, list(rows[0]) if rows else [], heads))
+    text.append(markdown.table(rows, list(rows[0]) if rows else [], heads))
     if out is not None:
         hidden = f" ({len(rev) - len(rows)} not shown here)" if len(rev) > len(rows) else ""
         text.append(f"All {len(rev)} listed pair(s){hidden}, every column: [{REVERSALS_CSV}]({REVERSALS_CSV}).\n")
@@ -263,7 +238,7 @@ def _probe_section(search_dir: Path, out: Path, marks: list[int]) -> str:
                      "largest": rs[-1]["final_bytes"], "error_largest": rs[-1].get("output_error")})  # fmt: skip
     cols = ["system", "knob", "probes", "smallest", "error_smallest", "largest", "error_largest"]
     heads = ["system", "knob", "probes", "smallest B", "output error there", "largest B", "output error there"]
-    text.append(md_table(rows, cols, heads))
+    text.append(markdown.table(rows, cols, heads))
     return "\n".join(text)
 
 
@@ -292,10 +267,13 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
             "**bpb was not measured**: the model adapter has no model to evaluate (model=weights); points "
             "are compared by weight error and bytes, and rankings order by output_error (else rel_mse).\n"
         )
-    mixed = store.mixed_sources(results)
-    if mixed:
-        warnings.warn(mixed, stacklevel=2)
-        md.append(f"**Warning: {mixed}.**\n")
+    for mixed in (store.mixed_sources(results), store.mixed_protocols(results)):
+        if mixed:
+            warnings.warn(mixed, stacklevel=2)
+            md.append(f"**Warning: {mixed}.**\n")
+    protocols = {store.row_protocol(r) for r in ev} - {""}
+    if len(protocols) == 1:
+        md.append(f"Evaluation protocol: {protocols.pop()}.\n")
     md.append("## Points\n")
     md.append(_points_table(results))
     md.append(_compare_section(results, samples, correction))
@@ -319,7 +297,7 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
                         {"format": name, "point": label[id(r)], "final_bytes": r.get("final_bytes"), y: r.get(y)}
                     )
             md.append(f"Pareto fronts on (final bytes, {y}):\n")
-            md.append(md_table(rows, ["format", "point", "final_bytes", y]))
+            md.append(markdown.table(rows, ["format", "point", "final_bytes", y]))
         md.append(_bd_section(ev))
         bd = analysis.bd_rates(ev, "rel_mse")
         rows = [{"test": t, "anchor": a, "bd_rate": v} for (t, a), v in sorted(bd.items()) if math.isfinite(v)]
@@ -328,20 +306,20 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
                 "BD-rate on (final bytes, rel_mse), % bytes the test format needs vs the anchor "
                 f"(pairs without a common rel_mse range left out: {len(bd) - len(rows)}):\n"
             )
-            md.append(md_table(rows, ["test", "anchor", "bd_rate"], ["test", "anchor", "BD-rate %"]))
+            md.append(markdown.table(rows, ["test", "anchor", "bd_rate"], ["test", "anchor", "BD-rate %"]))
     else:
         md.append("_no evaluated points_\n")
 
     md.append(_probe_section(src / "search", out, plots.budgets(results)))
 
     md.append("## Rank agreement (Kendall tau-b)\n")
-    md.append(md_table(analysis.rank_agreement(results), ["group", "metric", "outcome", "tau_b", "p", "n"]))
+    md.append(markdown.table(analysis.rank_agreement(results), ["group", "metric", "outcome", "tau_b", "p", "n"]))
 
     md.append("## Ranking reversals\n")
     md.append(_reversal_section(results, samples, correction, out))
     fr = analysis.frontier_reversals(ev)
     md.append("Format-level: BD-rate on nominal bytes vs on final bytes (quality rel_mse) disagree in sign:\n")
-    md.append(md_table(fr, ["test", "anchor", "bd_rate_nominal", "bd_rate_final"]))
+    md.append(markdown.table(fr, ["test", "anchor", "bd_rate_nominal", "bd_rate_final"]))
 
     if html.write_html(results, out / "report.html", samples, title=f"bytegolf report: {src}") is not None:
         md.insert(2, "Interactive plots (hover: each point's bytes, bpb ± CI, protocol): [report.html](report.html)\n")

@@ -154,7 +154,7 @@ def build_bases(out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
             units_of[f] = encoder.encode_state(state, plan, EncodeContext(seed=seed), progress=False)
         path = out_dir / f"{f}-{codec}-{len(bases)}.bgz"
         artifact.write(path, units_of[f], codec, {}, layout.LayoutConfig(**lay))
-        decoded, _ = artifact.read(path)
+        decoded, _ = artifact.read(path, progress=False)
         bases.append({"path": str(path), "name": path.stem, "digests": _digests(decoded)})
     return bases
 
@@ -307,7 +307,7 @@ def _decode_in_child(path: str, digests: dict[str, str], mem_bytes: int, wfd: in
 
         torch.set_num_threads(1)
         try:
-            decoded, _ = artifact.read(path)
+            decoded, _ = artifact.read(path, progress=False)
             same = _digests(decoded) == digests
             result = {"outcome": "identical" if same else "different", "detail": ""}
         except ArtifactError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,10 @@ def test_an_identical_encoding_reuses_the_artifact(
     first = json.loads((out / "result.json").read_text())
     r = json.loads((tmp_path / "result.json").read_text())
     # the fixture's own file, or the one it reused in its turn (the cache outlives a test session)
-    assert r["artifact_reused_from"] in {str((out / artifact.ARTIFACT_NAME).resolve()), first["artifact_reused_from"]} - {None}
+    assert r["artifact_reused_from"] in {
+        str((out / artifact.ARTIFACT_NAME).resolve()),
+        first["artifact_reused_from"],
+    } - {None}
     assert "encode" not in r["stage_seconds"] and "reusing the artifact" in proc.stdout + proc.stderr
     assert (tmp_path / artifact.ARTIFACT_NAME).read_bytes() == (out / artifact.ARTIFACT_NAME).read_bytes()
     for key in ("final_bytes", "nominal_bits_per_weight", "rel_mse", "output_error", "bpb", "bytes_by_role"):
@@ -226,3 +230,17 @@ def test_a_bits_change_with_the_int6_clip_is_warned(tiny_bundle: Path, tmp_path:
                     f"hydra.run.dir={tmp_path}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "warning: scalar bits=4 with clip_k left at 12.85, which is tuned for int6" in proc.stdout + proc.stderr
+
+
+def test_a_run_directory_is_named_by_its_preset_and_overrides(tiny_bundle: Path, tmp_path: Path) -> None:
+    proc = bytegolf("run", f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=4", "format.clip_k=4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    head, tail = run.name.split("_scalar_brotli_")  # <time>_<format>_<codec>_<overrides>
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", head), run.name
+    # the bundle path by its last part; the overrides past 60 characters cut to a hash of them all
+    assert tail.startswith(f"bundle={tiny_bundle.name},eval.windows=4,eval.seq_len=64,") and len(tail) == 60
+    assert re.fullmatch(r".*-[0-9a-f]{8}", tail), tail
+    assert f"written to {run}" in proc.stdout
+    r = json.loads((run / "result.json").read_text())
+    assert r["protocol"] == "4 windows × 64 tokens, sampled across the split (seed 0), bf16, no stride"

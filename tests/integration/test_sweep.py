@@ -126,6 +126,7 @@ def test_results_verb_aggregates_dirs(joblib_sweep, tmp_path: Path) -> None:
     proc = bytegolf("results", str(d), "--out", str(tmp_path / "all"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "4 points" in proc.stdout and "scalar" in proc.stdout
+    assert "| point | format | codec |" in proc.stdout and "\nprotocol: 4 windows × 64 tokens" in proc.stdout
     assert len(pd.read_parquet(tmp_path / "all.parquet")) == 4
     empty = bytegolf("results", str(tmp_path / "nothing"), cwd=tmp_path)
     assert empty.returncode == 2 and "no bytegolf result.json" in empty.stderr and "Traceback" not in empty.stderr

@@ -257,3 +257,16 @@ def test_a_failing_stream_raises_and_restores_threads() -> None:
     with pytest.raises(RuntimeError, match="batch 3 failed"):
         evaluate(FailsOnThirdBatch(), windows, _ones(4), batch_size=1, progress=False, streams=2)
     assert torch.get_num_threads() == threads
+
+
+def test_unigram_bpb_known_answer_and_the_run_warning() -> None:
+    from bytegolf.measure.evaluate import unigram_bpb
+    from bytegolf.run.point import unigram_warning
+
+    fit = np.tile(np.arange(4), 25)  # 4 tokens equally often: p = 1/4 each, 2 bits a token
+    targets = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    assert unigram_bpb(fit, targets, n_bytes=16) == pytest.approx(1.0)  # 8 targets × 2 bits / 16 bytes
+    assert unigram_bpb(fit, targets, n_bytes=16, vocab=8) > 1.0  # unseen tokens take probability mass
+    assert unigram_warning({"bpb": 1.2, "unigram_bpb": 1.0}).startswith("bpb 1.2000 is worse than a unigram")
+    assert unigram_warning({"bpb": 0.9, "unigram_bpb": 1.0}) is None
+    assert unigram_warning({"bpb": None, "unigram_bpb": 1.0}) is None

@@ -275,8 +275,8 @@ def test_split_gptq_uses_the_per_slice_hessians() -> None:
             assert err["split"] < 0.9 * err["rtn"] and err["split"] < err["fold"], (b, i, err)
     del ctx.hessians["qkv_bank[1]"]
     plan = make_plan(state, PlanConfig(passthrough_max_numel=1024, reshape="split"), "scalar", {"gptq": True})
-    with pytest.raises(ConfigError, match=r"gptq needs a Hessian for tensor qkv_bank\[1\], none was collected"):
-        encoder.encode_state(state, plan, ctx, progress=False)
+    units = encoder.encode_state(state, plan, ctx, progress=False)  # that slice is rounded to nearest, with a warning
+    assert units and all(u.recon for u in units)
 
 
 # ------------------------------------------------------------------ model=weights: no model, no bpb
@@ -326,13 +326,13 @@ def test_weights_run_measures_no_bpb(weights_ckpt: Path, tmp_path: Path) -> None
     assert torch.equal(decoded["encoder.pos"], state["encoder.pos"].half().float())
 
 
-def test_weights_gptq_names_the_missing_hessian(weights_ckpt: Path, tmp_path: Path) -> None:
+def test_weights_gptq_falls_back_to_rounding_and_says_so(weights_ckpt: Path, tmp_path: Path) -> None:
     proc = bytegolf(
         "run", "model=weights", f"model.checkpoint={weights_ckpt}", *TINY_ARGS, "format.gptq=true",
         f"hydra.run.dir={tmp_path}", cwd=tmp_path,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "needs a Hessian" in out and "Traceback" not in out
+    assert proc.returncode == 0 and "gptq=true needs a calibration Hessian" in out and "round-to-nearest" in out
 
 
 @pytest.mark.slow
@@ -420,8 +420,9 @@ def test_module_compare_ranks_two_formats_by_kld(tiny_bundle: Path, record_ckpt:
     ranked = sorted((r for r in rows if r.get("budget_bytes") == budget), key=lambda r: r["kld"]["mean"])
     assert sorted(r["format"] for r in ranked) == ["clustered", "scalar"]
     assert all(r["counted_bytes"] <= budget and r["kld"]["mean"] > 0 for r in ranked)
-    lines = [ln for ln in proc.stdout.splitlines() if " KLD " in ln]
-    assert lines[0].split()[0] == ranked[0]["format"]  # the order is by KLD
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("| scalar |", "| clustered |"))]
+    assert lines[0].split("|")[1].strip() == ranked[0]["format"]  # the order is by KLD
+    assert "| KLD |" in proc.stdout
     assert f"winner by KLD: {ranked[0]['format']}" in proc.stdout
 
 

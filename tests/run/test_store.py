@@ -208,3 +208,39 @@ def test_other_json_files_keep_nan_unless_strict(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "strict.json").read_text(), parse_constant=_reject) == {"x": None}
     store.write_json_atomic(tmp_path / store.RESULT, {"x": float("nan")}, strict=False)
     assert "NaN" in (tmp_path / store.RESULT).read_text()
+
+
+def _evaluated(bpb: float, windows: int, precision: str) -> dict:
+    return {
+        "format": "scalar",
+        "codec": "zlib",
+        "path": f"/x/scalar_zlib_{windows}{precision}",
+        "final_bytes": 1_234_567,
+        "bpb": bpb,
+        "bpb_ci": [bpb - 0.01, bpb + 0.02],
+        "delta_bpb": 0.005,
+        "delta_bpb_ci": [0.001, 0.009],
+        "eval_windows": windows,
+        "eval_tokens": windows * 1024,
+        "eval_precision": precision,
+        "window_nll": [1.0] * windows,
+    }
+
+
+def test_results_print_a_markdown_table_with_intervals_and_warn_on_mixed_protocols() -> None:
+    same = [_evaluated(1.9, 256, "bf16"), _evaluated(1.95, 256, "bf16")]
+    text = store.summary(store.table(same))
+    lines = text.splitlines()
+    assert lines[0].startswith("| point | format | codec | final bytes |") and set(lines[1].strip("|").split("|")) == {
+        "---"
+    }
+    assert "| scalar_zlib_256bf16 | scalar | zlib | 1,234,567 |" in lines[2]
+    assert "1.9000 [1.8900, 1.9200]" in text and "+0.0050 [+0.0010, +0.0090]" in text
+    assert "protocol: 256 windows × 1024 tokens, bf16, no stride" in text and "WARNING" not in text
+    assert store.mixed_protocols(same) == ""
+
+    mixed = [*same, _evaluated(1.7, 64, "fp32")]
+    warning = store.mixed_protocols(mixed)
+    assert warning.startswith("the results mix 2 evaluation protocols (2 under 256 windows") and "1 under 64" in warning
+    text = store.summary(store.table(mixed))
+    assert "WARNING: the rows mix 2 evaluation protocols" in text and "| protocol |" in text.splitlines()[0]

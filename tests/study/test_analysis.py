@@ -95,7 +95,7 @@ def _with_p(monkeypatch: pytest.MonkeyPatch, p: dict[tuple[str, str], float]) ->
         got = p.get((ra["format"], rb["format"]), 0.5)
         return stats.PairedDelta(0.01, 0.001, 0.02, got, samples, level), "windows"
 
-    monkeypatch.setattr(analysis, "_paired_test", fake)
+    monkeypatch.setattr(analysis, "paired_test", fake)
 
 
 def test_a_reversal_significant_only_before_correction_is_reported_as_not_significant(

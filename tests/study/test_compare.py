@@ -62,7 +62,12 @@ def test_compare_lands_each_format_at_equal_bytes_and_resumes(tiny_bundle: Path,
         assert small["status"] == "does_not_fit" and small["counted_bytes"] > BUDGETS[1]
         assert small.get("bpb") is None
     assert f"budget {BUDGETS[0]:,} B" in proc.stdout and "winner: " in proc.stdout
-    assert "Δbpb " in proc.stdout and "p=" in proc.stdout
+    # each budget's ranking is a markdown table: a header, a rule and one row per system, every row as wide
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| system | setting | bytes | × budget | bpb | Δbpb [95% CI] | p | holm |"), table[0]
+    assert set(table[1].strip("|").split("|")) == {"---"}
+    assert {line.count("|") for line in table[:4]} == {table[0].count("|")}
+    assert sum(line.startswith("| scalar ") or line.startswith("| clustered ") for line in table) == 4
     assert "no format fits this budget" in proc.stdout
     assert "probe scalar clip_k=" in proc.stdout and "probe clustered codebook_size=" in proc.stdout
     assert len(store.collect([out / "points"])) == 4 and (out / "results.parquet").is_file()
@@ -298,7 +303,8 @@ def test_randomized_systems_get_a_seed_spread_and_every_system_a_front(tiny_bund
     landing = next(r for r in by["clustered"] if r.get("budget_bytes") == budget)
     assert seeds[0]["knob_value"] == landing["knob_value"] and seeds[0]["bpb"] != landing["bpb"]
     spread = abs(seeds[0]["bpb"] - landing["bpb"])
-    assert f"seeds ±{spread / 2:.4f}" in proc.stdout
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| clustered |"))
+    assert "seeds ±" in proc.stdout and f"| {spread / 2:.4f} |" in row  # the ranking's seed-spread column
     for fmt, rs in by.items():
         front = [r for r in rs if r["status"] == "front"]
         assert all(r["budget_bytes"] is None for r in front)

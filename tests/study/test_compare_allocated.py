@@ -82,11 +82,11 @@ def test_an_allocated_system_lands_every_budget_and_is_ranked(compared: tuple) -
     assert len(list((out / "search").glob(f"{ALLOCATED}_*.allocation.json"))) == 1
     # ranked with the searched format, in the printed ranking and in results.parquet
     for budget in BUDGETS[:2]:
-        block = proc.stdout.split(f"budget {budget:,} B")[1].split("budget ")[0]
-        line = next(x for x in block.splitlines() if x.strip().startswith(ALLOCATED))
-        assert f"{rows[budget]['final_bytes']:,} B" in line and f"bpb {rows[budget]['bpb']:.4f}" in line
-        assert "scalar " in block
-    assert f"{ALLOCATED:<16} -" in proc.stdout and "does not fit" in proc.stdout
+        block = proc.stdout.split(f"### budget {budget:,} B")[1].split("### budget ")[0]
+        line = next(x for x in block.splitlines() if x.startswith(f"| {ALLOCATED} |"))
+        assert f"| {rows[budget]['final_bytes']:,} |" in line and f"| {rows[budget]['bpb']:.4f} |" in line
+        assert "| scalar |" in block
+    assert f"| {ALLOCATED} | - | does not fit (smallest" in proc.stdout
     df = store.collect([out / "points"])
     mine = df[df["variant"] == ALLOCATED]
     assert sorted(mine["budget_bytes"]) == sorted(BUDGETS) and (out / "results.parquet").is_file()

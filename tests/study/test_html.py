@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bytegolf.measure.evaluate import row_protocol
+from bytegolf.run import store
 from bytegolf.study import html, plots, report
 from tests.study.test_plots import WINDOWS, _compare, _row
 
@@ -22,11 +22,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_protocol_is_built_from_what_rows_carry() -> None:
     r = _row("scalar", 4_000_000, 3.9e6, 0.01)
-    assert row_protocol(r) == f"{WINDOWS} windows × 1024 tokens, 8 documents, bf16, no stride"
+    assert store.row_protocol(r) == f"{WINDOWS} windows × 1024 tokens, 8 documents, bf16, no stride"
     slid = {**r, "eval_stride": 64, "eval_tokens": 5000, "eval_windows": WINDOWS}
-    assert row_protocol(slid) == f"{WINDOWS} windows, 5,000 tokens scored, 8 documents, bf16, sliding, stride 64"
-    assert row_protocol({**r, "protocol": "given"}) == "given"
-    assert row_protocol({"bpb": None}) == ""
+    assert store.row_protocol(slid) == f"{WINDOWS} windows, 5,000 tokens scored, 8 documents, bf16, sliding, stride 64"
+    assert store.row_protocol({**r, "protocol": "given"}) == "given"
+    assert store.row_protocol({"bpb": None}) == ""
 
 
 def test_every_point_has_a_hover_with_system_knob_bytes_bpb_ci_and_protocol() -> None:
