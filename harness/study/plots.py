@@ -19,6 +19,7 @@ import numpy as np
 
 from bytegolf.figure import pyplot
 from bytegolf.measure import stats
+from bytegolf.run import store
 from bytegolf.study import analysis
 
 MARKERS = ("o", "^", "v", "p", "h", "<", ">", "8")  # the marker of the n-th format cycles once tab10's colours repeat
@@ -323,6 +324,17 @@ def _draw_does_not_fit(ax: Any, groups: dict[str, list[dict[str, Any]]], style: 
     return drawn
 
 
+def protocol_note(rows: list[dict[str, Any]]) -> str:
+    """The evaluation protocol of the evaluated rows for a plot's title: "\nprotocol: …", or a warning where
+    they mix protocols ("" where none is evaluated)."""
+    found = {store.row_protocol(r) for r in rows if r.get("bpb") is not None} - {""}
+    if not found:
+        return ""
+    if len(found) == 1:
+        return f"\nprotocol: {found.pop()}"
+    return f"\nWARNING: {len(found)} evaluation protocols mixed: bpb compares only within one"
+
+
 def _budget_lines(ax: Any, marks: list[int], budget: bool) -> list[Any]:
     """A dashed vertical line per budget (gid "cap:<bytes>"); the legend handle."""
     for b in marks:
@@ -381,7 +393,8 @@ def frontier_figure(
     _mb_axis(ax, [analysis.number(r, "final_bytes") for r in results], marks)
     if logy:
         ax.set_yscale("log")
-    ax.set_title(f"{y} vs final bytes (lines: Pareto front per {series})", fontsize=10)
+    note = protocol_note(results) if y in ("bpb", "delta_bpb", "val_loss") else ""
+    ax.set_title(f"{y} vs final bytes (lines: Pareto front per {series}){note}", fontsize=10)
     ax.set_xlabel("final artifact size (MB = 10⁶ bytes, log scale)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="major", alpha=0.3)
@@ -459,7 +472,10 @@ def delta_frontier_figure(results: list[dict[str, Any]], samples: int = 1000, le
     refs = ref_bpbs(rows)
     by = {c.by for c in cis.values()} - {""}
     ci = f"bars: {level:.0%} CI, paired bootstrap over {'/'.join(sorted(by))}; " if by else ""
-    ax.set_title(f"Δbpb against the unquantized model vs final bytes ({ci}lines: Pareto front per system)", fontsize=10)
+    ax.set_title(
+        f"Δbpb against the unquantized model vs final bytes ({ci}lines: Pareto front per system){protocol_note(rows)}",
+        fontsize=10,
+    )
     model = f"the unquantized model ({refs[0]:.4f} bpb)" if len(refs) == 1 else "each point's unquantized model"
     ax.set_ylabel(f"Δbpb = bpb − bpb of {model}\n(log scale; lower is better)")
     ax.set_xlabel("final artifact size (MB = 10⁶ bytes, log scale)")
@@ -560,7 +576,11 @@ def delta_by_budget_figure(results: list[dict[str, Any]], samples: int = 1000, l
     handles = [_handle(style[n], STATUS["ok"], n) for n in groups]
     by = {c.by for c in cis.values()} - {""}
     ci = f" (bars: {level:.0%} CI, paired bootstrap over {'/'.join(sorted(by))})" if by else ""
-    fig.suptitle(f"Δbpb against the unquantized model per budget, best first{ci}", fontsize=10)
+    fig.suptitle(
+        f"Δbpb against the unquantized model per budget, best first{ci}"
+        f"{protocol_note([r for _, rs in panels for r in rs])}",
+        fontsize=10,
+    )
     _legend_table(axes[0, 0], [("system", handles), ("status", _status_handles(seen, dnf))])
     fig.tight_layout()
     return fig

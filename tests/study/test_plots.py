@@ -124,7 +124,12 @@ def test_delta_frontier_is_log_with_ci_bars_so_an_outlier_does_not_squash_the_re
     assert not ax.texts  # no label boxes on the points
     png = plots.delta_frontier(rows, tmp_path / "f.png", samples=200)
     assert png.read_bytes()[:8] == PNG_MAGIC
+    # the title names the protocol the rows were evaluated under, or warns where they mix two
+    assert ax.get_title().endswith(f"\nprotocol: {WINDOWS} windows × 1024 tokens, {DOCS} documents, bf16, no stride")
     pyplot().close(fig)
+    mixed = [*rows[:-1], {**rows[-1], "eval_precision": "fp32"}]
+    assert plots.protocol_note(mixed) == "\nWARNING: 2 evaluation protocols mixed: bpb compares only within one"
+    assert plots.protocol_note([{**rows[0], "bpb": None}]) == ""
 
 
 def test_reference_exports_get_their_own_marker_and_statuses_are_flagged() -> None:
