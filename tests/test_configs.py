@@ -118,6 +118,14 @@ def test_every_experiment_preset_composes(primary: str, preset: str) -> None:
     assert resolved["format"]["name"] == "scalar"
 
 
+def test_plan_embedding_int8_is_the_compares_embedding_rule() -> None:
+    run, cmp = _resolved(_compose("run", ["plan=embedding_int8"])), _resolved(_compose("compare", []))
+    (rule,) = run["plan"]["rules"]
+    assert rule["match"] == "tok_emb.weight" and rule["format"] == "scalar" and rule["optional"] is True
+    assert rule["params"] == cmp["compare"]["embedding"]  # one rule: pg_record's int8
+    assert _resolved(_compose("run", []))["plan"]["rules"] == []  # a plain run quantizes it with its format
+
+
 def test_pg_top_preset_keys() -> None:
     resolved = _resolved(_compose("run", ["experiment=pg_top"]))
     assert (resolved["format"]["bits"], resolved["format"]["clip_k"], resolved["codec"]["name"]) == (6, 11.5, "brotli")

@@ -57,6 +57,7 @@ class Rule:
     match: str
     format: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    optional: bool = False  # may match no tensor (the run's default embedding rule, on a model without one)
 
 
 @dataclass
@@ -121,7 +122,7 @@ def make_plan(
             plan.append(Assignment(name, "passthrough", {"dtype": cfg.passthrough_dtype}))
         else:
             plan.append(Assignment(name, format_name, dict(format_params), mode))
-    unused = [r.match for r, u in zip(rules, used, strict=True) if not u]
+    unused = [r.match for r, u in zip(rules, used, strict=True) if not u and not r.optional]
     if unused:
         raise ConfigError(f"plan rules match no tensor: {unused}")
     return plan

@@ -141,6 +141,15 @@ def test_bad_overrides_end_in_a_clear_error(tiny_bundle: Path, tmp_path: Path, o
     assert "Traceback" not in proc.stderr
 
 
+def test_bad_format_settings_fail_before_the_reference_evaluation(tiny_bundle: Path, tmp_path: Path) -> None:
+    rule = "plan.rules=[{match: 'blocks.0.*.weight', params: {bits: 1}}]"  # a rule's settings are checked too
+    for bad in ("format.bits=0", rule):
+        proc = bytegolf("run", f"bundle={tiny_bundle}", *TINY_ARGS, bad, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and "bits must be an integer in 2..8" in out, out[-2000:]
+        assert "plan ..." in out and "eval_reference ..." not in out and "calibrate ..." not in out
+
+
 def test_train_builds_a_bundle_that_run_accepts(tmp_path: Path) -> None:
     from bytegolf.data import corpus
 
@@ -244,3 +253,16 @@ def test_a_run_directory_is_named_by_its_preset_and_overrides(tiny_bundle: Path,
     assert f"written to {run}" in proc.stdout
     r = json.loads((run / "result.json").read_text())
     assert r["protocol"] == "4 windows × 64 tokens, sampled across the split (seed 0), bf16, no stride"
+
+
+def test_a_tied_embedding_below_int8_is_warned_and_the_compares_rule_is_one_override_away(
+    tiny_run: tuple[Path, subprocess.CompletedProcess], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    _, proc = tiny_run  # format.bits=4 on every matrix, the embedding included
+    assert "the tied embedding tok_emb.weight is stored by scalar 4-bit" in proc.stdout + proc.stderr
+    args = ["run", f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=4", "format.clip_k=4", "plan=embedding_int8"]
+    ruled = bytegolf(*args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert ruled.returncode == 0, ruled.stderr[-2000:]
+    assert "tied embedding" not in ruled.stdout + ruled.stderr
+    tensors = {t["name"]: t for t in json.loads((tmp_path / "result.json").read_text())["tensors"]}
+    assert tensors["tok_emb.weight"]["nominal_bits"] / tensors["tok_emb.weight"]["params"] > 8  # int8 + scales
