@@ -20,7 +20,7 @@ from bytegolf.errors import BytegolfError
 from bytegolf.measure.stats import PairedDelta, kendall_tau_b, paired_bootstrap
 from bytegolf.run import store
 from bytegolf.study import plots
-from bytegolf.study.compare import evaluated
+from bytegolf.study.ranking import evaluated
 
 
 def model_points(models: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:

@@ -25,7 +25,7 @@ from bytegolf.measure.evaluate import DTYPES, evaluate
 from bytegolf.model import adapters
 from bytegolf.run.store import load_results
 from bytegolf.run.sweep import register_resolvers
-from bytegolf.study.compare import evaluated, ranking
+from bytegolf.study.ranking import evaluated, ranking
 
 
 def reevaluate(row: dict[str, Any], precision: str, device: str = "cpu") -> float:

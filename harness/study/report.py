@@ -29,7 +29,7 @@ def _points_table(results: list[dict[str, Any]]) -> str:
 
 
 def _compare_section(results: list[dict[str, Any]], samples: int, correction: str = "holm") -> str:
-    from bytegolf.study.compare import ranking
+    from bytegolf.study.ranking import ranking
 
     budgets = sorted({int(r["budget_bytes"]) for r in results if r.get("budget_bytes")}, reverse=True)
     if not budgets:

@@ -359,7 +359,7 @@ def test_weights_compare_and_report_rank_by_weight_error(weights_ckpt: Path, tmp
     assert "(bpb not measured)" in proc.stdout and "winner:" in proc.stdout
     rows = [store.read_result(p) for p in out.glob("points/*/*/result.json")]
     assert len(rows) == 2 and all(r["bpb"] is None and r["counted_bytes"] <= budget for r in rows)
-    from bytegolf.study.compare import ranking
+    from bytegolf.study.ranking import ranking
 
     ranked = ranking(rows, budget, 100, 0.95)
     errs = [e["row"]["rel_mse"] for e in ranked]

@@ -319,7 +319,7 @@ def test_randomized_systems_get_a_seed_spread_and_every_system_a_front(tiny_bund
 
 def test_a_delta_inside_the_seed_spread_is_not_a_win() -> None:
     from bytegolf.measure.stats import PairedDelta
-    from bytegolf.study.compare import separable
+    from bytegolf.study.ranking import separable
 
     best = {"spread": 0.004}
     clear = {"delta": PairedDelta(0.010, 0.006, 0.014, 0.001, 1000, 0.95), "spread": None}
