@@ -71,6 +71,8 @@ class EvalSettings:
     """Non-overlapping validation windows (windows=0: all): the first ones, or with `sample` a sample
     drawn across all validation files with `seed`. stride (null: the windows as they are): sliding
     evaluation, windows `stride` tokens apart each scoring its last `stride` tokens (bytegolf.measure.evaluate);
+    documents: document-isolated windows (no context across a BOS; `windows` counts documents;
+    bytegolf.data.windows.Windows.documents);
     kld: also KL divergence and top-1 agreement against the unquantized model (a second forward pass);
     compile: the forward through torch.compile (faster on long evaluations, after a one-off compile);
     batch_size: windows per forward (null: 1024 tokens' worth on the CPU, 16 on CUDA); streams: batches
@@ -84,6 +86,7 @@ class EvalSettings:
     sample: bool = True
     seed: int = 0
     stride: int | None = None
+    documents: bool = False
     kld: bool = False
     compile: bool = False
 

@@ -154,7 +154,7 @@ def load(cfg: Any, adapter: Any, model: Any) -> EvalData:
         def train() -> np.ndarray | None:
             return tokenizer.encode_documents(sp, _texts(train_files)) if train_files else None
 
-    val, _ = eval_windows(tokens, cfg.eval)
+    val, _ = eval_windows(tokens, cfg.eval, doc_starts)
     val_docs = (np.searchsorted(doc_starts, val.block_first - 1, side="right")).astype(np.int64)
     fp = {
         "tokenizer": tok_fp,

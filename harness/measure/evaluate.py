@@ -11,6 +11,9 @@ tokens of context once past the run's first window. The scored tokens, and hence
 count bpb divides by, are the same for every stride; per-block NLL sums (window_nll) stay aligned
 with the blocks for paired statistics.
 
+Document-isolated evaluation (`eval.documents`, bytegolf.data.windows.Windows.documents) makes each document
+a block of its own length, scored in windows that start inside it and score only its targets.
+
 With a `reference` model, both models run in lockstep on the same windows (twice the compute) and
 the result carries llama.cpp-style KL-divergence statistics of the evaluated model against the
 reference over the scored tokens (see bytegolf.measure.fidelity).
@@ -63,6 +66,9 @@ def protocol(eval_cfg: Any, windows: int) -> str:
         drawn = "the whole split" if int(eval_cfg.windows) == 0 else "from the start of the split"
     stride = eval_cfg.get("stride", None)
     slide = f"sliding, stride {int(stride)}" if stride else "no stride"
+    if eval_cfg.get("documents", False):
+        isolated = f"{windows} documents, document-isolated windows of {seq_len} tokens"
+        return f"{isolated}, {drawn}, {eval_cfg.precision}, {slide}"
     return f"{windows} windows × {seq_len} tokens, {drawn}, {eval_cfg.precision}, {slide}"
 
 
@@ -167,23 +173,24 @@ def evaluate(
             stop = min(start + batch_size, len(w))
             # the scored targets of a window lie in one block or straddle two: split them at the boundary
             first = w.starts[start:stop] + 1  # stream position of each window's target 0
-            frm = w.score_from[start:stop]
+            frm, to = w.score_from[start:stop], w.score_to[start:stop]
             b0 = np.searchsorted(w.block_first, first + frm, side="right") - 1
-            b1 = np.searchsorted(w.block_first, first + seq - 1, side="right") - 1
-            cut = np.where(b1 != b0, w.block_first[b1] - first, seq)
+            b1 = np.searchsorted(w.block_first, first + to - 1, side="right") - 1
+            cut = np.where(b1 != b0, w.block_first[b1] - first, to)
             frm_t = torch.from_numpy(frm).to(device)[:, None]
+            to_t = torch.from_numpy(to).to(device)[:, None]
             cut_t = torch.from_numpy(cut).to(device)[:, None]
             nll_d = nll.double()
             head = torch.where((pos >= frm_t) & (pos < cut_t), nll_d, 0.0).sum(dim=1).cpu().numpy()
             np.add.at(block_nll, b0, head)
             split = np.flatnonzero(b1 != b0)
             if split.size:
-                tail = torch.where(pos >= cut_t, nll_d, 0.0).sum(dim=1).cpu().numpy()
+                tail = torch.where((pos >= cut_t) & (pos < to_t), nll_d, 0.0).sum(dim=1).cpu().numpy()
                 np.add.at(block_nll, b1[split], tail[split])
-            scored += int((seq - frm).sum())
+            scored += int((to - frm).sum())
             if lockstep is not None:
                 logits, ref_logits, targets = lockstep
-                mask = pos >= frm_t
+                mask = (pos >= frm_t) & (pos < to_t)
                 fid.update(ref_logits[mask], logits[mask], targets[mask])
             bar.update()
     finally:
@@ -192,7 +199,7 @@ def evaluate(
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)
     byte_counts = w.block_bytes(tables)
-    tokens = w.block_first.size * seq
+    tokens = int(w.block_len.sum())
     if scored != tokens:  # cannot happen for windows built here; a hand-made Windows may be inconsistent
         raise ConfigError(f"evaluation windows score {scored} tokens, but their blocks hold {tokens}")
     total_nll = math.fsum(block_nll.tolist())

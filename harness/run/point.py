@@ -79,6 +79,8 @@ def reference_eval(model, windows, tables, cfg: DictConfig, fp: dict[str, str]) 
         ev.pop("stride", None)  # keys from before sliding evaluation stay valid
     if not ev.get("compile", False):
         ev.pop("compile", None)  # (and from before compiled evaluation)
+    if not ev.get("documents", False):
+        ev.pop("documents", None)  # (and from before document-isolated evaluation)
     path = cache_dir() / "ref" / f"{_key(fp, ev, cfg.device)}.json"
     if path.is_file():
         return EvalResult(**json.loads(path.read_text()))
@@ -269,6 +271,7 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
             artifact.verify_bit_exact(decoded, units)
         if key:
             remember_artifact(key, path, units, ft_report)
+    gguf = _write_gguf(out_dir, units, decoded, st) if cfg.get("gguf", False) else None
     with st("extra_codecs"):
         extra = _extra_codecs(out_dir, units, extra_serializers, decoded)
     with st("metrics"):
@@ -293,8 +296,9 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
             )
 
     params = sum(t.numel() for t in state.values())
-    total_bytes = written.final_bytes + code["code_bytes"]
-    counted = total_bytes if cfg.budget.count_code else written.final_bytes
+    final_bytes = gguf["gguf_bytes"] if gguf else written.final_bytes  # a GGUF run counts its GGUF file
+    total_bytes = final_bytes + code["code_bytes"]
+    counted = total_bytes if cfg.budget.count_code else final_bytes
     quantized = [r for r in tensor_rows if r["format"] != "passthrough"]
     weights = [r["params"] for r in quantized]
     nominal = sum(u.nominal_bits for u in units)
@@ -305,8 +309,9 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         "codec_params": codec_params,
         "layout": OmegaConf.to_container(cfg.layout),
         "params": params,
-        "final_bytes": written.final_bytes,
-        "bits_per_weight": written.final_bytes * 8 / params,
+        "final_bytes": final_bytes,
+        "bits_per_weight": final_bytes * 8 / params,
+        **(gguf or {}),
         "nominal_bits_per_weight": nominal / params,
         "code_bytes": code["code_bytes"],
         "total_bytes": total_bytes,
@@ -340,6 +345,20 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
     }
     write_json_atomic(out_dir / "result.json", result)
     return result
+
+
+def _write_gguf(out_dir: Path, units: list[Encoded], decoded: dict[str, torch.Tensor], st: Stages) -> dict[str, Any]:
+    """`gguf: true`: model.gguf beside the artifact (kquant blocks verbatim, passthrough tensors F16/F32), read
+    back by gguf-py and checked bit for bit against the decoded model (ArtifactError otherwise). Its size is the
+    run's final_bytes; the container's stays as container_bytes."""
+    from bytegolf.run import gguf_file
+
+    path = out_dir / gguf_file.GGUF_NAME
+    with st("gguf"):
+        size = gguf_file.write_gguf(path, gguf_file.gguf_tensors(units))
+        gguf_file.verify_gguf(path, decoded)
+    container_bytes = (out_dir / artifact.ARTIFACT_NAME).stat().st_size
+    return {"gguf": True, "gguf_bytes": size, "gguf_file": str(path), "container_bytes": container_bytes}
 
 
 BOOTSTRAP_SAMPLES = 2000  # document resamples behind a run's bpb and Δbpb intervals
@@ -533,8 +552,13 @@ def summary_line(r: dict[str, Any]) -> str:
     k = r.get("kld")
     kld = f" KLD {k['mean']:.4g}±{k['se']:.2g} top-1 {k['top1_agreement']:.1%}" if k else ""
     warning = unigram_warning(r)
+    gguf = (
+        f" (model.gguf, the counted file; container {r['format']}+{r['codec']} {r['container_bytes']:,} B)"
+        if r.get("gguf_bytes")
+        else ""
+    )
     return (
-        f"{r['format']}+{r['codec']}: {r['final_bytes']:,} B (+{r['code_bytes']:,} B code; "
+        f"{r['format']}+{'gguf' if gguf else r['codec']}: {r['final_bytes']:,} B{gguf} (+{r['code_bytes']:,} B code; "
         f"{r['bits_per_weight']:.3f} bits/weight, "
         f"nominal {r['nominal_bits_per_weight']:.3f}) rel_mse {r['rel_mse']:.3e} {_output_err(r)} "
         f"{bpb_phrase(r)}{kld}"

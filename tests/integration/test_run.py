@@ -266,3 +266,17 @@ def test_a_tied_embedding_below_int8_is_warned_and_the_compares_rule_is_one_over
     assert "tied embedding" not in ruled.stdout + ruled.stderr
     tensors = {t["name"]: t for t in json.loads((tmp_path / "result.json").read_text())["tensors"]}
     assert tensors["tok_emb.weight"]["nominal_bits"] / tensors["tok_emb.weight"]["params"] > 8  # int8 + scales
+
+
+def test_a_run_scores_document_isolated_windows_on_request(tiny_bundle: Path, tmp_path: Path) -> None:
+    from bytegolf.data import shards
+
+    args = ["run", f"bundle={tiny_bundle}", *TINY_ARGS, "format.bits=8", "eval.documents=true"]
+    proc = bytegolf(*args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    val = shards.read_shards(sorted(tiny_bundle.glob("val_*.bin")))
+    docs = int((val == 1).sum())  # the tiny split's documents, every one scored whole
+    assert r["protocol"].startswith(f"{docs} documents, document-isolated windows of 64 tokens")
+    assert r["eval_tokens"] == val.size - docs and len(r["window_nll"]) == docs
+    assert "document-isolated" in proc.stdout
