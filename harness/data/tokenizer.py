@@ -91,8 +91,14 @@ class ByteTables:
         return self.base_bytes[target].astype(np.int64) + lead
 
 
+# Characters that stand for no text: the case markers (U+E001-U+E004) of the CaseOps tokenizer a Parameter Golf
+# record uses, whose byte sidecar counts them as 0 bytes; a piece holding one counts only its other characters.
+ZERO_BYTE_CHARS = "\ue001\ue002\ue003\ue004"
+
+
 def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int | None = None) -> ByteTables:
-    """Build the tables; a leading '▁' is one byte, and so is every '▁' inside a piece."""
+    """Build the tables; a leading '▁' is one byte, and so is every '▁' inside a piece; ZERO_BYTE_CHARS count
+    nothing."""
     n = int(sp.vocab_size())
     size = max(n, vocab_size or 0)
     base = np.zeros(size, dtype=np.int16)
@@ -109,7 +115,8 @@ def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int | None = None) -
         if piece.startswith(SPACE):
             lead[i] = True
             piece = piece[1:]
-        base[i] = len(piece.replace(SPACE, " ").encode("utf-8"))
+        text = piece.replace(SPACE, " ").translate(dict.fromkeys(map(ord, ZERO_BYTE_CHARS)))
+        base[i] = len(text.encode("utf-8"))
     # With a dummy prefix the decoder drops the space that starts a document: Parameter Golf's rule.
     space_id = sp.piece_to_id(SPACE)
     dummy = space_id != sp.unk_id() and sp.decode([space_id]) == ""

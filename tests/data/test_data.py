@@ -58,6 +58,30 @@ def test_tokenizer_is_lossless_and_byte_counts_are_exact(tiny_bundle: Path, tiny
     assert counted == len(text.encode("utf-8"))
 
 
+def test_caseops_markers_count_no_bytes(tmp_path: Path, tiny_texts: list[str]) -> None:
+    import io
+
+    import sentencepiece as spm
+
+    marker = "\ue001"  # CaseOps' "capitalize the next word": the record's byte sidecar counts it as 0 bytes
+    texts = [t.replace("def ", f"{marker}def ") for t in tiny_texts]
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=out, vocab_size=600, model_type="bpe", byte_fallback=True,
+        user_defined_symbols=[marker, f"{marker}def"], bos_id=1, eos_id=2, unk_id=3, pad_id=0, minloglevel=2,
+        add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+    )  # fmt: skip
+    sp = spm.SentencePieceProcessor(model_proto=out.getvalue())
+    tables = tokenizer.byte_tables(sp)
+    assert tables.base_bytes[sp.piece_to_id(marker)] == 0 and tables.base_bytes[sp.piece_to_id(f"{marker}def")] == 3
+    text = texts[0]
+    ids = np.array([1, *sp.encode(text)])
+    counted = tables.count(ids[:-1], ids[1:]).sum()
+    assert sp.decode(ids[1:].tolist()) == text and text.count(marker) > 0  # lossless, as bytegolf's tokenizer
+    assert counted == len(text.replace(marker, "").encode("utf-8"))  # every byte but the markers
+
+
 def test_windows_are_fixed_and_non_overlapping() -> None:
     w = data.windows(np.arange(100, dtype=np.uint16), seq_len=10, count=3)
     assert w.shape == (3, 11)
