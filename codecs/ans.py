@@ -28,109 +28,29 @@ import constriction
 import numpy as np
 
 from bytegolf.codecs.base import Codec, CodecError, StreamInfo
+from bytegolf.codecs.varint import Reader, put_varint, varints
 from bytegolf.errors import ConfigError
 
 HISTOGRAMS = ("stream", "rows")
 RAW, CONSTANT, STATIC, ROWS = 0, 1, 2, 3
-_MAX_VARINT_BYTES = 10
-
-
-def _put_varint(out: bytearray, v: int) -> None:
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-
-
-def _varints(values: np.ndarray) -> bytes:
-    """LEB128 of non-negative integers, vectorized (values < 2^63)."""
-    v = np.asarray(values, dtype=np.uint64).reshape(-1)
-    if v.size == 0:
-        return b""
-    nbytes = np.ones(v.size, dtype=np.int64)
-    for k in range(1, _MAX_VARINT_BYTES):
-        nbytes += v >= np.uint64(1) << np.uint64(7 * k)
-    ends = np.cumsum(nbytes)
-    out = np.empty(int(ends[-1]), dtype=np.uint8)
-    starts = ends - nbytes
-    for k in range(int(nbytes.max())):
-        sel = nbytes > k
-        byte = (v[sel] >> np.uint64(7 * k)) & np.uint64(0x7F)
-        more = (nbytes[sel] > k + 1).astype(np.uint64) << np.uint64(7)
-        out[starts[sel] + k] = (byte | more).astype(np.uint8)
-    return out.tobytes()
-
-
-class _Reader:
-    """Bounds-checked reading of the stored bytes; every failure is a CodecError."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise CodecError("ans: stream ends early (header)")
-        self.pos += 1
-        return self.data[self.pos - 1]
-
-    def varint(self, limit: int, what: str) -> int:
-        v = shift = 0
-        for _ in range(_MAX_VARINT_BYTES):
-            b = self.byte()
-            v |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                if v > limit:
-                    raise CodecError(f"ans: {what} {v} exceeds {limit}")
-                return v
-        raise CodecError(f"ans: malformed varint ({what})")
-
-    def varints(self, count: int, limit: int, what: str) -> np.ndarray:
-        """`count` varints at once (vectorized); each must be <= limit."""
-        if count == 0:
-            return np.zeros(0, dtype=np.int64)
-        avail = min(len(self.data) - self.pos, count * 9)
-        window = np.frombuffer(self.data, dtype=np.uint8, count=avail, offset=self.pos)
-        ends = np.flatnonzero(window < 0x80)
-        if ends.size < count:
-            raise CodecError(f"ans: stream ends early ({what})")
-        ends = ends[:count]
-        starts = np.concatenate([[0], ends[:-1] + 1])
-        if int((ends - starts).max()) >= 9:
-            raise CodecError(f"ans: malformed varint ({what})")
-        vals = np.zeros(count, dtype=np.int64)
-        for k in range(int((ends - starts).max()) + 1):
-            idx = starts + k
-            sel = idx <= ends
-            vals[sel] |= (window[idx[sel]].astype(np.int64) & 0x7F) << (7 * k)
-        if int(vals.max()) > limit:
-            raise CodecError(f"ans: {what} {int(vals.max())} exceeds {limit}")
-        self.pos += int(ends[-1]) + 1
-        return vals
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise CodecError(f"ans: stream ends early ({what}: {n} bytes, {len(self.data) - self.pos} left)")
-        self.pos += n
-        return self.data[self.pos - n : self.pos]
 
 
 def _symbol_set(used: np.ndarray) -> bytes:
     """The sorted used symbols, sparse (gaps) or dense (bitmap), whichever is shorter."""
     out = bytearray([0])
-    _put_varint(out, used.size)
+    put_varint(out, used.size)
     if used.size:
-        out += _varints(np.concatenate([used[:1], np.diff(used) - 1]))
+        out += varints(np.concatenate([used[:1], np.diff(used) - 1]))
     m = int(used[-1]) + 1 if used.size else 0
     bitmap = np.zeros(m, dtype=np.uint8)
     bitmap[used] = 1
     dense = bytearray([1])
-    _put_varint(dense, m)
+    put_varint(dense, m)
     dense += np.packbits(bitmap, bitorder="little").tobytes()
     return bytes(out) if len(out) <= len(dense) else bytes(dense)
 
 
-def _read_symbol_set(r: _Reader, alphabet: int) -> np.ndarray:
+def _read_symbol_set(r: Reader, alphabet: int) -> np.ndarray:
     kind = r.byte()
     if kind == 0:
         k = r.varint(alphabet, "symbol count")
@@ -156,7 +76,7 @@ def _payload(coder: constriction.stream.stack.AnsCoder) -> bytes:
     """varint length + the coder's words (u32 LE) without the zero bytes ending the last word."""
     payload = coder.get_compressed().astype("<u4").tobytes().rstrip(b"\0")  # the last word is never 0
     out = bytearray()
-    _put_varint(out, len(payload))
+    put_varint(out, len(payload))
     return bytes(out) + payload
 
 
@@ -194,7 +114,7 @@ class Ans(Codec):
         x, _, alphabet = _symbols(data, info)
         n = x.size
         raw = bytearray([RAW])
-        _put_varint(raw, n)
+        put_varint(raw, n)
         raw += data
         if n == 0:
             return bytes(raw)
@@ -205,14 +125,14 @@ class Ans(Codec):
         used = np.flatnonzero(counts)
         if used.size == 1:
             head = bytearray([CONSTANT])
-            _put_varint(head, n)
-            _put_varint(head, int(used[0]))
+            put_varint(head, n)
+            put_varint(head, int(used[0]))
             return bytes(head)
         lut = np.zeros(alphabet, dtype=np.int32)
         lut[used] = np.arange(used.size, dtype=np.int32)
         idx = lut[x]
         prefix = bytearray()
-        _put_varint(prefix, n)
+        put_varint(prefix, n)
         prefix += _symbol_set(used)
         options = [bytes(raw), self._static(prefix, idx, counts[used])]
         seg = self.rows * self.chunk
@@ -224,15 +144,15 @@ class Ans(Codec):
     def _static(prefix: bytes, idx: np.ndarray, counts: np.ndarray) -> bytes:
         coder = constriction.stream.stack.AnsCoder()
         coder.encode_reverse(idx, _model(counts))
-        return bytes([STATIC]) + prefix + _varints(counts) + _payload(coder)
+        return bytes([STATIC]) + prefix + varints(counts) + _payload(coder)
 
     @staticmethod
     def _rows(prefix: bytes, idx: np.ndarray, k: int, seg: int) -> bytes:
         head = bytearray([ROWS]) + prefix
-        _put_varint(head, seg)
+        put_varint(head, seg)
         starts = range(0, idx.size, seg)
         seg_counts = [np.bincount(idx[s : s + seg], minlength=k) for s in starts]
-        head += _varints(np.concatenate(seg_counts))
+        head += varints(np.concatenate(seg_counts))
         coder = constriction.stream.stack.AnsCoder()
         for s, c in zip(reversed(starts), reversed(seg_counts), strict=True):
             present = np.flatnonzero(c)
@@ -258,7 +178,7 @@ class Ans(Codec):
         itemsize = info.itemsize if info.itemsize in (1, 2) else 1
         limit = 1 << (8 * itemsize)
         alphabet = min(info.alphabet or limit, limit) if itemsize == info.itemsize else limit
-        r = _Reader(data)
+        r = Reader(data, "ans")
         mode = r.byte()
         n = r.varint(1 << 62, "symbol count")
         if n * itemsize > raw_size:
@@ -280,7 +200,7 @@ class Ans(Codec):
             raise CodecError(f"ans: {len(data) - r.pos} trailing bytes after the stream")
         return out
 
-    def _decode_ans(self, r: _Reader, mode: int, n: int, itemsize: int, alphabet: int) -> bytes:
+    def _decode_ans(self, r: Reader, mode: int, n: int, itemsize: int, alphabet: int) -> bytes:
         if n < 2:
             raise CodecError(f"ans: entropy-coded mode with {n} symbols")
         used = _read_symbol_set(r, alphabet)
@@ -326,7 +246,7 @@ class Ans(Codec):
 
 def side_info_bytes(stored: bytes) -> int:
     """Bytes of an ans stream that are not ANS payload words: mode, length and histograms."""
-    r = _Reader(stored)
+    r = Reader(stored, "ans")
     mode = r.byte()
     n = r.varint(1 << 62, "symbol count")
     if mode in (RAW, CONSTANT):

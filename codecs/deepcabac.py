@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bytegolf.codecs.base import Codec, CodecError, StreamInfo
+from bytegolf.codecs.varint import Reader, put_varint
 from bytegolf.errors import ConfigError
 
 INSTALL = (
@@ -54,7 +55,6 @@ RAW, CABAC = 0, 1
 MAX_ABS = 1 << 30  # centred values beyond ±2^30 are stored raw (deepCABAC decodes int32)
 MAX_CHUNK = 1 << 20
 MAX_UNARY = 32
-_MAX_VARINT_BYTES = 10
 
 
 def _read_bytes_bound(count: int, unary: int) -> int:
@@ -73,44 +73,6 @@ def _deepcabac() -> Any:
     except ImportError as exc:
         raise ConfigError(f"codec deepcabac needs nncodec's deepCABAC extension ({exc}); install: {INSTALL}") from None
     return deepCABAC
-
-
-def _put_varint(out: bytearray, v: int) -> None:
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-
-
-class _Reader:
-    """Bounds-checked reading of the stored bytes; every failure is a CodecError."""
-
-    def __init__(self, data: bytes, end: int) -> None:
-        self.data, self.pos, self.end = data, 0, end
-
-    def byte(self) -> int:
-        if self.pos >= self.end:
-            raise CodecError("deepcabac: stream ends early (header)")
-        self.pos += 1
-        return self.data[self.pos - 1]
-
-    def varint(self, limit: int, what: str) -> int:
-        v = shift = 0
-        for _ in range(_MAX_VARINT_BYTES):
-            b = self.byte()
-            v |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                if v > limit:
-                    raise CodecError(f"deepcabac: {what} {v} exceeds {limit}")
-                return v
-        raise CodecError(f"deepcabac: malformed varint ({what})")
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > self.end:
-            raise CodecError(f"deepcabac: stream ends early ({what}: {n} bytes, {self.end - self.pos} left)")
-        self.pos += n
-        return self.data[self.pos - n : self.pos]
 
 
 def _itemsize(info: StreamInfo) -> int:
@@ -165,7 +127,7 @@ class DeepCabac(Codec):
             raise ConfigError(f"deepcabac: {len(data)} bytes is not a multiple of itemsize {itemsize}")
         n = len(data) // itemsize
         raw = bytearray([RAW])
-        _put_varint(raw, n)
+        put_varint(raw, n)
         raw += data
         if n == 0:
             return bytes(raw)
@@ -175,10 +137,10 @@ class DeepCabac(Codec):
             return bytes(raw)
         dc = _deepcabac()
         out = bytearray([CABAC])
-        _put_varint(out, n)
+        put_varint(out, n)
         out.append(self.unary_length)
         for value in (c, lo, hi, self.chunk):
-            _put_varint(out, value)
+            put_varint(out, value)
         v32 = v.astype(np.int32)
         hdsp = np.zeros(2, dtype=np.int8)
         for s in range(0, n, self.chunk):
@@ -188,7 +150,7 @@ class DeepCabac(Codec):
             # dq_flag 0, scan_order 0, general_profile_idc 1, no parent node, no row skip, HDSP off
             enc.encodeLayer(part, 0, 0, 1, 0, 0, np.zeros(1, np.int32), dc.HdspMode.AlwaysOff, hdsp, lo + hi + 1, lo)
             body = enc.finish().tobytes()
-            _put_varint(out, len(body))
+            put_varint(out, len(body))
             out += body
         if len(out) + 4 >= len(raw):
             return bytes(raw)
@@ -198,7 +160,7 @@ class DeepCabac(Codec):
     def decompress(self, data: bytes, raw_size: int, info: StreamInfo = StreamInfo()) -> bytes:
         data = bytes(data)
         itemsize = _itemsize(info)
-        r = _Reader(data, len(data))
+        r = Reader(data, "deepcabac")
         mode = r.byte()
         n = r.varint(1 << 62, "item count")
         if n * itemsize > raw_size:
@@ -230,7 +192,7 @@ class DeepCabac(Codec):
             raise CodecError(f"deepcabac: {r.end - r.pos} trailing bytes after the last chunk")
         return out
 
-    def _decode(self, r: _Reader, n: int, itemsize: int) -> bytes:
+    def _decode(self, r: Reader, n: int, itemsize: int) -> bytes:
         unary = r.byte()
         if not 1 <= unary <= MAX_UNARY:
             raise CodecError(f"deepcabac: unary length {unary} outside 1..{MAX_UNARY}")
