@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from bytegolf import markdown
 from bytegolf.measure.stats import adjust_pvalues, paired_bootstrap
+from bytegolf.run import store
 from bytegolf.study.analysis import paired_test, system
 
 
@@ -123,6 +124,9 @@ def print_ranking(rows: list[dict[str, Any]], budgets: list[int], cc: DictConfig
         ranked = ranking(rows, budget, cc.samples, cc.level, by)
         counted = "final + code" if rows and rows[0].get("count_code") else "final"
         print(f"\n### budget {budget:,} B ({counted} bytes)\n\n{ranking_table(ranked, budget)}", flush=True)
+        protocols = sorted({store.row_protocol(e["row"]) for e in ranked if e["row"].get("bpb") is not None} - {""})
+        if protocols:
+            print(f"protocol: {'; '.join(protocols)}" + (" (WARNING: mixed)" if len(protocols) > 1 else ""))
         fitted = [e for e in ranked if evaluated(e["row"])]
         if not fitted:
             print("no format fits this budget")

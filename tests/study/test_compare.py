@@ -68,6 +68,7 @@ def test_compare_lands_each_format_at_equal_bytes_and_resumes(tiny_bundle: Path,
     assert set(table[1].strip("|").split("|")) == {"---"}
     assert {line.count("|") for line in table[:4]} == {table[0].count("|")}
     assert sum(line.startswith("| scalar ") or line.startswith("| clustered ") for line in table) == 4
+    assert "\nprotocol: 4 windows × 64 tokens, sampled across the split (seed 0), bf16, no stride\n" in proc.stdout
     assert "no format fits this budget" in proc.stdout
     assert "probe scalar clip_k=" in proc.stdout and "probe clustered codebook_size=" in proc.stdout
     assert len(store.collect([out / "points"])) == 4 and (out / "results.parquet").is_file()
