@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bytegolf.errors import ArtifactError, ConfigError
-from bytegolf.formats import EncodeContext, Encoded, Format
+from bytegolf.errors import ArtifactError, BytegolfError, ConfigError
+from bytegolf.formats import EncodeContext, Encoded, Format, get_format
 from bytegolf.formats.base import TORCH_DTYPES, TensorSpec
 
 MODES = ("fold", "split")
@@ -174,7 +174,16 @@ def decode(fmt: Format, unit: Encoded) -> dict[str, Tensor]:
         prefix = f"{p}."
         streams = {k[len(prefix) :]: s for k, s in unit.streams.items() if k.startswith(prefix)}
         claimed.update(prefix + k for k in streams)
-        got = fmt.decode(Encoded(unit.format, specs, streams, part["meta"]))
+        part_fmt = fmt
+        if "format" in part:  # a part encoded otherwise than the unit's format (an LQER-corrected slice)
+            params = part["meta"].get("params")
+            try:
+                if not isinstance(params, dict):
+                    raise ArtifactError("its meta needs the format's params")
+                part_fmt = get_format(str(part["format"]), **params)
+            except BytegolfError as exc:
+                raise ArtifactError(f"split unit: part {p} format {part['format']!r}: {exc}") from None
+        got = part_fmt.decode(Encoded(part_fmt.name, specs, streams, part["meta"]))
         for s in specs:
             t = got.get(s.name)
             if t is None or tuple(t.shape) != s.shape:

@@ -140,6 +140,10 @@ def artifact_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         return set().union(*(inner(v) for v in node)) if isinstance(node, list) else set()
 
     formats = {u["format"] for u in units}.union(*(inner((u.get("meta") or {}).get("params")) for u in units))
+    parts = [p for u in units for p in ((u.get("meta") or {}).get("parts") or []) if isinstance(p, dict)]
+    for part in parts:  # a split unit's part in a format of its own (an LQER-corrected slice)
+        if part.get("format") in REGISTRY:
+            formats |= {part["format"]} | inner((part.get("meta") or {}).get("params"))
     return sorted(formats), sorted({b["codec"] for b in blobs})
 
 

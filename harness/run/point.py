@@ -341,7 +341,14 @@ def run_point(cfg: DictConfig, out_dir: Path, units: list[Encoded] | None = None
         "artifact": str(path),
         "extra_codecs": extra,
         "finetune": ft_report,
-        "lowrank_tensors": [t.name for u in units if u.format == "lowrank" for t in u.tensors],
+        "lowrank_tensors": [t.name for u in units if u.format == "lowrank" for t in u.tensors]
+        + [
+            t["name"]
+            for u in units
+            for p in u.meta.get("parts", [])
+            if p.get("format") == "lowrank"
+            for t in p["tensors"]
+        ],
     }
     write_json_atomic(out_dir / "result.json", result)
     return result
@@ -402,6 +409,11 @@ def unigram_warning(r: dict[str, Any]) -> str | None:
     """A warning when a result's bpb is worse than a unigram model's on the same tokens, else None."""
     if r.get("bpb") is None or r.get("unigram_bpb") is None or r["bpb"] <= r["unigram_bpb"]:
         return None
+    if r.get("ref_bpb") is not None and r["ref_bpb"] > r["unigram_bpb"]:
+        return (
+            f"the unquantized model's bpb {r['ref_bpb']:.4f} is already worse than a unigram model's "
+            f"{r['unigram_bpb']:.4f} on the same tokens: an untrained model, or data from another tokenizer?"
+        )
     return (
         f"bpb {r['bpb']:.4f} is worse than a unigram model's {r['unigram_bpb']:.4f} on the same tokens: the "
         "quantized model has lost what it learned (too few bits, or a clip tuned for another width?)"

@@ -269,4 +269,6 @@ def test_unigram_bpb_known_answer_and_the_run_warning() -> None:
     assert unigram_bpb(fit, targets, n_bytes=16, vocab=8) > 1.0  # unseen tokens take probability mass
     assert unigram_warning({"bpb": 1.2, "unigram_bpb": 1.0}).startswith("bpb 1.2000 is worse than a unigram")
     assert unigram_warning({"bpb": 0.9, "unigram_bpb": 1.0}) is None
+    untrained = unigram_warning({"bpb": 1.3, "ref_bpb": 1.2, "unigram_bpb": 1.0})
+    assert untrained.startswith("the unquantized model's bpb 1.2000 is already worse than a unigram")
     assert unigram_warning({"bpb": None, "unigram_bpb": 1.0}) is None

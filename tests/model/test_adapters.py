@@ -567,3 +567,22 @@ def test_editing_an_imported_module_misses_the_cached_reference_and_grams(
     assert second["fingerprints"]["code"] != first["fingerprints"]["code"]
     assert second["ref_val_loss"] != first["ref_val_loss"]  # the reference is the edited model's
     assert abs(second["delta_bpb"]) < 0.1
+
+
+def test_pg_top_exports_a_record_style_model_with_lqer_on_bank_slices(
+    tiny_bundle: Path, record_ckpt: Path, tmp_path: Path
+) -> None:
+    proc = bytegolf(
+        "run", "experiment=pg_top", f"bundle={tiny_bundle}", *TINY_ARGS, "model=module", f"model.file={FIXTURE}",
+        "model.build=build", f"model.checkpoint={record_ckpt}", "model.einsum=[qkv_bank]", "plan.reshape=split",
+        "plan.lowrank.top_k=4", "plan.lowrank.group_size=32", "extra_codecs=[]", f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    slices = [n for n in r["lowrank_tensors"] if "[" in n]
+    assert slices and all(n.split("[")[0] in BANKS for n in slices)  # the record's corrections: bank slices
+    assert r["bytes_by_role"]["lowrank"]["bytes"] > 0
+    decoded, _ = artifact.read(tmp_path / artifact.ARTIFACT_NAME)
+    state = checkpoint.load_state_dict(record_ckpt)
+    assert all(0 < metrics.rel_mse(state[b], decoded[b]) < 0.05 for b in BANKS)
