@@ -49,7 +49,9 @@ is allocated from one measurement.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -57,18 +59,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from tqdm import tqdm
 
+from bytegolf.artifact import file as artifact
+from bytegolf.artifact import layout
+from bytegolf.codecs import get_codec
 from bytegolf.errors import ConfigError
+from bytegolf.formats import REGISTRY, get_format
+from bytegolf.measure import codebytes, metrics
 from bytegolf.quantize.encoder import encode_state, group_units
+from bytegolf.quantize.plan import Assignment, Rule, format_defaults, make_plan, merge_settings
+from bytegolf.quantize.sensitivity import loss_increase
+from bytegolf.run import store, sweep
+from bytegolf.run.point import name_and_params, run_point
+from bytegolf.search import budget as search
 from bytegolf.search.knapsack import MAX_STATES, allocate, lower_hull, slope
+from bytegolf.search.prober import Workspace
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from bytegolf.artifact.layout import LayoutConfig
     from bytegolf.formats.base import Encoded
-    from bytegolf.quantize.plan import Assignment, Rule
 
 log = logging.getLogger("bytegolf")
 PROBE = ".probe-allocate.bgz"
@@ -92,7 +107,6 @@ class AllocateSettings:
 
 
 def register() -> None:
-    from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="base_allocate", node=AllocateSettings, package="allocate")
 
@@ -139,9 +153,6 @@ class Candidate:
 
 def _setting_names(fmt: str) -> set[str] | None:
     """The settings a format's constructor takes (None: it takes any keyword)."""
-    import importlib
-
-    from bytegolf.formats import REGISTRY
 
     module, cls = REGISTRY[fmt].split(":")
     params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters.values()
@@ -151,7 +162,6 @@ def _setting_names(fmt: str) -> set[str] | None:
 
 
 def _known_format(fmt: str, where: str) -> None:
-    from bytegolf.formats import REGISTRY
 
     if fmt not in REGISTRY:
         raise ConfigError(f"{where}: unknown format {fmt!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -168,8 +178,6 @@ def _match(value: Any, where: str) -> list[str]:
 
 def _candidate(fmt: str, fmt_params: dict[str, Any], c: Any, where: str, named: bool | None = None) -> Candidate:
     """One candidate mapping checked: known format, known settings, accepted by the format, same scope."""
-    from bytegolf.formats import get_format
-    from bytegolf.quantize.plan import format_defaults, merge_settings
 
     if not isinstance(c, dict):
         raise ConfigError(f"{where}: {c!r} is not a mapping of {fmt} settings")
@@ -224,9 +232,6 @@ def knob_values(knob: Any, steps: int, where: str = "allocate.knob") -> list[int
 
 def knob_candidates(fmt: str, fmt_params: dict[str, Any], spec: Any, where: str = "allocate.knob") -> list[Candidate]:
     """Candidates along one rate knob (see the module docstring), its range from bytegolf.search.budget.knob_for."""
-    from bytegolf.formats import get_format
-    from bytegolf.quantize.plan import format_defaults, merge_settings
-    from bytegolf.search import budget as search
 
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: {spec!r} is not a mapping (keys: {', '.join(sorted(KNOB_KEYS))})")
@@ -284,7 +289,6 @@ def check_candidates(
 ) -> list[Candidate]:
     """The candidates of `<where>.candidates` then of `<where>.knob` (a mapping or a list), checked, distinct;
     errors name the setting by `where` (compare.allocated.<name> for a compare's allocated system)."""
-    import json
 
     knobs = [] if knob is None else knob if isinstance(knob, list) else [knob]
     if candidates is not None and not isinstance(candidates, list):
@@ -335,8 +339,6 @@ class Unit:
 
 def unit_bytes(unit: Encoded, codec: str, codec_params: dict[str, Any], lay: LayoutConfig) -> int:
     """Stored bytes of one unit's streams alone, through the layout and codec the artifact writer uses."""
-    from bytegolf.artifact import layout
-    from bytegolf.codecs import get_codec
 
     _, blobs = layout.pack([unit], codec, codec_params, lay, progress=False)
     return sum(len(get_codec(b.codec, **b.params).compress(b.raw, b.info)) for b in blobs)
@@ -354,7 +356,6 @@ def sensitivity(w: Tensor, gram: Tensor | None, norm: float) -> float:
 
 def objective_error(w: Tensor, w_hat: Tensor, gram: Tensor | None, norm: float) -> float:
     """A tensor's share of the aggregate objective: n·output_error / norm (n·rel_mse / norm without a Gram matrix)."""
-    from bytegolf.measure import metrics
 
     w, w_hat = w.float(), w_hat.float()
     err = metrics.output_error(w, w_hat, gram) if gram is not None else metrics.rel_mse(w, w_hat)
@@ -436,21 +437,18 @@ class Measured:
 def unit_settings(a: Assignment, fmt: str, cand: Candidate) -> dict[str, Any]:
     """A tensor's settings under a candidate: over what the plan gave it for the run's format, else the
     named format's defaults with the candidate's settings (what make_plan gives the rule plan_rules writes)."""
-    from bytegolf.quantize.plan import merge_settings
 
     return merge_settings(a.params, cand.params) if cand.format == fmt else dict(cand.settings)
 
 
 def option_group(group: list[Assignment], fmt: str, cand: Candidate) -> list[Assignment]:
     """A unit's assignments under a candidate."""
-    from bytegolf.quantize.plan import Assignment
 
     return [Assignment(a.name, cand.format, unit_settings(a, fmt, cand), a.reshape) for a in group]
 
 
 def encoder(cfg: DictConfig, ws: Any) -> Callable[[list[Assignment]], Encoded]:
     """encode(assignments): one unit's encoding on the workspace's Gram matrices, seeded with cfg.seed."""
-    import torch
 
     ctx = ws.context()
 
@@ -504,10 +502,6 @@ def measure(
     output error; loss: its expected increase of the mean token loss in nats, bytegolf.quantize.sensitivity).
     A candidate the format refuses on a unit is skipped there (with a warning). Errors name the setting
     by `where`."""
-    from tqdm import tqdm
-
-    from bytegolf.artifact import layout
-    from bytegolf.run.point import name_and_params
 
     fmt, _ = name_and_params(cfg.format)
     codec, codec_params = name_and_params(cfg.codec)
@@ -530,7 +524,6 @@ def measure(
         g = gram(n)
         if g is None or n not in fishers:
             raise ConfigError(f"{where}: objective loss has no sensitivity for {n} (not a linear weight of the GPT)")
-        from bytegolf.quantize.sensitivity import loss_increase
 
         return loss_increase(ws.state[n].float(), w_hat.float(), g, ws.rows, fishers[n])
 
@@ -663,8 +656,6 @@ class Writer:
         self.final = self.code = 0
 
     def __call__(self, choice: list[int]) -> int:
-        from bytegolf.artifact import file as artifact
-        from bytegolf.measure import codebytes
 
         encoded = self.m.encodings(choice, self.fmt, self.candidates, self.encode)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -737,7 +728,6 @@ def write_reports(
     codec_params: dict[str, Any],
 ) -> None:
     """allocation.json (the summary, candidates and every unit's table) and allocation.md into out_dir."""
-    from bytegolf.run import store
 
     rows = _rows(m.units, choice, candidates)
     body = {**summary, "format": fmt, "format_params": fmt_params, "codec": codec, "codec_params": codec_params}
@@ -749,12 +739,6 @@ def write_reports(
 
 def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Measure, allocate, land the artifact within the budget, evaluate; returns the result row."""
-    from bytegolf.artifact import layout
-    from bytegolf.codecs import get_codec
-    from bytegolf.quantize.plan import make_plan
-    from bytegolf.run import store, sweep
-    from bytegolf.run.point import name_and_params, run_point
-    from bytegolf.search.prober import Workspace
 
     ac = cfg.allocate
     fmt, fmt_params = name_and_params(cfg.format)
@@ -835,7 +819,6 @@ def plan_rules(user: list[Rule], others: list[str], fmt: str, units: list[Unit],
     """A rule per allocated tensor naming its format and settings (for the run's format, its setting over
     what the user's first matching rule gave it), then the user's rules that are still the first match of
     another float tensor (names in `others`)."""
-    from bytegolf.quantize.plan import Rule, merge_settings
 
     def first(name: str) -> Rule | None:
         return next((r for r in user if fnmatch.fnmatchcase(name, r.match)), None)

@@ -25,14 +25,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from omegaconf import OmegaConf
+
+from bytegolf.artifact import file as artifact
+from bytegolf.artifact import layout
+from bytegolf.data import evaldata
 from bytegolf.errors import ConfigError
+from bytegolf.formats import EncodeContext
+from bytegolf.measure import codebytes, metrics
+from bytegolf.model import adapters
+from bytegolf.quantize.plan import PlanConfig, Rule, make_plan
+from bytegolf.quantize.sensitivity import output_fishers
 from bytegolf.run import store
+from bytegolf.run.point import calibration_grams, calibration_windows, encode_units
 from bytegolf.search.budget import Knob, Probe, with_setting
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-
-    from bytegolf.formats import EncodeContext
 
 log = logging.getLogger("bytegolf")
 
@@ -65,12 +75,6 @@ class Workspace:
     """What every probe of every format shares: the state dict, the plan settings, the Gram matrices."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        from omegaconf import OmegaConf
-
-        from bytegolf.data import evaldata
-        from bytegolf.model import adapters
-        from bytegolf.quantize.plan import PlanConfig, Rule
-        from bytegolf.run.point import calibration_grams
 
         self.cfg = cfg
         self.adapter = ad = adapters.get_adapter(cfg.model)
@@ -92,9 +96,6 @@ class Workspace:
         """Each weight's loss sensitivity (bytegolf.quantize.sensitivity) on the calibration windows, gathered once;
         the built-in GPT only."""
         if getattr(self, "_sens", None) is None:
-            from bytegolf.quantize.sensitivity import output_fishers
-            from bytegolf.run.point import calibration_windows
-
             if self.adapter.name != "gpt" or self.data is None or not self.grams:
                 raise ConfigError(
                     "the loss objective needs the built-in GPT and calibration windows (calib.windows > 0); "
@@ -107,7 +108,6 @@ class Workspace:
 
     def context(self) -> EncodeContext:
         """The EncodeContext of every encode on this workspace (Gram matrices, device, seed)."""
-        from bytegolf.formats import EncodeContext
 
         counts = dict.fromkeys(self.grams, self.rows)
         return EncodeContext(hessians=self.grams, hessian_counts=counts, device=self.cfg.device, seed=self.cfg.seed)
@@ -229,13 +229,6 @@ class Encoder:
 
     def encode(self, value: float) -> Probe:
         """Encode + write at value and measure (no cache)."""
-        import torch
-
-        from bytegolf.artifact import file as artifact
-        from bytegolf.artifact import layout
-        from bytegolf.measure import codebytes
-        from bytegolf.quantize.plan import make_plan
-        from bytegolf.run.point import encode_units
 
         t0 = time.perf_counter()
         cfg = self.ws.cfg
@@ -267,7 +260,6 @@ class Encoder:
         """The encoding's pre-artifact errors as a run reports them: the parameter-weighted mean output error
         (bytegolf.measure.metrics.output_error; None without any Gram matrix) and rel MSE over the tensors
         the format encodes."""
-        from bytegolf.measure import metrics
 
         errs, weights, rels, sizes = [], [], [], []
         for unit in units:
