@@ -9,7 +9,7 @@ so the block bytes are those a plain (no FMA contraction, no -ffast-math) C buil
 and Q5_0 equal gguf-py's `gguf.quants.quantize` byte for byte.
 
 The one stream `blocks` holds the raw GGUF block bytes of the tensor (uint8, rows × row bytes, role
-codes, alphabet 256), a payload a GGUF file holds verbatim (harness/tools/gguf_file.py writes one).
+codes, alphabet 256), a payload a GGUF file holds verbatim (harness/run/gguf_file.py writes one).
 With fields=true the block fields go to separate streams instead (fp16 super-scales `d` / `dmin`,
 packed sub-block `scales`, quant bits `qs`, `qh`, `ql`, `hmask`) and are interleaved back on decode.
 Decoding (numpy, float32) follows gguf-py's `dequantize` operation for operation, bit for bit.

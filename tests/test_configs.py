@@ -115,7 +115,9 @@ def test_every_group_option_composes_and_resolves(primary: str, group: str, opti
 def test_every_experiment_preset_composes(primary: str, preset: str) -> None:
     resolved = _resolved(_compose(primary, [f"experiment={preset}"]))
     _assert_contains(resolved, _yaml_body(CONFIG_DIR / "experiment" / f"{preset}.yaml"), "")
-    assert resolved["format"]["name"] == "scalar"
+    defaults = _yaml(CONFIG_DIR / "experiment" / f"{preset}.yaml")["defaults"]
+    (fmt,) = [d["override /format"] for d in defaults if isinstance(d, dict) and "override /format" in d]
+    assert resolved["format"]["name"] == fmt  # scalar (pg_*), kquant (gguf_*)
 
 
 def test_plan_embedding_int8_is_the_compares_embedding_rule() -> None:

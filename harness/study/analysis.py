@@ -419,7 +419,11 @@ def frontier_reversals(results: list[dict[str, Any]], y: str = "rel_mse", margin
     return rows
 
 
-REFERENCE_SYSTEMS = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports (the compare ranks them)
+PG_REFERENCES = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports (the compare ranks them)
+GGUF_REFERENCES = ("gguf_q4_k_m", "gguf_q3_k_m", "gguf_q2_k")  # llama.cpp's k-quant mixes as GGUF files
+# every reference a compare knows by name: PRESET+CODEC is the preset's encoding through another codec, its
+# container counted instead of its GGUF file (bytegolf.study.compare.reference_system)
+REFERENCE_SYSTEMS = (*PG_REFERENCES, *GGUF_REFERENCES, *(f"{g}+fair" for g in GGUF_REFERENCES))
 
 
 def base_system(r: dict[str, Any]) -> str:
@@ -428,7 +432,8 @@ def base_system(r: dict[str, Any]) -> str:
 
 
 def is_reference_export(r: dict[str, Any]) -> bool:
-    """A row of a Parameter Golf reference export (pg_baseline, pg_record, pg_top, at a budget or @own)."""
+    """A row of a reference export (Parameter Golf's pg_*, llama.cpp's gguf_* and their +codec rows, at a budget
+    or @own)."""
     return base_system(r) in REFERENCE_SYSTEMS or bool(r.get("reference"))
 
 

@@ -29,6 +29,7 @@ allocation tables in search/ and skips points whose result.json is there.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -39,22 +40,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bytegolf.artifact import file as artifact
+from bytegolf.artifact import layout
+from bytegolf.codecs import get_codec
+from bytegolf.codecs.best import candidate_spec
 from bytegolf.errors import ConfigError
+from bytegolf.formats import REGISTRY, get_format
+from bytegolf.measure import codebytes
 from bytegolf.quantize import encoder
-from bytegolf.quantize.plan import PlanConfig, format_defaults, merge_settings
+from bytegolf.quantize.lqer import LowRankPlan
+from bytegolf.quantize.plan import PlanConfig, Rule, format_defaults, make_plan, merge_settings
 from bytegolf.run import store, sweep
+from bytegolf.run.point import run_point
 from bytegolf.run.provenance import git_revision, source_hash
+from bytegolf.search import allocate
 from bytegolf.search import budget as search
 from bytegolf.search.prober import Encoder, Workspace, remove_stale_probes
-from bytegolf.study.analysis import REFERENCE_SYSTEMS, system
+from bytegolf.study.analysis import PG_REFERENCES, REFERENCE_SYSTEMS, system
 from bytegolf.study.ranking import evaluated, print_ranking
 
 log = logging.getLogger("bytegolf")
 PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "experiment"
-REFERENCES = REFERENCE_SYSTEMS  # Parameter Golf's exports, always ranked
+REFERENCES = REFERENCE_SYSTEMS  # the references a compare knows by name (Parameter Golf's, llama.cpp's GGUF mixes)
 # a point's own keys, which a twin's result does not pass on (bytegolf.study.compare._take_over)
 TWIN_DROP = frozenset(
     [
@@ -86,7 +96,8 @@ class System:
 
     `reference`: a Parameter Golf export, also evaluated at its own size; its plan rules that set the
     knob move with it in proportion (the recipe's per-tensor clip multiples scale together). Other
-    systems' rules (the embedding plan) stay fixed."""
+    systems' rules (the embedding plan) stay fixed. `gguf`: its points write model.gguf and count its size
+    (a gguf_* preset; bytegolf.run.point.run_point)."""
 
     label: str
     fmt: str
@@ -99,6 +110,7 @@ class System:
     reference: bool = False
     finetune: dict[str, Any] = field(default_factory=dict)  # block calibration settings over the run's
     allocation: AllocationSpec | None = None  # an allocated system (compare.allocated): no knob, no search
+    gguf: bool = False  # a GGUF reference: its counted size is its GGUF file's, ranked at its own size only
 
     def plan_at(self, value: float | None) -> dict[str, Any]:
         """The plan settings at a knob value (a reference's rules that set the knob scaled by value / default)."""
@@ -120,8 +132,6 @@ class System:
 
     def plan_config(self, value: float | None):
         """plan_at as the PlanConfig the encoder uses."""
-        from bytegolf.quantize.lqer import LowRankPlan
-        from bytegolf.quantize.plan import PlanConfig, Rule
 
         d = self.plan_at(value)
         rules = [Rule(**r) for r in d.get("rules") or []]
@@ -147,13 +157,18 @@ def _group_defaults(group: str, name: str) -> dict[str, Any]:
     return node
 
 
-def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], dict[str, Any], dict, dict]:
-    """(format, params, codec with name, layout, plan) of an experiment preset, over the compare's settings."""
-    path = PRESETS / f"{name}.yaml"
-    if not path.is_file():
+def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], dict[str, Any], dict, dict, bool]:
+    """(format, params, codec with name, layout, plan, gguf) of an experiment preset, over the compare's settings.
+
+    name PRESET+CODEC: the preset's encoding through CODEC (its defaults) instead of the preset's codec, and no
+    GGUF file: gguf_q4_k_m+fair is Q4_K_M's blocks through bytegolf's fair codec, its container counted."""
+    preset, plus, codec_over = name.partition("+")
+    path = PRESETS / f"{preset}.yaml"
+    if not path.is_file() or (plus and not codec_over):
         known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-        raise ConfigError(f"compare.references: unknown preset {name!r}; known: {known}")
+        raise ConfigError(f"compare.references: unknown preset {name!r}; known: {known} (and PRESET+CODEC)")
     node = _container(OmegaConf.load(path))
+    gguf = bool(node.pop("gguf", False)) and not codec_over
     groups = {"format": None, "codec": None}
     for entry in node.pop("defaults", []):
         if isinstance(entry, dict):
@@ -165,12 +180,31 @@ def reference_system(name: str, cfg: DictConfig) -> tuple[str, dict[str, Any], d
     if fmt is None:
         raise ConfigError(f"compare.references: preset {name} names no format")
     params = merge_settings(format_defaults(fmt), node.get("format") or {})
-    codec_name = groups["codec"] or str(cfg.codec.name)
-    codec = {"name": codec_name, **merge_settings(_group_defaults("codec", codec_name), node.get("codec") or {})}
+    if codec_over:  # a codec config of experiments/codec/ (fair: the codec best with fair's candidates)
+        codec = _codec_choice(codec_over)
+    else:
+        codec_name = groups["codec"] or str(cfg.codec.name)
+        codec = {"name": codec_name, **merge_settings(_group_defaults("codec", codec_name), node.get("codec") or {})}
+    lay, plan = _lay_plan(node, cfg)
+    return fmt, params, codec, lay, plan, gguf
+
+
+def _lay_plan(node: dict[str, Any], cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A preset's layout and plan over the compare's (the plan's rules are the preset's own)."""
     lay = merge_settings(_container(cfg.layout), node.get("layout") or {})
     own = {k: v for k, v in _container(cfg.plan).items() if k not in ("rules", "lowrank")}  # the recipe's own rules
-    plan = merge_settings(own, node.get("plan") or {})
-    return fmt, params, codec, lay, plan
+    return lay, merge_settings(own, node.get("plan") or {})
+
+
+def _codec_choice(name: str) -> dict[str, Any]:
+    """The codec (with name) that `codec=NAME` picks: experiments/codec/NAME.yaml over its base codec's defaults
+    (fair: best with fair's candidates), or the registered codec NAME with its defaults."""
+    path = PRESETS.parent / "codec" / f"{name}.yaml"
+    if not path.is_file():
+        return {"name": name}
+    node = _container(OmegaConf.load(path))
+    bases = [str(e).removeprefix("base_") for e in node.pop("defaults", []) if str(e).startswith("base_")]
+    return {"name": bases[0] if bases else name, **node}
 
 
 @dataclass
@@ -191,7 +225,7 @@ class CompareSettings:
     it like any matrix; allocated systems take the embedding's settings from their candidates)."""
 
     formats: list[str] | None = None
-    references: list[str] = field(default_factory=lambda: list(REFERENCES))
+    references: list[str] = field(default_factory=lambda: list(PG_REFERENCES))
     search_references: Any = True  # true: every reference; false: none; a list: those references
     budgets: list[float] = field(default_factory=lambda: [16e6, 4e6, 3e6, 2e6])
     params: dict[str, Any] = field(default_factory=dict)
@@ -212,7 +246,6 @@ class CompareSettings:
 
 
 def register() -> None:
-    from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="base_compare", node=CompareSettings, package="compare")
 
@@ -282,8 +315,6 @@ def _allocated(
 ) -> dict[str, tuple[str, dict[str, Any], dict, dict, AllocationSpec]]:
     """compare.allocated as name -> (format, params, plan, layout, spec), checked before any work (plan and
     layout over the compare's; tol defaults to compare.tol). Errors name the entry."""
-    from bytegolf.formats import REGISTRY
-    from bytegolf.search import allocate
 
     out = {}
     for name, v in node.items():
@@ -339,13 +370,14 @@ def point_cfg(
         if sysm.finetune:
             c.finetune = OmegaConf.merge(c.finetune, sysm.finetune)
         c.budget.cap_bytes = budget or c.budget.cap_bytes
+        if sysm.gguf:  # (only then: other points' configs, and so their hashes, stay as they were)
+            c.gguf = True
     return c
 
 
 def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] | None]:
     """Every system the compare ranks, checked before any work, and the probe codec (None: each
     system's own codec)."""
-    from bytegolf.formats import REGISTRY
 
     cc = cfg.compare
     variants = _variants(OmegaConf.to_container(cc.variants, resolve=True) or {}, REGISTRY)
@@ -372,8 +404,6 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
     if cc.get("probe_codec"):
         pc = _container(cc.probe_codec)
         probe_codec = (str(pc.pop("name")), pc)
-        from bytegolf.codecs import get_codec
-        from bytegolf.codecs.best import candidate_spec
 
         get_codec(probe_codec[0], **probe_codec[1])
         offered = [candidate_spec(c)[0] for c in codec.get("candidates", [])] if codec_name == "best" else []
@@ -388,13 +418,12 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
             )
             probe_codec = None
 
-    from bytegolf.formats import get_format
-
     out: list[System] = []
     for label in [*refs, *names]:
         reference = label in refs and label not in names
+        gguf = False
         if reference:
-            fmt, params, ref_codec, lay, plan = reference_system(label, cfg)
+            fmt, params, ref_codec, lay, plan, gguf = reference_system(label, cfg)
             params = merge_settings(params, extra_params.get(label, {}))
             c_name = str(ref_codec.pop("name"))
             c_params = ref_codec
@@ -410,7 +439,6 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
         instance = get_format(fmt, **params)
         if instance.rate_knob and params.get(instance.rate_knob) is None:  # a default the format resolves
             params = {**params, instance.rate_knob: getattr(instance, instance.rate_knob)}  # (scalar's clip_k)
-        from bytegolf.codecs import get_codec
 
         get_codec(c_name, **c_params)
         over = dict(knob_over.get(label) or {})
@@ -419,7 +447,7 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
             raise ConfigError(f"compare.knobs.{label}.name: {label} has no setting {name!r}")
         knob = search.knob_for(name, search.setting(params, name) if name else None, over)
         tune = dict(calibrate.get(label) or {})
-        out.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference, tune))
+        out.append(System(label, fmt, params, knob, c_name, c_params, lay, plan, reference, tune, gguf=gguf))
     for label, (fmt, params, a_plan, a_lay, spec) in allocated.items():  # the candidates set the embedding
         lay = merge_settings(_container(cfg.layout), a_lay)
         plan = merge_settings(_container(cfg.plan), a_plan)
@@ -429,7 +457,6 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
 
 def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     """Search, evaluate and rank; returns one row per (budget, system)."""
-    from bytegolf.run.point import run_point
 
     cc = cfg.compare
     budgets = _budgets(list(cc.budgets))
@@ -506,10 +533,18 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 1,
                 [(value, counted)],
             )
-            print(f"{sysm.label} at its own size: {counted:,} B", flush=True)
+            if sysm.gguf:
+                print(f"{sysm.label} at its own size: container {counted:,} B; its GGUF file counts", flush=True)
+            else:
+                print(f"{sysm.label} at its own size: {counted:,} B", flush=True)
             own_row = _point(cfg, sysm, enc, own, out_dir, run_point)
             rows.append(own_row)
+            if sysm.gguf and own_row.get("gguf_bytes"):
+                print(f"  {sysm.label}: model.gguf {own_row['gguf_bytes']:,} B", flush=True)
             if sysm.label not in _searched_references(cc):
+                continue
+            if sysm.knob is None:  # a GGUF mix's types are categorical: nothing to search
+                print(f"{sysm.label} has no rate knob: ranked at its own size only", flush=True)
                 continue
         for budget in budgets:
             target = budget
@@ -545,8 +580,6 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
 def written_bytes(enc: Encoder, sysm: System, value: float, count_code: bool) -> int | None:
     """The counted bytes of the probe at value written through the system's own codec (the artifact's; the
     compressed blobs are remembered, so the landed point's write reuses them); None if its encoding is gone."""
-    from bytegolf.artifact import layout
-    from bytegolf.measure import codebytes
 
     units = enc.units.get(value)
     if units is None:
@@ -604,7 +637,6 @@ def _searched_references(cc: Any) -> list[str]:
 
 def _randomized(sysm: System) -> bool:
     """Whether the system's encoder draws random numbers (k-means or codebook initialisation)."""
-    from bytegolf.formats import get_format
 
     return bool(getattr(get_format(sysm.fmt, **sysm.params), "randomized", False))
 
@@ -759,7 +791,8 @@ def _point(
                 else:
                     reuse = enc.units.pop(landing.value, None) if seed is None else None
                     result = run_point(pc, d, units=reuse)
-                if result["final_bytes"] != landing.final_bytes and enc.codec == sysm.codec and seed is None:
+                same_file = enc.codec == sysm.codec and not result.get("gguf_bytes")  # (a GGUF point: its GGUF file)
+                if result["final_bytes"] != landing.final_bytes and same_file and seed is None:
                     calibrated = int(pc.get("finetune", {}).get("steps") or 0) > 0
                     (log.info if calibrated else log.warning)(
                         "%s: the evaluated artifact has %d B, the search probe had %d B (%s)",
@@ -814,10 +847,6 @@ class AllocationWork:
     def __init__(
         self, cfg: DictConfig, sysm: System, ws: Workspace, probe_codec: tuple[str, dict] | None, out_dir: Path
     ) -> None:
-        import json
-
-        from bytegolf.quantize.plan import make_plan
-        from bytegolf.search import allocate
 
         assert sysm.allocation is not None
         self.cfg, self.sysm, self.ws, self.spec = cfg, sysm, ws, sysm.allocation
@@ -845,7 +874,6 @@ class AllocationWork:
 
     def check(self) -> None:
         """The candidates against the plan, before any encoding (bytegolf.search.allocate.check_plan)."""
-        from bytegolf.search import allocate
 
         allocate.check_plan(self.plan, self.sysm.fmt, self.spec.candidates, self.where)
 
@@ -853,8 +881,6 @@ class AllocationWork:
     def measured(self) -> Any:
         """The bytegolf.search.allocate.Measured tables: from the cache file, else measured now (and cached)."""
         if self._measured is None:
-            from bytegolf.search import allocate
-
             groups = encoder.group_units(self.plan)
             m = allocate.Measured.from_json(self.tables, groups) if self.tables else None
             if m is None:
@@ -872,7 +898,6 @@ class AllocationWork:
     @property
     def randomized(self) -> bool:
         """Whether a candidate's format draws random numbers (its points then get seed points)."""
-        from bytegolf.formats import get_format
 
         return any(
             getattr(get_format(c.format, **(c.settings or self.sysm.params)), "randomized", False)
@@ -882,8 +907,6 @@ class AllocationWork:
     def land(self, target: int, tol: float) -> dict[str, Any]:
         """The allocation landed at target bytes within tol (bytegolf.search.allocate.land), cached: {choice, probed,
         rounds}, or {does_not_fit: the cheapest allocation's counted bytes, final, code}."""
-        from bytegolf.artifact import layout
-        from bytegolf.search import allocate
 
         key = f"{target}:{tol}"
         if key in self.landings:
@@ -961,7 +984,6 @@ def _allocated_point(
     config (the plan with a rule per allocated tensor; config.yaml and plan.yaml beside result.json), or a
     does_not_fit row. budget 0: a front point (not ranked). Its directory is keyed by the run config, the
     allocation settings and the target, and a finished one is returned as it is."""
-    from bytegolf.search import allocate
 
     sysm, spec = work.sysm, work.spec
     tol = spec.tol if tol is None else tol

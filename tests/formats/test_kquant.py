@@ -20,7 +20,7 @@ from bytegolf.formats.base import EncodeContext, get_format
 from bytegolf.measure.metrics import rel_mse
 
 gguf = pytest.importorskip("gguf")
-gguf_file = pytest.importorskip("bytegolf.tools.gguf_file")
+gguf_file = pytest.importorskip("bytegolf.run.gguf_file")
 
 REPO = Path(__file__).resolve().parents[2]
 K_TYPES = ("Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
