@@ -183,6 +183,28 @@ class Landing:
 Measure = Callable[[float], Probe]
 
 
+def _predict(seen: dict[float, Probe], knob: Knob, target: float, count_code: bool) -> float | None:
+    """The knob value where the two known probes nearest the target in log bytes say the bytes reach it: the
+    secant on (knob.t, log bytes), extrapolated where both lie on one side, within the range; None when they
+    do not tell (fewer than two valid probes, or equal bytes)."""
+    valid = [(knob.t(x), math.log(max(b, 1))) for x, p in seen.items() if (b := p.counted(count_code)) is not None]
+    near = sorted(valid, key=lambda tl: abs(tl[1] - math.log(target)))[:2]
+    if len(near) < 2 or near[0][1] == near[1][1] or near[0][0] == near[1][0]:
+        return None
+    (t0, l0), (t1, l1) = near
+    t = t0 + (math.log(target) - l0) * (t1 - t0) / (l1 - l0)
+    return knob.snap(knob.x(min(max(t, knob.t(knob.lo)), knob.t(knob.hi))))
+
+
+def _direction(seen: dict[float, Probe], count_code: bool) -> int:
+    """+1 where the known probes' bytes grow with the knob, -1 where they fall, 0 where fewer than two valid
+    probes (or equal bytes at both ends of them) leave it open."""
+    valid = sorted((x, p.counted(count_code)) for x, p in seen.items() if p.final_bytes is not None)
+    if len(valid) < 2 or valid[0][1] == valid[-1][1]:
+        return 0
+    return 1 if valid[-1][1] > valid[0][1] else -1
+
+
 def search(
     measure: Measure,
     knob: Knob | None,
@@ -191,13 +213,16 @@ def search(
     count_code: bool = False,
     tol: float = 0.005,
     max_probes: int = 24,
+    known: dict[float, Probe] | None = None,
 ) -> Landing:
     """Find the knob value whose counted bytes are ≤ budget and as large as possible.
 
     measure(value) encodes and writes at that value (cached by the caller, so values shared by the
     searches for several budgets are encoded once); knob None: the format has no rate knob and its
-    one setting fits or not. max_probes bounds the distinct values this search asks for."""
-    seen: dict[float, Probe] = {}
+    one setting fits or not. max_probes bounds the distinct values this search asks for. known: probes
+    measured before (another budget's search of the same system): they give the direction and the bracket
+    where they can, so this search asks only for what they leave open."""
+    seen: dict[float, Probe] = dict(known or {})
     trace: list[tuple[float, int | None]] = []
 
     def ev(x: float) -> int | None:
@@ -224,7 +249,7 @@ def search(
             x, p = min(valid, key=lambda xp: xp[1].counted(count_code))
             c, st = p.counted(count_code), "does_not_fit"
         name = knob.name if knob else None
-        return Landing(budget, st, name, x, p.final_bytes, c, p.code_bytes, c / budget, len(seen), trace)
+        return Landing(budget, st, name, x, p.final_bytes, c, p.code_bytes, c / budget, len(trace), trace)
 
     if knob is None or start is None:
         ev(0.0 if start is None else start)
@@ -239,25 +264,30 @@ def search(
             return landing()
 
     x0 = knob.snap(start)
-    b0 = ev(x0)
-    if b0 is None:  # the default itself is invalid here: restart from the middle of the range
-        x0 = knob.snap(knob.x((knob.t(knob.lo) + knob.t(knob.hi)) / 2))
-        b0 = ev(x0)
-        if b0 is None:
-            return landing()
-
-    # Direction (+1: bytes grow with the knob): probe out on both sides until the bytes differ.
-    direction = 0
     unit = 0.7 if knob.log else 1.0
-    for mult in (1, -1, 2, -2, 4, -4, 8, -8):
-        x1 = knob.snap(knob.x(knob.t(x0) + mult * unit))
-        b1 = ev(x1) if x1 != x0 else None
-        if b1 is not None and b1 != b0:
-            direction = 1 if (b1 - b0) * (x1 - x0) > 0 else -1
-            break
+    direction = _direction(seen, count_code)  # from the probes known already (other budgets' searches)
+    landed = [
+        b for p in seen.values() if (b := p.counted(count_code)) is not None and (1 - tol) * budget <= b <= budget
+    ]
+    if direction and not landed and (guess := _predict(seen, knob, budget * (1 - tol / 2), count_code)) is not None:
+        ev(guess)  # the known probes' secant through the budget: the bracket closes around it in a probe or two
     if direction == 0:
-        log.info("%s: the bytes do not change over the probed values; one setting", knob.name)
-        return landing("at_limit" if b0 <= budget else None)
+        b0 = ev(x0)
+        if b0 is None:  # the default itself is invalid here: restart from the middle of the range
+            x0 = knob.snap(knob.x((knob.t(knob.lo) + knob.t(knob.hi)) / 2))
+            b0 = ev(x0)
+            if b0 is None:
+                return landing()
+        # Direction (+1: bytes grow with the knob): probe out on both sides until the bytes differ.
+        for mult in (1, -1, 2, -2, 4, -4, 8, -8):
+            x1 = knob.snap(knob.x(knob.t(x0) + mult * unit))
+            b1 = ev(x1) if x1 != x0 else None
+            if b1 is not None and b1 != b0:
+                direction = 1 if (b1 - b0) * (x1 - x0) > 0 else -1
+                break
+        if direction == 0:
+            log.info("%s: the bytes do not change over the probed values; one setting", knob.name)
+            return landing("at_limit" if b0 <= budget else None)
 
     def bracket() -> tuple[tuple[float, int] | None, tuple[float, int] | None]:
         """(fitting probe with most bytes, non-fitting probe with fewest bytes)."""
@@ -277,7 +307,7 @@ def search(
     edge_more = knob.hi if direction > 0 else knob.lo  # the end with the most bytes
     edge_less = knob.lo if direction > 0 else knob.hi
     step = unit
-    while len(seen) < max_probes:
+    while len(trace) < max_probes:
         fit, over = bracket()
         if fit and over:
             break
@@ -308,7 +338,7 @@ def search(
     # Narrow the bracket: secant on (t, log bytes) aimed inside the tolerance, bisection as safeguard.
     target = budget * (1 - tol / 2)
     last_side = same_side = 0
-    while len(seen) < max_probes:
+    while len(trace) < max_probes:
         fit, over = bracket()
         if fit is None or over is None or fit[1] >= (1 - tol) * budget:
             break

@@ -142,6 +142,35 @@ def test_the_cheapest_probe_serves_every_budget_and_costs_reachable_ones_little(
     assert lands[0].probes <= 7 and lands[1].probes <= 8
 
 
+def test_known_probes_of_other_budgets_leave_a_search_only_what_they_leave_open() -> None:
+    """The compare's default budgets, searched in turn on the default model's int6 bytes-vs-clip shape with the
+    probes of the earlier searches known (their secant through the budget probed first): each lands as a fresh
+    search does, in fewer new probes."""
+    budgets = (16_000_000, 4_000_000, 3_000_000, 2_000_000)
+
+    def int6(k: float) -> float:  # about the default model's GPTQ int6 artifact: 6.9 MB at k 12.85, -1 bit/doubling
+        return 17e6 / 8 * (8.3 - math.log2(k))
+
+    fresh, shared = Curve(int6), Curve(int6)
+    cache: dict[float, Probe] = {}
+
+    def cached(x: float) -> Probe:
+        if x not in cache:
+            cache[x] = shared(x)
+        return cache[x]
+
+    alone = [search.search(fresh, KNOBS["clip_k"], 12.85, b) for b in budgets]
+    fresh.calls.clear()
+    together = [search.search(cached, KNOBS["clip_k"], 12.85, b, known=cache) for b in budgets]
+    assert [x.status for x in together] == [x.status for x in alone] == ["at_limit", "ok", "ok", "ok"]
+    for t in together[1:]:
+        assert (1 - 0.005) * t.budget <= t.counted_bytes <= t.budget  # as close as a fresh search lands
+    new, old = [x.probes for x in together], [x.probes for x in alone]
+    # measured: fresh 5, 11, 11, 11; with the earlier budgets' probes known 5, 7, 2, 1
+    assert new[1] < old[1] and max(new[2:]) <= 3, (new, old)
+    assert sum(new) == len(shared.calls) == len(cache)  # probes counted once, where they were asked for
+
+
 # ------------------------------------------------------------------ the real encoder on a tiny model
 
 
