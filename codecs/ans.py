@@ -180,11 +180,7 @@ class Ans(Codec):
         alphabet = min(info.alphabet or limit, limit) if itemsize == info.itemsize else limit
         r = Reader(data, "ans")
         mode = r.byte()
-        n = r.varint(1 << 62, "symbol count")
-        if n * itemsize > raw_size:
-            raise CodecError(f"ans: stream decodes to more than the expected {raw_size} bytes")
-        if n * itemsize != raw_size:
-            raise CodecError(f"ans: stream decodes to {n * itemsize} bytes, expected {raw_size}")
+        n = r.count(itemsize, raw_size, "symbol count")
         if mode == RAW:
             out = r.take(n * itemsize, "raw symbols")
         elif mode == CONSTANT:

@@ -162,11 +162,7 @@ class DeepCabac(Codec):
         itemsize = _itemsize(info)
         r = Reader(data, "deepcabac")
         mode = r.byte()
-        n = r.varint(1 << 62, "item count")
-        if n * itemsize > raw_size:
-            raise CodecError(f"deepcabac: stream decodes to more than the expected {raw_size} bytes")
-        if n * itemsize != raw_size:
-            raise CodecError(f"deepcabac: stream decodes to {n * itemsize} bytes, expected {raw_size}")
+        n = r.count(itemsize, raw_size, "item count")
         if mode == RAW:
             out = r.take(n * itemsize, "raw items")
             if r.pos != len(data):

@@ -62,6 +62,15 @@ class Reader:
                 return v
         raise CodecError(f"{self.codec}: malformed varint ({what})")
 
+    def count(self, itemsize: int, raw_size: int, what: str) -> int:
+        """The stream's item count, which must decode to exactly raw_size bytes of `itemsize`-byte items."""
+        n = self.varint(1 << 62, what)
+        if n * itemsize > raw_size:
+            raise CodecError(f"{self.codec}: stream decodes to more than the expected {raw_size} bytes")
+        if n * itemsize != raw_size:
+            raise CodecError(f"{self.codec}: stream decodes to {n * itemsize} bytes, expected {raw_size}")
+        return n
+
     def varints(self, count: int, limit: int, what: str) -> np.ndarray:
         """`count` varints at once (vectorized); each must be <= limit."""
         if count == 0:
