@@ -621,6 +621,20 @@ class Additive(Format):
 
     # ---------------------------------------------------------------- protocol
 
+    def predict_bits(self, tensors: dict[str, Tensor]) -> float | None:
+        """AQLM's bits of the unit (aqlm_bits) plus its partial codebook's (partial_bits), as encode will store
+        them: ⌊x⌋ codebooks, the round((x − ⌊x⌋)·R) rows of each tensor with the partial one."""
+        g = self.group_size
+        if any(t.ndim != 2 or t.shape[1] % g for t in tensors.values()):
+            return None
+        shapes = [(int(t.shape[0]), int(t.shape[1])) for t in tensors.values()]
+        mi = math.floor(self.num_codebooks)
+        sel = [math.floor((self.num_codebooks - mi) * r + 0.5) for r, _ in shapes]
+        cbits = 8 * torch.empty(0, dtype=CODEBOOK_DTYPES[self.codebook_dtype]).element_size()
+        groups = sum(n * (c // g) for (_, c), n in zip(shapes, sel, strict=True))
+        kp = partial_size(groups, self.codebook_bits, g, cbits) if groups else 0
+        return float(aqlm_bits(shapes, mi, self.codebook_bits, g, cbits) + partial_bits(shapes, sel, kp, g, cbits))
+
     def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
         if not tensors:
             raise ConfigError("additive: a unit needs at least one tensor")

@@ -115,6 +115,12 @@ class Format:
         """What block calibration may train in this unit (harness/quantize/block_calibration.py); None: nothing."""
         return None
 
+    def predict_bits(self, tensors: dict[str, Tensor]) -> float | None:
+        """The bits a unit of these tensors takes under this format's settings, predicted analytically without
+        encoding (None: no prediction); the equal-bytes search aims its probes with it. Where the format's
+        Encoded.nominal_bits depends only on the settings and shapes, this is that count."""
+        return None
+
 
 _FALLBACKS: weakref.WeakKeyDictionary[Format, set[str]] = weakref.WeakKeyDictionary()
 

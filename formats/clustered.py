@@ -168,6 +168,16 @@ class Clustered(Format):
             blk = sq.reshape(n, self.dim).sum(1) / real.reshape(n, self.dim).sum(1)  # (⌈R/d⌉,)
         return (blk[:, None] * diag[None, :]).reshape(-1)  # sub-vector b·C + c
 
+    def predict_bits(self, tensors: dict[str, Tensor]) -> float | None:
+        """log2 K bits per sub-vector of dim rows (an index of K equally likely values), the unit's codebook
+        (K·dim values) and, with normalize, an fp16 scale per row."""
+        if any(t.ndim != 2 for t in tensors.values()):
+            return None
+        index = sum(blocks(int(t.shape[0]), self.dim) * int(t.shape[1]) for t in tensors.values())
+        cbits = CODEBOOK_DTYPES[self.codebook_dtype].itemsize * 8
+        scales = 16 * sum(int(t.shape[0]) for t in tensors.values()) if self.normalize else 0
+        return float(index * math.log2(self.codebook_size) + self.codebook_size * self.dim * cbits + scales)
+
     def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
         if not tensors:
             raise ConfigError("clustered: a unit needs at least one tensor")

@@ -65,6 +65,14 @@ class Passthrough(Format):
             nominal_bits=float(t.numel() * stored.element_size() * 8),
         )
 
+    def predict_bits(self, tensors: dict[str, Tensor]) -> float | None:
+        """Every value at the storage dtype's width."""
+        total = 0
+        for t in tensors.values():
+            keep = self.dtype == "keep" or not t.is_floating_point()
+            total += t.numel() * (t.element_size() if keep else STORAGE[self.dtype].itemsize) * 8
+        return float(total)
+
     def decode(self, enc: Encoded) -> dict[str, Tensor]:
         (spec,) = enc.tensors
         storage = enc.meta["storage"]

@@ -184,6 +184,18 @@ class Scalar(Format):
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k != "rate_knob"}
 
+    def predict_bits(self, tensors: dict[str, Tensor]) -> float | None:
+        """bits per value plus one scale (and a bits-wide zero point, asymmetric) per row or group of a matrix."""
+        total = 0
+        for t in tensors.values():
+            if t.ndim != 2:
+                return None
+            cols = int(t.shape[1])
+            groups = t.shape[0] * (-(-cols // self.group_size) if self.group_size else 1)
+            per_group = SCALE_DTYPES[self.scale_dtype].itemsize * 8 + (0 if self.symmetric else self.bits)
+            total += t.numel() * self.bits + groups * per_group
+        return float(total)
+
     def _clip(self, x: Tensor) -> Tensor:
         """Clip magnitude per slice of x (..., n) by the configured rule."""
         if x.shape[-1] == 0:

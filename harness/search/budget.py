@@ -181,6 +181,55 @@ class Landing:
 
 
 Measure = Callable[[float], Probe]
+Estimate = Callable[[float], "float | None"]
+AIMED = 3  # probes aimed by the estimate before the bracketing search takes over
+CLEARLY_UNDER = 0.8  # the cheapest end is not probed where the scaled estimate puts it under this share of the budget
+
+
+def _moves(estimate: Estimate, knob: Knob) -> bool:
+    """Whether the estimate is known at both ends of the knob's range and differs between them."""
+    lo, hi = estimate(knob.lo), estimate(knob.hi)
+    return lo is not None and hi is not None and lo != hi
+
+
+def _scaled(seen: dict[float, Probe], estimate: Estimate, x: float, target: float, count_code: bool) -> float | None:
+    """The estimate at x times measured / estimated bytes of the known probe nearest the target in log bytes
+    (1 without one): what a probe at x would count, as the nearest measurement corrects the formula."""
+    ratio = 1.0
+    valid = [(v, b) for v, p in seen.items() if (b := p.counted(count_code)) is not None and b > 0]
+    if valid:
+        v, b = min(valid, key=lambda vb: abs(math.log(vb[1] / target)))
+        at = estimate(v)
+        if not at:
+            return None
+        ratio = b / at
+    e = estimate(x)
+    return None if e is None else ratio * e
+
+
+def _aim(seen: dict[float, Probe], knob: Knob, estimate: Estimate, target: float, count_code: bool) -> float | None:
+    """The knob value with the most scaled estimated bytes (`_scaled`) at or under the target, by bisection
+    over the knob's range (the estimate monotone in the knob); None where the estimate is unknown."""
+    ta, tb = knob.t(knob.lo), knob.t(knob.hi)
+    fa, fb = (_scaled(seen, estimate, knob.x(t), target, count_code) for t in (ta, tb))
+    if fa is None or fb is None or fa == fb:
+        return None
+    if fa > fb:  # bytes fall as the knob grows: bisect with the fitting end first either way
+        ta, tb, fa, fb = tb, ta, fb, fa
+    if fa > target:
+        return knob.snap(knob.x(ta))  # even the cheapest end is predicted over: probe it
+    if fb <= target:
+        return knob.snap(knob.x(tb))
+    for _ in range(40):
+        tm = (ta + tb) / 2
+        fm = _scaled(seen, estimate, knob.x(tm), target, count_code)
+        if fm is None:
+            return None
+        ta, tb = (tm, tb) if fm <= target else (ta, tm)
+    x = knob.x(ta)  # the fitting side; an integer knob rounds toward it
+    if knob.integer:
+        x = math.floor(x + 1e-9) if tb > ta else math.ceil(x - 1e-9)
+    return knob.snap(x)
 
 
 def _predict(seen: dict[float, Probe], knob: Knob, target: float, count_code: bool) -> float | None:
@@ -214,6 +263,7 @@ def search(
     tol: float = 0.005,
     max_probes: int = 24,
     known: dict[float, Probe] | None = None,
+    estimate: Estimate | None = None,
 ) -> Landing:
     """Find the knob value whose counted bytes are ≤ budget and as large as possible.
 
@@ -221,7 +271,9 @@ def search(
     searches for several budgets are encoded once); knob None: the format has no rate knob and its
     one setting fits or not. max_probes bounds the distinct values this search asks for. known: probes
     measured before (another budget's search of the same system): they give the direction and the bracket
-    where they can, so this search asks only for what they leave open."""
+    where they can, so this search asks only for what they leave open. estimate(value): the bytes predicted
+    without encoding (the formats' nominal bits): the first probes go where it, scaled by what the probe
+    nearest the budget measured against it, meets the budget (`_aim`), up to AIMED of them."""
     seen: dict[float, Probe] = dict(known or {})
     trace: list[tuple[float, int | None]] = []
 
@@ -258,18 +310,32 @@ def search(
     # The knob's cheapest end first (cached by the caller, so one probe serves every budget): over the
     # budget there, nothing on the knob fits and the search ends after this one probe.
     cheapest, bc = knob.cheapest, None
+    if estimate is not None and not _moves(estimate, knob):
+        estimate = None  # the estimate does not follow this knob (a clip moves entropy, not nominal bits)
     if cheapest is not None:
-        bc = ev(cheapest)
-        if bc is not None and bc > budget:
-            return landing()
+        predicted = _scaled(seen, estimate, cheapest, budget, count_code) if estimate else None
+        if predicted is None or predicted > CLEARLY_UNDER * budget:  # else predicted well under: no probe
+            bc = ev(cheapest)
+            if bc is not None and bc > budget:
+                return landing()
+
+    def landed() -> bool:
+        return any(
+            (b := p.counted(count_code)) is not None and (1 - tol) * budget <= b <= budget for p in seen.values()
+        )
+
+    target = budget * (1 - tol / 2)
+    for _ in range(AIMED if estimate else 0):  # where the scaled estimate says the bytes meet the budget
+        guess = None if landed() else _aim(seen, knob, estimate, target, count_code)
+        if guess is None or guess in seen or ev(guess) is None:
+            break
+    if landed():
+        return landing()
 
     x0 = knob.snap(start)
     unit = 0.7 if knob.log else 1.0
     direction = _direction(seen, count_code)  # from the probes known already (other budgets' searches)
-    landed = [
-        b for p in seen.values() if (b := p.counted(count_code)) is not None and (1 - tol) * budget <= b <= budget
-    ]
-    if direction and not landed and (guess := _predict(seen, knob, budget * (1 - tol / 2), count_code)) is not None:
+    if direction and not landed() and (guess := _predict(seen, knob, target, count_code)) is not None:
         ev(guess)  # the known probes' secant through the budget: the bracket closes around it in a probe or two
     if direction == 0:
         b0 = ev(x0)
@@ -309,7 +375,7 @@ def search(
     step = unit
     while len(trace) < max_probes:
         fit, over = bracket()
-        if fit and over:
+        if (fit and over) or (fit and fit[1] >= (1 - tol) * budget):
             break
         x_from, edge = (fit[0], edge_more) if fit else (over[0], edge_less)
         if x_from == edge:
@@ -336,7 +402,6 @@ def search(
 
     aside.clear()
     # Narrow the bracket: secant on (t, log bytes) aimed inside the tolerance, bisection as safeguard.
-    target = budget * (1 - tol / 2)
     last_side = same_side = 0
     while len(trace) < max_probes:
         fit, over = bracket()

@@ -32,9 +32,10 @@ from bytegolf.artifact import file as artifact
 from bytegolf.artifact import layout
 from bytegolf.data import evaldata
 from bytegolf.errors import ConfigError
-from bytegolf.formats import EncodeContext
+from bytegolf.formats import EncodeContext, get_format
 from bytegolf.measure import codebytes, metrics
 from bytegolf.model import adapters
+from bytegolf.quantize.encoder import group_units
 from bytegolf.quantize.plan import PlanConfig, Rule, make_plan
 from bytegolf.quantize.sensitivity import output_fishers
 from bytegolf.run import store
@@ -217,11 +218,32 @@ class Encoder:
         self.probes = ProbeCache(cache_file, header)
         self.cache: dict[float, Probe] = self.probes.probes
         self.units: dict[float, list] = {}  # the last few probes' encodings, so a landing is not encoded again
+        self.estimates: dict[float, float | None] = {}
 
     def params_at(self, value: float) -> dict[str, Any]:
         if self.knob is None:
             return dict(self.params)
         return with_setting(self.params, self.knob.name, self.knob.value(value))
+
+    def estimate(self, value: float) -> float | None:
+        """The plan's analytic bytes at value: every unit's Format.nominal_bits over 8, before any codec (the
+        search scales it by what probes measured); None where a unit's format does not know its bits or the
+        plan adds low-rank corrections."""
+        if value not in self.estimates:
+            plan_cfg = self.plan_at(value) if self.plan_at else self.ws.plan_cfg
+            total: float | None = None
+            if not getattr(plan_cfg.lowrank, "active", False):
+                try:
+                    plan = make_plan(self.ws.state, plan_cfg, self.fmt, self.params_at(value))
+                    bits = [
+                        get_format(g[0].format, **g[0].params).predict_bits({a.name: self.ws.state[a.name] for a in g})
+                        for g in group_units(plan)
+                    ]
+                    total = None if any(b is None for b in bits) else sum(bits) / 8  # type: ignore[misc]
+                except ConfigError:
+                    total = None
+            self.estimates[value] = total
+        return self.estimates[value]
 
     def __call__(self, value: float) -> Probe:
         """The probe at value: from memory or the cache file, else encoded here (claimed while it is)."""

@@ -549,7 +549,9 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
         for budget in budgets:
             target = budget
             for _ in range(3):  # calibration can move the bytes past the probe's: land lower and again
-                landing = search.search(enc, sysm.knob, start, target, count_code, cc.tol, cc.max_probes, enc.cache)
+                landing = search.search(
+                    enc, sysm.knob, start, target, count_code, cc.tol, cc.max_probes, enc.cache, enc.estimate
+                )
                 landing = replace(landing, budget=budget, ratio=(landing.counted_bytes or 0) / budget)
                 via = f" (bytes through the probe codec {enc.codec})" if enc.codec != sysm.codec else ""
                 log.info("%s at %s B: %s%s", sysm.label, f"{budget:,}", landing.describe(), via)
@@ -610,7 +612,7 @@ def _land_on_written(
         target = budget + int(0.9 * (probe - written))
         print(f"  written: {written:,} B ({written / budget:.4f}× budget); probes aim at {target:,} B", flush=True)
         again = search.search(
-            enc, sysm.knob, landing.value, target, count_code, float(cc.tol) / 4, cc.max_probes, enc.cache
+            enc, sysm.knob, landing.value, target, count_code, float(cc.tol) / 4, cc.max_probes, enc.cache, enc.estimate
         )
         new = written_bytes(enc, sysm, again.value, count_code) if again.value is not None else None
         if new is None or new > budget or new <= written:
