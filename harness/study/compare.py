@@ -243,6 +243,7 @@ class CompareSettings:
     seeds: int = 2  # randomized encoders (k-means, AQLM init) are run with this many seeds at every landing
     front_points: int = 0  # evaluated points per system across the budgets' range (landings count)
     front_windows: int = 0  # eval windows of a front point (0: the landings' eval.windows)
+    skip: dict[str, Any] = field(default_factory=dict)  # per system {above: bytes, why: text}: budgets not searched
 
 
 def register() -> None:
@@ -346,6 +347,23 @@ def _allocated(
     return out
 
 
+def skips(cc: Any) -> dict[str, tuple[int, str]]:
+    """compare.skip as label -> (bytes, why): that system is not searched to budgets above bytes, for the
+    stated reason (printed, and listed in the budget's ranking)."""
+    node = OmegaConf.to_container(cc.skip, resolve=True) if cc.get("skip") else {}
+    out = {}
+    for label, entry in (node or {}).items():
+        above = entry.get("above") if isinstance(entry, dict) else None
+        why = entry.get("why") if isinstance(entry, dict) else None
+        if isinstance(above, bool) or not isinstance(above, (int, float)) or not above > 0 or not why:
+            raise ConfigError(
+                f"compare.skip.{label} must be {{above: BYTES, why: TEXT}} (budgets above BYTES not searched), "
+                f"got {entry!r}"
+            )
+        out[str(label)] = (int(above), str(why))
+    return out
+
+
 def _budgets(values: list[float]) -> list[int]:
     out = []
     for v in values:
@@ -393,10 +411,11 @@ def systems(cfg: DictConfig) -> tuple[list[System], tuple[str, dict[str, Any]] |
     knob_over = OmegaConf.to_container(cc.knobs, resolve=True) or {}
     calibrate = OmegaConf.to_container(cc.calibrate, resolve=True) or {}
     embedding = OmegaConf.to_container(cc.embedding, resolve=True) if cc.get("embedding") else None
-    for key in (*extra_params, *knob_over, *calibrate):  # entries for formats this compare leaves out are unused
+    for key in (*extra_params, *knob_over, *calibrate, *skips(cc)):  # entries for systems left out are unused
         if key not in names and key not in REGISTRY and key not in variants and key not in refs:
             raise ConfigError(
-                f"compare.params/knobs name {key!r}, which is neither a format, a variant nor a reference"
+                f"compare.params/knobs/calibrate/skip name {key!r}, which is neither a format, a variant nor a "
+                "reference"
             )
     codec = _container(cfg.codec)
     codec_name = str(codec.pop("name"))
@@ -490,6 +509,7 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             del works[label]
             ranked = [s for s in ranked if s.label != label]
     rows: list[dict[str, Any]] = []
+    skipped = skips(cc)
     for sysm in ranked:
         if sysm.label in works:
             rows.extend(_allocated_points(cfg, works.pop(sysm.label), budgets, rows, out_dir, run_point))
@@ -547,6 +567,14 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 print(f"{sysm.label} has no rate knob: ranked at its own size only", flush=True)
                 continue
         for budget in budgets:
+            above, why = skipped.get(sysm.label, (budget, ""))
+            if budget > above:
+                print(f"{sysm.label} at {budget:,} B: not searched above {above:,} B ({why})", flush=True)
+                rows.append(
+                    {"variant": sysm.label, "format": sysm.fmt, "budget_bytes": budget, "status": "not_searched"}
+                    | {"why": f"not searched above {above:,} B: {why}"}
+                )
+                continue
             target = budget
             for _ in range(3):  # calibration can move the bytes past the probe's: land lower and again
                 landing = search.search(
@@ -572,7 +600,8 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
             if row.get("bpb") is not None and _randomized(sysm):
                 rows.extend(_seed_points(cfg, sysm, enc, landing, out_dir, run_point))
         if int(cc.get("front_points", 0)) > 0 and sysm.knob is not None:
-            rows.extend(_front(cfg, sysm, enc, budgets, rows, out_dir, run_point))
+            searched = [b for b in budgets if b <= skipped.get(sysm.label, (b, ""))[0]]
+            rows.extend(_front(cfg, sysm, enc, searched or budgets, rows, out_dir, run_point))
     print_ranking(rows, budgets, cc)
     df = store.collect([out_dir / "points"])
     store.save_table(df, out_dir / "results")

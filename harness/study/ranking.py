@@ -95,6 +95,9 @@ def ranking_table(ranked: list[dict[str, Any]], budget: int) -> str:
         if r.get("allocation"):  # an allocated system: how many distinct settings it chose
             knob = f"allocated ×{len(r['allocation']['settings'])} settings"
         row = {"system": system(r), "setting": knob}
+        if r.get("status") == "not_searched":
+            rows.append({**row, "bytes": r["why"]})
+            continue
         if not evaluated(r):
             rows.append({**row, "bytes": f"does not fit (smallest {r['counted_bytes']:,} B)"})
             continue

@@ -80,6 +80,31 @@ def test_compare_lands_each_format_at_equal_bytes_and_resumes(tiny_bundle: Path,
     assert "probe " not in again.stdout + again.stderr
 
 
+def test_a_system_is_not_searched_above_its_skip_and_the_ranking_says_why(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "skip"
+    proc = bytegolf(
+        "compare",
+        f"bundle={tiny_bundle}",
+        *TINY_ARGS,
+        *ONE_POINT,
+        "compare.formats=[scalar]",
+        "compare.references=[]",
+        "compare.embedding=null",
+        "+compare.skip.scalar={above: 10000, why: too slow here}",
+        f"compare.budgets=[{BUDGETS[0]},{BUDGETS[1]}]",
+        "compare.samples=300",
+        "codec=zstd",
+        f"hydra.run.dir={out}",
+        cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"scalar at {BUDGETS[0]:,} B: not searched above 10,000 B (too slow here)" in proc.stdout
+    assert "| scalar | - | not searched above 10,000 B: too slow here |" in proc.stdout
+    assert {p.parent.parent.name for p in out.glob(f"points/*/*/{store.RESULT}")} == {str(BUDGETS[1])}
+    bad = bytegolf("compare", f"bundle={tiny_bundle}", "+compare.skip.scalar={above: 0}", cwd=tmp_path)
+    assert bad.returncode != 0 and "compare.skip.scalar must be {above: BYTES, why: TEXT}" in bad.stdout + bad.stderr
+
+
 def test_compare_variants_of_one_format_are_systems_of_their_own(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "var"
     proc = bytegolf(
