@@ -50,15 +50,28 @@ def test_a_knob_name_the_format_lacks_is_refused() -> None:
 
 
 def test_shipped_knob_paths_are_monotone_in_bytes(tiny_bundle: Path, tmp_path: Path) -> None:
-    cfg = _cfg([f"bundle={tiny_bundle}", *TINY_ARGS, "compare.formats=[scalar,sparse_outlier,basis_delta]",
-                "compare.references=[]", "compare.allocated=null", "compare.params.basis_delta.rank=2"])  # fmt: skip
+    """Every format of the default compare, on its shipped knob or path: clips fall in bytes as they widen,
+    codebook sizes and numbers of codebooks rise."""
+    cfg = _cfg([f"bundle={tiny_bundle}", *TINY_ARGS, "compare.references=[]", "compare.allocated=null",
+                "compare.params.basis_delta.rank=2", "+compare.params.additive.max_rounds=1",
+                "+compare.params.clustered.iters=3"])  # fmt: skip
     systems, probe_codec = compare.systems(cfg)
     knobs = {s.label: s.knob.name for s in systems}
-    assert knobs == {"scalar": "clip_k", "sparse_outlier": "base.clip_k", "basis_delta": "residual.clip_k"}
+    assert knobs == {
+        "scalar": "clip_k",
+        "scalar_gptq": "clip_k",
+        "clustered": "codebook_size",
+        "additive": "num_codebooks",
+        "sparse_outlier": "base.clip_k",
+        "basis_delta": "residual.clip_k",
+    }
     ws = Workspace(cfg)
+    paths = {"clustered": [2, 4, 8, 16, 32], "additive": [1.0, 1.3, 1.7, 2.0, 3.0]}
     for s in systems:
         enc = Encoder(ws, s.fmt, s.params, s.knob, *probe_codec, tmp_path, plan_at=s.plan_config, layout_cfg=s.layout)
-        values = np.geomspace(s.knob.lo, 60.0, 5)
+        values = paths.get(s.label, list(np.geomspace(s.knob.lo, 60.0, 5)))
         sizes = [enc(float(v)).final_bytes for v in values]
-        assert all(a > b for a, b in itertools.pairwise(sizes)), (s.label, sizes)
-        assert sizes[-1] < 0.6 * sizes[0], (s.label, sizes)  # the path spans a wide range of bytes
+        if s.label not in paths:  # clips: the widest stores the fewest bytes
+            sizes = sizes[::-1]
+        assert all(a < b for a, b in itertools.pairwise(sizes)), (s.label, sizes)
+        assert sizes[0] < 0.6 * sizes[-1], (s.label, sizes)  # the path spans a wide range of bytes
