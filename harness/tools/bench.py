@@ -2,6 +2,7 @@
 several worker processes (encode_jobs), and evaluation tokens/s against the machine's matmul ceiling.
 
 Run: python -m bytegolf.tools.bench [--bundle DIR] [--device cpu] [--windows 16] [--encode-jobs 2] [--repeats 3]
+[--codebooks] (adds the compare's two slowest steps: an additive probe and a ClusComp landing, about 7 min)
 Prints a markdown table; targets (2 CPU cores): RTN round trip ≤ 5 s, GPTQ ≤ 90 s, evaluation ≥ 80 % of
 the fp32 ceiling. Evaluation is timed three ways: as before streams (one stream on all threads, batch 8),
 with the defaults (one single-threaded stream per thread, batch 1), and with eval.compile (torch.compile,
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from bytegolf.artifact import file as artifact
 from bytegolf.artifact import layout
@@ -36,7 +38,8 @@ from bytegolf.model import checkpoint
 from bytegolf.model.gpt import ModelConfig
 from bytegolf.model.grams import gram_matrices
 from bytegolf.quantize import encoder
-from bytegolf.quantize.plan import PlanConfig, make_plan
+from bytegolf.quantize.block_calibration import FinetuneConfig, finetune
+from bytegolf.quantize.plan import PlanConfig, Rule, make_plan
 
 REPO = Path(__file__).resolve().parents[2]
 SEQ_LEN = 1024
@@ -112,6 +115,7 @@ def main() -> None:
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--encode-jobs", type=int, default=2, help="worker processes for the parallel GPTQ encode")
     ap.add_argument("--repeats", type=int, default=3, help="evaluations per precision (the fastest is reported)")
+    ap.add_argument("--codebooks", action="store_true", help="also time an additive probe and a ClusComp landing")
     args = ap.parse_args()
     b = Path(args.bundle)
     state = checkpoint.load_state_dict(b / "model.safetensors")
@@ -146,6 +150,9 @@ def main() -> None:
         if fmt.get("gptq") and not fmt.get("act_order"):
             rows.append(_parallel_row(state, plan, ctx, codec, cparams, enc, blob, args.encode_jobs))
     rows += _fair_rows(state, ctx)
+    if args.codebooks:
+        train = shards.read_shards(sorted(b.glob("train_*.bin")))
+        rows += _codebook_rows(state, model, ctx, data.windows(train, 1024, args.calib_windows))
 
     flops = forward_flops_per_token(model.cfg, SEQ_LEN)
     n = max(model.cfg.model_dim, model.cfg.mlp_mult * model.cfg.model_dim)
@@ -213,8 +220,6 @@ def main() -> None:
 def _fair_rows(state, ctx) -> list[tuple]:
     """Writing one compare landing (GPTQ int6 act-order at k 40, about 4.3 MB) through the fair codec, with
     its screen as shipped and as it was (256 KiB at 0.2%, which left most per-tensor blobs unscreened)."""
-    from omegaconf import OmegaConf
-
     fair = OmegaConf.to_container(OmegaConf.load(REPO / "experiments" / "codec" / "fair.yaml"))
     assert isinstance(fair, dict)
     fair = {k: v for k, v in fair.items() if k != "defaults"}
@@ -233,6 +238,36 @@ def _fair_rows(state, ctx) -> list[tuple]:
             t2 = time.perf_counter()
         detail = f"screen {screen:,} B at {margin:g}; write {t1 - t0:.2f} s, read {t2 - t1:.2f} s"
         rows.append((f"fair write of a 4 MB landing, {label}", f"{written.final_bytes:,} B", t2 - t0, detail))
+    return rows
+
+
+def _codebook_rows(state, model, ctx, windows) -> list[tuple]:
+    """The compare's two slowest steps: one additive probe (AQLM at 1.5 codebooks, about the 4 MB landing, full
+    output objective, written through ans) and one clustered landing (K 128 encode plus the compare's ClusComp
+    calibration, compare.calibrate.clustered), each under pg_record's int8 embedding rule as in the compare."""
+    cc = OmegaConf.load(REPO / "experiments" / "compare.yaml").compare
+    emb = Rule(match="tok_emb.weight", format="scalar", params=OmegaConf.to_container(cc.embedding))
+    tune = FinetuneConfig(**OmegaConf.to_container(cc.calibrate.clustered))
+    rows = []
+    steps = [
+        ("additive probe, 1.5 codebooks", "additive", {"num_codebooks": 1.5}),
+        ("clustered landing, K 128 + ClusComp", "clustered", {"codebook_size": 128}),
+    ]
+    for label, fmt, params in steps:
+        plan = make_plan(state, PlanConfig(rules=[emb]), fmt, params)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            units = encoder.encode_state(state, plan, ctx, progress=False)
+            t1 = time.perf_counter()
+            detail = f"encode {t1 - t0:.1f} s"
+            if fmt == "clustered":
+                units, report = finetune(units, model, windows, tune, ctx.device, progress=False)
+                detail += f", calibration {time.perf_counter() - t1:.1f} s ({tune.steps} steps of {tune.batch_size})"
+                detail += f", loss {report['loss_before']:.4f} -> {report['loss_after']:.4f} nats"
+            t2 = time.perf_counter()
+            written = artifact.write(Path(tmp) / "m.bgz", units, "ans", {}, layout.LayoutConfig())
+            detail += f", write (ans) {time.perf_counter() - t2:.1f} s"
+        rows.append((label, f"{written.final_bytes:,} B", time.perf_counter() - t0, detail))
     return rows
 
 

@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bytegolf.data import bundle as data
+from bytegolf.data import shards
+from bytegolf.formats import EncodeContext
+from bytegolf.model import checkpoint
 from bytegolf.model.gpt import GPT, ModelConfig
-from bytegolf.tools.bench import forward_flops_per_token, matmul_gflops
+from bytegolf.tools.bench import _codebook_rows, forward_flops_per_token, matmul_gflops
 from tests.conftest import TINY
 
 
@@ -41,3 +45,13 @@ def test_weight_flops_match_torch_flop_counter(one_thread) -> None:
 def test_matmul_gflops_is_a_positive_rate_below_its_peak(one_thread) -> None:
     sustained, peak = matmul_gflops(64, torch.float32, seconds=0.05)
     assert 0 < sustained <= peak and math.isfinite(peak)
+
+
+def test_codebook_rows_time_an_additive_probe_and_a_cluscomp_landing(tiny_bundle, one_thread) -> None:
+    """--codebooks: one row each, with its bytes, and the clustered row with the compare's calibration."""
+    state = checkpoint.load_state_dict(tiny_bundle / "model.safetensors")
+    windows = data.windows(shards.read_shards(sorted(tiny_bundle.glob("train_*.bin"))), 32, 4)
+    rows = _codebook_rows(state, checkpoint.build_model(state), EncodeContext(), windows)
+    assert [r[0] for r in rows] == ["additive probe, 1.5 codebooks", "clustered landing, K 128 + ClusComp"]
+    assert all(int(r[1].removesuffix(" B").replace(",", "")) > 0 and r[2] > 0 for r in rows)
+    assert "calibration" in rows[1][3] and "(50 steps of 1)" in rows[1][3] and "calibration" not in rows[0][3]
