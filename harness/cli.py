@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -206,19 +207,8 @@ def train_task(cfg: DictConfig) -> None:
         files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
         tcfg = OmegaConf.to_object(cfg.train)
         assert isinstance(tcfg, TrainConfig)
-        m = cfg.model
-        mcfg = ModelConfig(
-            vocab_size=cfg.data.vocab_size,
-            num_layers=m.num_layers,
-            model_dim=m.model_dim,
-            num_heads=m.num_heads,
-            num_kv_heads=m.num_kv_heads,
-            mlp_mult=m.mlp_mult,
-            rope_base=m.rope_base,
-            logit_softcap=m.logit_softcap,
-            qk_gain_init=m.qk_gain_init,
-            unique_blocks=m.unique_blocks,
-        )
+        shape = {f.name: cfg.model[f.name] for f in dataclasses.fields(ModelConfig) if f.name in cfg.model}
+        mcfg = ModelConfig(**shape, vocab_size=cfg.data.vocab_size)
         out = Path(cfg.out) if cfg.out else _output_dir() / "bundle"
         stats = train(tcfg, files, out, mcfg, cfg.device)
     except (BytegolfError, ValueError) as exc:  # ValueError: a model shape that does not divide

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import typing
-from dataclasses import MISSING, dataclass, field, make_dataclass
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -13,38 +13,40 @@ from hydra.core.config_store import ConfigStore
 from bytegolf.artifact.layout import LayoutConfig
 from bytegolf.codecs import REGISTRY as CODECS
 from bytegolf.formats import REGISTRY as FORMATS
+from bytegolf.model.gpt import ModelConfig
 from bytegolf.model.grams import CalibConfig
 from bytegolf.model.train import TrainConfig
 from bytegolf.quantize.block_calibration import FinetuneConfig
 from bytegolf.quantize.plan import PlanConfig
 
+_MODEL_DOC = """A model adapter (`name`: gpt, module, hf, weights; bytegolf.model.adapters), its checkpoint
+(safetensors or torch state dict) and the settings its tensors do not carry.
 
-@dataclass
-class ModelSettings:
-    """A model adapter (`name`: gpt, module, hf, weights; bytegolf.model.adapters), its checkpoint (safetensors or
-    torch state dict) and the settings its tensors do not carry.
-
-    The shape fields are used by `train`; `run` reads the shape off the checkpoint. module: `file`, `build`,
-    `logits` / `nll` (method names), `einsum` (globs of the parameters the model uses through torch.einsum,
-    whose inputs calibration then gathers); hf: `path` (a save_pretrained directory)."""
-
-    checkpoint: str = MISSING
-    name: str = "gpt"
-    file: str | None = None
-    build: str | None = None
-    logits: str | None = "forward"
-    nll: str | None = None
-    einsum: list[str] = field(default_factory=list)
-    path: str | None = None
-    num_layers: int = 9
-    model_dim: int = 512
-    num_heads: int = 8
-    num_kv_heads: int = 4
-    mlp_mult: int = 2
-    rope_base: float = 10000.0
-    logit_softcap: float = 30.0
-    qk_gain_init: float = 1.5
-    unique_blocks: int = 0  # shared depth (train): num_layers layers looped over this many blocks; 0: unshared
+The shape fields are the built-in GPT's (bytegolf.model.gpt.ModelConfig, its vocabulary from the tokenizer); `train`
+uses them, `run` reads the shape off the checkpoint. module: `file`, `build`, `logits` / `nll` (method names),
+`einsum` (globs of the parameters the model uses through torch.einsum, whose inputs calibration then gathers); hf:
+`path` (a save_pretrained directory)."""
+_NOT_SETTINGS = ("vocab_size", "tied_embed_init_std")  # the tokenizer's size; an init constant
+_SHAPE_TYPES = typing.get_type_hints(ModelConfig)
+ModelSettings = make_dataclass(
+    "ModelSettings",
+    [
+        ("checkpoint", str, field(default=MISSING)),
+        ("name", str, field(default="gpt")),
+        ("file", str | None, field(default=None)),
+        ("build", str | None, field(default=None)),
+        ("logits", str | None, field(default="forward")),
+        ("nll", str | None, field(default=None)),
+        ("einsum", list[str], field(default_factory=list)),
+        ("path", str | None, field(default=None)),
+        *[
+            (f.name, _SHAPE_TYPES[f.name], field(default=f.default))
+            for f in fields(ModelConfig)
+            if f.name not in _NOT_SETTINGS
+        ],
+    ],
+    namespace={"__doc__": _MODEL_DOC},
+)
 
 
 @dataclass
