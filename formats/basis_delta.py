@@ -170,6 +170,19 @@ class BasisDelta(Format):
         peak = basis.gather(1, basis.abs().argmax(1, keepdim=True))
         return basis * torch.where(peak < 0, -1.0, 1.0)  # fixed sign: largest entry positive
 
+    def predict_bits(self, tensors: dict[str, Tensor]) -> float | None:
+        """The residual's prediction on the tensors themselves (a low-rank basis takes little of their spread,
+        and a clip relative to the spread codes alike) plus the basis and coefficients at 8 bits each; None
+        without a residual or where it predicts nothing. The second term stays put along the residual's knob."""
+        if self._residual is None:
+            return None
+        resid = self._residual.predict_bits(tensors)
+        if resid is None:
+            return None
+        rows = sum(int(t.shape[0]) for t in tensors.values())
+        cols = int(next(iter(tensors.values())).shape[1])
+        return resid + 8 * self.rank * (rows + cols)
+
     def encode(self, tensors: dict[str, Tensor], ctx: EncodeContext) -> Encoded:
         _, cols = self._check(tensors)
         names = list(tensors)

@@ -63,6 +63,17 @@ def quantile(x: Tensor, q: float, force_sort: bool = False) -> Tensor:
     return torch.lerp(srt[..., below], srt[..., above], rank - below)
 
 
+def entropy_bits(codes: Tensor) -> float:
+    """Σ −log2 p(c) over integer codes, p their empirical frequencies: the order-0 entropy coder's bits."""
+    if codes.numel() == 0:
+        return 0.0
+    flat = codes.flatten().long()
+    counts = torch.bincount(flat - flat.min()).double()
+    counts = counts[counts > 0]
+    n = float(counts.sum())
+    return float(n * math.log2(n) - (counts * counts.log2()).sum())
+
+
 def dequantize(q: Tensor, scale: Tensor, zero: Tensor | None) -> Tensor:
     """fp32 values of integer codes q (..., n) under per-slice scale (...) and zero point (...) or None."""
     if zero is not None:
@@ -185,16 +196,24 @@ class Scalar(Format):
         return {k: v for k, v in vars(self).items() if k != "rate_knob"}
 
     def predict_bits(self, tensors: dict[str, Tensor]) -> float | None:
-        """bits per value plus one scale (and a bits-wide zero point, asymmetric) per row or group of a matrix."""
-        total = 0
+        """The order-0 entropy of the round-to-nearest codes at these settings (what an entropy coder stores of
+        them; the clip moves it while the nominal bits stay put) plus one scale (and a bits-wide zero point,
+        asymmetric) per row or group of a matrix; None for tensors that are not matrices. GPTQ's codes spread
+        a little wider than round-to-nearest's: the search scales the prediction by what its probes measure."""
+        total = 0.0
         for t in tensors.values():
-            if t.ndim != 2:
+            if t.ndim != 2 or t.numel() == 0:
                 return None
-            cols = int(t.shape[1])
-            groups = t.shape[0] * (-(-cols // self.group_size) if self.group_size else 1)
+            rows, cols = t.shape
+            g = self.group_size or cols
+            if cols % g:
+                return None
+            x = t.detach().float().reshape(rows, cols // g, g)
+            clip, lo, hi = self._range(x)
+            grid, stored = self._grid(clip, lo, hi, per_tensor=False)
             per_group = SCALE_DTYPES[self.scale_dtype].itemsize * 8 + (0 if self.symmetric else self.bits)
-            total += t.numel() * self.bits + groups * per_group
-        return float(total)
+            total += entropy_bits(grid.quantize(x)) + stored.numel() * per_group
+        return total
 
     def _clip(self, x: Tensor) -> Tensor:
         """Clip magnitude per slice of x (..., n) by the configured rule."""

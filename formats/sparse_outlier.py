@@ -51,6 +51,7 @@ Bits: base bits + fine: k·value bits + 8·(mask bytes) (+ 32 for the int8 scale
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -168,6 +169,18 @@ class SparseOutlier(Format):
             "exception_bits": self.exception_bits,
             "block": self.block,
         }
+
+    def predict_bits(self, tensors: dict[str, Tensor]) -> float | None:
+        """The base's prediction on the whole tensors plus, fine layout, each exception's value and about
+        log2(e / fraction) bits of its gap (a geometric gap's entropy); None where the base predicts nothing or
+        the layout is coarse. The exceptions' term stays put along the base's knob."""
+        base = self.base_format.predict_bits(tensors)
+        if base is None or self.layout != "fine":
+            return None
+        if self.fraction == 0:
+            return base
+        k = sum(round(self.fraction * t.numel()) for t in tensors.values())
+        return base + k * (VALUE_DTYPES[self.value_dtype].itemsize * 8 + math.log2(math.e / self.fraction))
 
     # ---- encode ----------------------------------------------------------------------------------
 
