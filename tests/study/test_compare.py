@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -403,3 +404,21 @@ def test_equal_bytes_hold_on_the_written_file_not_on_the_probe(tiny_bundle: Path
     probes = json.loads(next((out / "search").glob("scalar_*.json")).read_text())["probes"]
     landed = next(p for p in probes if p["value"] == r["knob_value"])
     assert landed["final_bytes"] > r["final_bytes"]  # the probe codec measured it larger
+
+
+def test_a_format_that_fits_only_through_the_artifacts_codec_is_landed_not_dropped(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """The probe codec (ans) says the cheapest setting is over the budget; fair, the artifact's codec, writes
+    it under: the compare lands there (short) instead of reporting "does not fit"."""
+    args = [f"bundle={tiny_bundle}", *TINY_ARGS, *ONE_POINT, "compare.formats=[hqq]", "compare.references=[]"]
+    args += ["compare.embedding=null", "compare.knobs.hqq={lo: 1, hi: 2}", "compare.samples=100", "codec=fair"]
+    first = bytegolf("compare", *args, "compare.budgets=[1000]", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    probe = int(re.search(r"does not fit: smallest ([\d,]+) B", first.stdout).group(1).replace(",", ""))
+    out = tmp_path / "b"
+    proc = bytegolf("compare", *args, f"compare.budgets=[{probe - 1}]", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "it fits through best" in proc.stdout, proc.stdout
+    (r,) = [json.loads(p.read_text()) for p in out.glob(f"points/*/*/{store.RESULT}")]
+    assert r["status"] == "short" and r["final_bytes"] <= probe - 1 and r["bpb"] is not None
