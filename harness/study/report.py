@@ -13,7 +13,7 @@ from bytegolf import markdown
 from bytegolf.errors import BytegolfError
 from bytegolf.measure import stats
 from bytegolf.run import store
-from bytegolf.study import analysis, html, plots
+from bytegolf.study import analysis, html, peers, plots
 
 
 def _points_table(results: list[dict[str, Any]]) -> str:
@@ -79,6 +79,25 @@ def _compare_section(results: list[dict[str, Any]], samples: int, correction: st
             )
         )
     return "\n".join(out) + "\n"
+
+
+def _peer_section(results: list[dict[str, Any]], samples: int) -> str:
+    """The peers (HQQ, llama.cpp's k-quants) point by point beside bytegolf's best with no more bytes."""
+    rows = peers.peer_rows(results, samples)
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "## Peers\n",
+            "Each point of a peer system beside the lowest-bpb point of bytegolf's own systems (formats, variants,"
+            " allocated; not the reference exports) at the same budget, or with no more bytes for a peer at its own"
+            " size: Δbpb = peer − ours on the same windows,"
+            f" document bootstrap ({samples} resamples), positive where bytegolf is better. BD-rate: % bytes"
+            " bytegolf's envelope (every ranked point of its systems) needs at the peer front's bpb (negative:"
+            " fewer); blank where the fronts do not overlap or the peer has one point.\n",
+            markdown.table(rows, peers.COLUMNS, peers.HEADERS),
+        ]
+    )
 
 
 def _bd_section(ev: list[dict[str, Any]]) -> str:
@@ -277,6 +296,7 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
     md.append("## Points\n")
     md.append(_points_table(results))
     md.append(_compare_section(results, samples, correction))
+    md.append(_peer_section(results, samples))
 
     md.append("## Frontiers\n")
     if ev:
