@@ -17,7 +17,7 @@ compare.front_points evaluated points across the budgets' range for its frontier
 Allocated systems (compare.allocated.<name>: a format, candidates and/or a knob in `bytegolf allocate`'s
 language, bytegolf.search.allocate) have no knob to search: every unit × candidate is measured once (bytes
 with the probe codec, output error) into search/<name>_<hash>.allocation.json, and per budget the
-least-error allocation within it is landed from those tables (bytegolf.search.allocate.land: a few probe
+least-error allocation within it is landed from those tables (bytegolf.search.tables.land: a few probe
 writes; landings are cached in the same file), then evaluated like any point, encoded afresh from its
 plan (a rule per tensor), into points/<budget>/<name>_<key>/ with config.yaml, plan.yaml,
 allocation.json and allocation.md beside result.json. The key covers the run config, the candidates,
@@ -56,7 +56,7 @@ from bytegolf.quantize.plan import PlanConfig, Rule, format_defaults, make_plan,
 from bytegolf.run import store, sweep
 from bytegolf.run.point import run_point
 from bytegolf.run.provenance import git_revision, source_hash
-from bytegolf.search import allocate
+from bytegolf.search import allocate, candidates, knapsack, tables
 from bytegolf.search import budget as search
 from bytegolf.search.prober import Encoder, Workspace, remove_stale_probes
 from bytegolf.study.analysis import PG_REFERENCES, REFERENCE_SYSTEMS, system
@@ -292,9 +292,9 @@ ALLOCATED_KEYS = (
 @dataclass
 class AllocationSpec:
     """An allocated system's allocation settings (compare.allocated.<name>): its checked candidates (the
-    entry's candidates, then those along its knob) and how the allocation lands (bytegolf.search.allocate.land)."""
+    entry's candidates, then those along its knob) and how the allocation lands (bytegolf.search.tables.land)."""
 
-    candidates: list[Any]  # bytegolf.search.allocate.Candidate
+    candidates: list[Any]  # bytegolf.search.candidates.Candidate
     tol: float
     max_rounds: int
     max_states: int
@@ -331,18 +331,18 @@ def _allocated(
         if fmt not in REGISTRY:
             raise ConfigError(f"{where}: unknown format {fmt!r}; known: {', '.join(sorted(REGISTRY))}")
         params = merge_settings(format_defaults(str(fmt)), dict(v.get("params") or {}))
-        cands = allocate.check_candidates(str(fmt), params, v.get("candidates"), v.get("knob"), where=where)
+        cands = candidates.check_candidates(str(fmt), params, v.get("candidates"), v.get("knob"), where=where)
         spec = AllocationSpec(
             cands,
             float(v.get("tol", tol)),
             int(v.get("max_rounds", 5)),
-            int(v.get("max_states", allocate.MAX_STATES)),
+            int(v.get("max_states", knapsack.MAX_STATES)),
             str(v.get("objective", "auto")),
         )
         if not 0 < spec.tol < 1 or spec.max_rounds < 1 or spec.max_states < 1:
             raise ConfigError(f"{where}: need 0 < tol < 1, max_rounds >= 1 and max_states >= 1")
-        if spec.objective not in allocate.OBJECTIVES:
-            raise ConfigError(f"{where}.objective: {spec.objective!r} is not one of {', '.join(allocate.OBJECTIVES)}")
+        if spec.objective not in tables.OBJECTIVES:
+            raise ConfigError(f"{where}.objective: {spec.objective!r} is not one of {', '.join(tables.OBJECTIVES)}")
         out[str(name)] = (str(fmt), params, dict(v.get("plan") or {}), dict(v.get("layout") or {}), spec)
     return out
 
@@ -908,7 +908,7 @@ class AllocationWork:
         ident, _ = sweep.point_config(point_cfg(cfg, sysm, sysm.params, 0))
         for k in ("eval", "budget"):
             ident.pop(k, None)
-        self.objective = allocate.resolve_objective(self.spec.objective, ws, self.where)
+        self.objective = tables.resolve_objective(self.spec.objective, ws, self.where)
         ident |= {"probe_codec": list(self.codec), "candidates": [c.as_dict() for c in self.spec.candidates]}
         if self.objective != "output_error":  # (caches measured before objectives existed keep their name)
             ident["objective"] = self.objective
@@ -921,21 +921,21 @@ class AllocationWork:
         self.measure_seconds: float | None = None  # set when this process measured
 
     def check(self) -> None:
-        """The candidates against the plan, before any encoding (bytegolf.search.allocate.check_plan)."""
+        """The candidates against the plan, before any encoding (bytegolf.search.candidates.check_plan)."""
 
-        allocate.check_plan(self.plan, self.sysm.fmt, self.spec.candidates, self.where)
+        candidates.check_plan(self.plan, self.sysm.fmt, self.spec.candidates, self.where)
 
     @property
     def measured(self) -> Any:
-        """The bytegolf.search.allocate.Measured tables: from the cache file, else measured now (and cached)."""
+        """The bytegolf.search.tables.Measured tables: from the cache file, else measured now (and cached)."""
         if self._measured is None:
             groups = encoder.group_units(self.plan)
-            m = allocate.Measured.from_json(self.tables, groups) if self.tables else None
+            m = tables.Measured.from_json(self.tables, groups) if self.tables else None
             if m is None:
                 n = sum(1 for g in groups if g[0].format == self.sysm.fmt)
                 print(f"{self.sysm.label}: measuring {n} units × {len(self.spec.candidates)} candidates", flush=True)
                 t0 = time.perf_counter()
-                m = allocate.measure(self.mcfg, self.ws, self.plan, self.spec.candidates, self.where, self.objective)
+                m = tables.measure(self.mcfg, self.ws, self.plan, self.spec.candidates, self.where, self.objective)
                 self.measure_seconds = time.perf_counter() - t0
                 print(f"{self.sysm.label}: measured in {self.measure_seconds:.1f} s", flush=True)
                 self.tables = m.to_json()
@@ -953,7 +953,7 @@ class AllocationWork:
         )
 
     def land(self, target: int, tol: float) -> dict[str, Any]:
-        """The allocation landed at target bytes within tol (bytegolf.search.allocate.land), cached: {choice, probed,
+        """The allocation landed at target bytes within tol (bytegolf.search.tables.land), cached: {choice, probed,
         rounds}, or {does_not_fit: the cheapest allocation's counted bytes, final, code}."""
 
         key = f"{target}:{tol}"
@@ -961,11 +961,11 @@ class AllocationWork:
             return self.landings[key]
         m, sysm, spec = self.measured, self.sysm, self.spec
         path = self.work_dir / f".probe-{sysm.label}-{os.getpid()}.bgz"  # own file: compares may share search/
-        write = allocate.Writer(
+        write = tables.Writer(
             m,
             sysm.fmt,
             spec.candidates,
-            allocate.encoder(self.mcfg, self.ws),
+            tables.encoder(self.mcfg, self.ws),
             path,
             self.codec[0],
             self.codec[1],
@@ -973,9 +973,9 @@ class AllocationWork:
             bool(self.cfg.budget.count_code),
         )
         try:
-            choice, probed, rounds = allocate.land(m.units, write, target, tol, spec.max_rounds, spec.max_states)
+            choice, probed, rounds = tables.land(m.units, write, target, tol, spec.max_rounds, spec.max_states)
             out: dict[str, Any] = {"choice": choice, "probed": probed, "rounds": rounds}
-        except allocate.DoesNotFit as exc:
+        except tables.DoesNotFit as exc:
             out = {"does_not_fit": exc.counted, "final": write.final, "code": write.code}
         self.landings[key] = out
         self._save()
@@ -1082,7 +1082,7 @@ def _allocated_point(
     elif (1 - tol) * target <= probed <= target:
         status = "ok"
     else:  # at_limit: no allocation is richer; short: the next upgrade does not fit
-        status = "at_limit" if allocate.richest(m.units, choice) else "short"
+        status = "at_limit" if tables.richest(m.units, choice) else "short"
     hist = ", ".join(f"{k} ×{v}" for k, v in Counter(c.label for c in chosen).items())
     print(
         f"{sysm.label} at {target:,} B: {probed:,} B = {probed / target:.4f} × target "

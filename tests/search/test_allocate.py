@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from bytegolf.artifact import file as artifact
 from bytegolf.errors import ConfigError
-from bytegolf.search import allocate
+from bytegolf.search import allocate, candidates, tables
 from bytegolf.search import knapsack as allocation
 from tests.integration.test_run import TINY_ARGS, bytegolf
 
@@ -62,32 +62,32 @@ def test_greedy_rejects_a_budget_below_the_cheapest() -> None:
 
 
 def test_land_corrects_an_artifact_that_comes_out_over_the_budget() -> None:
-    units = [allocate.Unit([f"t{i}"], 1, 1.0, True, [b for b, _ in t], [e for _, e in t]) for i, t in enumerate(TABLES)]
+    units = [tables.Unit([f"t{i}"], 1, 1.0, True, [b for b, _ in t], [e for _, e in t]) for i, t in enumerate(TABLES)]
 
     def write(choice: list[int]) -> int:  # 40 B of header, and 25 B more for each unit above its cheapest
         return sum(TABLES[i][c][0] + (25 if c else 0) for i, c in enumerate(choice)) + 40
 
-    choice, counted, rounds = allocate.land(units, write, 600, 0.01, 5)
+    choice, counted, rounds = tables.land(units, write, 600, 0.01, 5)
     assert [r["counted_bytes"] for r in rounds] == [290, 625, 550]  # cheapest, over by 25 B, corrected
     assert rounds[1]["predicted_bytes"] == 550
     assert choice == [2, 0, 1] and counted == 550
     with pytest.raises(ConfigError, match="does not fit: cheapest allocation is 290 bytes"):
-        allocate.land(units, write, 289, 0.01, 5)
+        tables.land(units, write, 289, 0.01, 5)
 
 
 def test_candidates_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"allocate\.candidates is empty"):
-        allocate.check_candidates("scalar", {}, [])
+        candidates.check_candidates("scalar", {}, [])
     with pytest.raises(ConfigError, match=r"allocate.candidates\[1\] bits=9 is rejected by format scalar"):
-        allocate.check_candidates("scalar", {}, [{"bits": 4}, {"bits": 9}])
+        candidates.check_candidates("scalar", {}, [{"bits": 4}, {"bits": 9}])
     with pytest.raises(ConfigError, match="not a mapping"):
-        allocate.check_candidates("scalar", {}, [4])
-    assert [c.params for c in allocate.check_candidates("scalar", {"bits": 6}, [{"bits": 3}])] == [{"bits": 3}]
+        candidates.check_candidates("scalar", {}, [4])
+    assert [c.params for c in candidates.check_candidates("scalar", {"bits": 6}, [{"bits": 3}])] == [{"bits": 3}]
 
 
 def test_candidates_mix_formats_match_tensors_and_follow_a_knob() -> None:
     run = {"bits": 6, "clip": "sdclip", "clip_k": 12.85}
-    cands = allocate.check_candidates(
+    cands = candidates.check_candidates(
         "scalar",
         run,
         [{"bits": 8, "match": "tok_emb.weight"}, {"format": "clustered", "codebook_size": 16, "match": ["*.mlp.*"]}],
@@ -116,17 +116,17 @@ def test_candidates_mix_formats_match_tensors_and_follow_a_knob() -> None:
     from bytegolf.quantize.plan import Assignment
 
     a = Assignment("blocks.0.mlp.fc.weight", "scalar", {**run, "bits": 5})
-    assert allocate.unit_settings(a, "scalar", cands[2]) == {**run, "bits": 5, "clip_k": 3.0}
-    assert allocate.unit_settings(a, "scalar", clus) == clus.settings
+    assert candidates.unit_settings(a, "scalar", cands[2]) == {**run, "bits": 5, "clip_k": 3.0}
+    assert candidates.unit_settings(a, "scalar", clus) == clus.settings
     # integer knob over a given range: bits 3..6, repeats dropped; a knob with params under it; duplicates dropped
-    bits = allocate.check_candidates("scalar", run, [{"bits": 4}], {"name": "bits", "lo": 3, "hi": 6, "steps": 10})
+    bits = candidates.check_candidates("scalar", run, [{"bits": 4}], {"name": "bits", "lo": 3, "hi": 6, "steps": 10})
     assert [c.params for c in bits] == [{"bits": 4}, {"bits": 3}, {"bits": 5}, {"bits": 6}]
-    ck = allocate.check_candidates("scalar", run, [], {"values": [4, 8], "params": {"bits": 4}})
+    ck = candidates.check_candidates("scalar", run, [], {"values": [4, 8], "params": {"bits": 4}})
     assert [c.params for c in ck] == [{"bits": 4, "clip_k": 4}, {"bits": 4, "clip_k": 8}]  # default name: rate knob
 
 
 @pytest.mark.parametrize(
-    ("candidates", "knob", "message"),
+    ("given", "knob", "message"),
     [
         ([{"format": "nope", "bits": 4}], None, r"allocate.candidates\[0\]: unknown format 'nope'; known: additive"),
         ([{"format": "clustered", "bits": 4}], None, r"candidates\[0\]: format clustered has no setting 'bits' \(its"),
@@ -143,9 +143,9 @@ def test_candidates_mix_formats_match_tensors_and_follow_a_knob() -> None:
         ([{"bits": 4, "match": 3}], None, r"match must be a glob or a list of globs"),
     ],
 )
-def test_candidate_errors_are_one_line(candidates: list | None, knob: dict | None, message: str) -> None:
+def test_candidate_errors_are_one_line(given: list | None, knob: dict | None, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as exc:
-        allocate.check_candidates("scalar", {"bits": 6, "clip": "sdclip", "clip_k": 12.85}, candidates, knob)
+        candidates.check_candidates("scalar", {"bits": 6, "clip": "sdclip", "clip_k": 12.85}, given, knob)
     assert "\n" not in str(exc.value)
 
 
@@ -221,12 +221,11 @@ def test_plan_rules_name_each_tensors_format_and_reproduce_the_settings(tiny_bun
     from bytegolf.quantize.plan import PlanConfig, Rule, make_plan
 
     run = {"bits": 6, "clip": "sdclip", "clip_k": 12.85}
-    cands = allocate.check_candidates(
+    cands = candidates.check_candidates(
         "scalar", run, [{"bits": 8}, {"format": "clustered", "codebook_size": 16}, {"bits": 4}]
     )
     units = [
-        allocate.Unit([n], 1, 1.0, True)
-        for n in ("tok_emb.weight", "blocks.0.mlp.fc.weight", "blocks.1.attn.c_q.weight")
+        tables.Unit([n], 1, 1.0, True) for n in ("tok_emb.weight", "blocks.0.mlp.fc.weight", "blocks.1.attn.c_q.weight")
     ]
     user = [Rule("tok_emb.weight", None, {"clip": "percentile"}), Rule("blocks.0.attn.c_k.weight", "clustered", {})]
     rules = allocate.plan_rules(user, ["blocks.0.attn.c_k.weight"], "scalar", units, cands)
