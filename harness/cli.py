@@ -374,10 +374,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2) from None
         return
     from bytegolf.search import allocate
-    from bytegolf.study import compare
+    from bytegolf.study import systems
 
     settings.register()
-    compare.register()
+    systems.register()
     allocate.register()
     try:
         if verb == "eval":

@@ -16,7 +16,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 import bytegolf.run.sweep  # noqa: F401  (registers the ${repo:} and ${cache:} resolvers, as the CLI's import does)
 from bytegolf import cli, settings
 from bytegolf.search import allocate
-from bytegolf.study import compare
+from bytegolf.study import systems
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "experiments"
@@ -35,7 +35,7 @@ REQUIRED = {
 def registered() -> None:
     """The schemas `bytegolf.cli.main` puts into the ConfigStore before Hydra starts."""
     settings.register()
-    compare.register()
+    systems.register()
     allocate.register()
 
 

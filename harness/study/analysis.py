@@ -422,7 +422,7 @@ def frontier_reversals(results: list[dict[str, Any]], y: str = "rel_mse", margin
 PG_REFERENCES = ("pg_baseline", "pg_record", "pg_top")  # Parameter Golf's exports (the compare ranks them)
 GGUF_REFERENCES = ("gguf_q4_k_m", "gguf_q3_k_m", "gguf_q2_k")  # llama.cpp's k-quant mixes as GGUF files
 # every reference a compare knows by name: PRESET+CODEC is the preset's encoding through another codec, its
-# container counted instead of its GGUF file (bytegolf.study.compare.reference_system)
+# container counted instead of its GGUF file (bytegolf.study.systems.reference_system)
 REFERENCE_SYSTEMS = (*PG_REFERENCES, *GGUF_REFERENCES, *(f"{g}+fair" for g in GGUF_REFERENCES))
 
 

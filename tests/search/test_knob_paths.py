@@ -15,7 +15,7 @@ from bytegolf.errors import ConfigError
 from bytegolf.search import allocate
 from bytegolf.search import budget as search
 from bytegolf.search.prober import Encoder, Workspace
-from bytegolf.study import compare
+from bytegolf.study import systems
 from tests.integration.test_run import TINY_ARGS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -23,7 +23,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 def _cfg(overrides: list[str]):
     settings.register()
-    compare.register()
+    systems.register()
     allocate.register()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("compare", overrides=overrides)
@@ -46,7 +46,7 @@ def test_a_knob_name_the_format_lacks_is_refused() -> None:
     cfg = _cfg(["compare.formats=[sparse_outlier]", "compare.references=[]", "compare.allocated=null",
                 "compare.knobs.sparse_outlier.name=base.nope"])  # fmt: skip
     with pytest.raises(ConfigError, match=r"sparse_outlier\.name: sparse_outlier has no setting 'base\.nope'"):
-        compare.systems(cfg)
+        systems.systems(cfg)
 
 
 def test_shipped_knob_paths_are_monotone_in_bytes(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -55,8 +55,8 @@ def test_shipped_knob_paths_are_monotone_in_bytes(tiny_bundle: Path, tmp_path: P
     cfg = _cfg([f"bundle={tiny_bundle}", *TINY_ARGS, "compare.references=[]", "compare.allocated=null",
                 "compare.params.basis_delta.rank=2", "+compare.params.additive.max_rounds=1",
                 "+compare.params.clustered.iters=3"])  # fmt: skip
-    systems, probe_codec = compare.systems(cfg)
-    knobs = {s.label: s.knob.name for s in systems}
+    built, probe_codec = systems.systems(cfg)
+    knobs = {s.label: s.knob.name for s in built}
     assert knobs == {
         "scalar": "clip_k",
         "scalar_gptq": "clip_k",
@@ -64,10 +64,11 @@ def test_shipped_knob_paths_are_monotone_in_bytes(tiny_bundle: Path, tmp_path: P
         "additive": "num_codebooks",
         "sparse_outlier": "base.clip_k",
         "basis_delta": "residual.clip_k",
+        "hqq": "bits",
     }
     ws = Workspace(cfg)
-    paths = {"clustered": [2, 4, 8, 16, 32], "additive": [1.0, 1.3, 1.7, 2.0, 3.0]}
-    for s in systems:
+    paths = {"clustered": [2, 4, 8, 16, 32], "additive": [1.0, 1.3, 1.7, 2.0, 3.0], "hqq": [1, 2, 3, 4, 6]}
+    for s in built:
         enc = Encoder(ws, s.fmt, s.params, s.knob, *probe_codec, tmp_path, plan_at=s.plan_config, layout_cfg=s.layout)
         values = paths.get(s.label, list(np.geomspace(s.knob.lo, 60.0, 5)))
         sizes = [enc(float(v)).final_bytes for v in values]

@@ -134,7 +134,7 @@ def test_compare_variants_of_one_format_are_systems_of_their_own(tiny_bundle: Pa
 def test_compare_rejects_a_malformed_variant() -> None:
     from bytegolf.errors import ConfigError
     from bytegolf.formats import REGISTRY
-    from bytegolf.study.compare import _variants
+    from bytegolf.study.systems import _variants
 
     with pytest.raises(ConfigError, match=r"variants\.v: need"):
         _variants({"v": {"format": "nope"}}, REGISTRY)
@@ -151,19 +151,19 @@ def test_search_references_takes_true_false_or_a_list_of_references() -> None:
     from omegaconf import OmegaConf
 
     from bytegolf.errors import ConfigError
-    from bytegolf.study.compare import _searched_references
+    from bytegolf.study.systems import searched_references
 
     def cc(want: object) -> object:
         return OmegaConf.create({"references": ["pg_baseline", "pg_record"], "search_references": want})
 
-    assert _searched_references(cc(True)) == ["pg_baseline", "pg_record"]
-    assert _searched_references(cc(False)) == []
-    assert _searched_references(cc(["pg_record"])) == ["pg_record"]
-    assert _searched_references(cc(["pg_top", "pg_record"])) == ["pg_record"]  # pg_top is not compared
+    assert searched_references(cc(True)) == ["pg_baseline", "pg_record"]
+    assert searched_references(cc(False)) == []
+    assert searched_references(cc(["pg_record"])) == ["pg_record"]
+    assert searched_references(cc(["pg_top", "pg_record"])) == ["pg_record"]  # pg_top is not compared
     with pytest.raises(ConfigError, match=r"\['pg_tpo'\] are not references"):
-        _searched_references(cc(["pg_tpo"]))
+        searched_references(cc(["pg_tpo"]))
     with pytest.raises(ConfigError, match="true, false or a list"):
-        _searched_references(cc("pg_record"))
+        searched_references(cc("pg_record"))
 
 
 def test_compare_settings_for_an_unknown_name_fail_before_any_work(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_compare_settings_for_an_unknown_name_fail_before_any_work(tiny_bundle: 
 
 def test_rules_that_set_the_knob_move_with_it() -> None:
     from bytegolf.search.budget import knob_for
-    from bytegolf.study.compare import System
+    from bytegolf.study.systems import System
 
     plan = {"rules": [{"match": "emb", "params": {"bits": 7, "clip_k": 14.0}}, {"match": "q", "params": {"bits": 8}}]}
     sysm = System("r", "scalar", {"clip_k": 11.5}, knob_for("clip_k", 11.5), "brotli", {}, {}, plan, True)

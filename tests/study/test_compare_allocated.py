@@ -160,13 +160,13 @@ def _systems(bundle: Path, *overrides: str):
 
     from bytegolf import settings
     from bytegolf.cli import CONFIG_DIR
-    from bytegolf.study import compare
+    from bytegolf.study import systems
 
     settings.register()
-    compare.register()
+    systems.register()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("compare", overrides=[f"bundle={bundle}", *overrides])
-    return compare.systems(cfg)[0]
+    return systems.systems(cfg)[0]
 
 
 @pytest.mark.parametrize(
