@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bytegolf.study import bdrate
-from bytegolf.study.analysis import number, paired_test, system
+from bytegolf.study.analysis import base_system, number, paired_test
 from bytegolf.study.ranking import evaluated
 
 RANKED = ("ok", "short", "at_limit", "own")  # a landing or a reference at its own size (not seeds or front points)
@@ -20,7 +20,7 @@ RANKED = ("ok", "short", "at_limit", "own")  # a landing or a reference at its o
 def family(row: dict[str, Any]) -> str | None:
     """The peer a row belongs to (hqq; gguf: llama.cpp's k-quant mixes, the +CODEC encodings apart), None if
     it is not a peer's."""
-    name = system(row)
+    name = base_system(row)
     if row.get("format") == "hqq" or name == "hqq":
         return "hqq"
     if name.startswith("gguf_"):
@@ -35,6 +35,11 @@ def ours(row: dict[str, Any]) -> bool:
 
 def _bytes(row: dict[str, Any]) -> float:
     return number(row, "counted_bytes") if row.get("counted_bytes") is not None else number(row, "final_bytes")
+
+
+def _where(row: dict[str, Any]) -> str:
+    """A point as "system @budget" (a reference at its own size: @its bytes)."""
+    return f"{base_system(row)} @{int(row.get('budget_bytes') or _bytes(row)):,}"
 
 
 def _envelope(rows: list[dict[str, Any]]) -> bdrate.Front | None:
@@ -72,10 +77,10 @@ def peer_rows(results: list[dict[str, Any]], samples: int, level: float = 0.95) 
                 under = [r for r in mine if _bytes(r) <= _bytes(p)]
             best = min(under, key=lambda r: float(r["bpb"])) if under else None
             row: dict[str, Any] = {
-                "peer": system(p) + (f" @{int(p['budget_bytes']):,}" if p.get("budget_bytes") else " (own size)"),
+                "peer": base_system(p) + (f" @{int(p['budget_bytes']):,}" if p.get("budget_bytes") else " (own size)"),
                 "peer_bytes": int(_bytes(p)),
                 "peer_bpb": float(p["bpb"]),
-                "ours": "" if best is None else f"{system(best)} @{int(best.get('budget_bytes') or _bytes(best)):,}",
+                "ours": "" if best is None else _where(best),
                 "our_bytes": None if best is None else int(_bytes(best)),
                 "our_bpb": None if best is None else float(best["bpb"]),
                 "delta": "",
