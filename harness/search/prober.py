@@ -278,6 +278,13 @@ class Encoder:
         log.info("probe %s %s=%g: %s", self.fmt, name, value, probe.final_bytes or probe.error)
         return probe
 
+    def encoding(self, value: float) -> list | None:
+        """The units encoded at value: the remembered ones, else encoded again (a probe read from the cache
+        file has none); None where the format refuses the settings."""
+        if value not in self.units:
+            self.encode(value)
+        return self.units.get(value)
+
     def errors(self, units: list) -> tuple[float | None, float | None]:
         """The encoding's pre-artifact errors as a run reports them: the parameter-weighted mean output error
         (bytegolf.measure.metrics.output_error; None without any Gram matrix) and rel MSE over the tensors

@@ -221,9 +221,10 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
 
 def written_bytes(enc: Encoder, sysm: System, value: float, count_code: bool) -> int | None:
     """The counted bytes of the probe at value written through the system's own codec (the artifact's; the
-    compressed blobs are remembered, so the landed point's write reuses them); None if its encoding is gone."""
+    compressed blobs are remembered, so the landed point's write reuses them); None where the format refuses
+    the settings. A probe read from the cache file is encoded again."""
 
-    units = enc.units.get(value)
+    units = enc.encoding(value)
     if units is None:
         return None
     path = enc.work_dir / f".written-{sysm.label}-{os.getpid()}.bgz"
