@@ -359,6 +359,15 @@ def _set_aside(row: dict[str, Any]) -> None:
     store.write_json_atomic(d / store.RESULT, row)
 
 
+def _finished(d: Path, chash: str, landing: search.Landing) -> dict | None:
+    """The point's stored result, unless it says "does not fit" where the setting now lands (written through
+    the system's codec), or the other way round."""
+    done = store.finished(d, chash)
+    if done is not None and (done.get("status") == "does_not_fit") != (landing.status == "does_not_fit"):
+        return None
+    return done
+
+
 def _point(
     cfg: DictConfig,
     sysm: System,
@@ -403,7 +412,7 @@ def _point(
     chash = store.config_hash(conf)
     where = {"own": "own", "front": "front"}.get(landing.status, str(landing.budget))
     d = out_dir / "points" / where / f"{label}_{chash}"
-    done = store.finished(d, chash)
+    done = _finished(d, chash, landing)
     if done is not None:
         print(f"  finished already in {d}; skipped", flush=True)
         return done
@@ -426,7 +435,7 @@ def _point(
     while True:  # a point another compare on this directory is evaluating: wait for its result
         with store.claim(d) as owned:
             if owned:
-                done = store.finished(d, chash)  # finished between our check and our claim
+                done = _finished(d, chash, landing)  # finished between our check and our claim
                 if done is not None:
                     return done
                 if twin is not None and twin[1].get("final_bytes") == landing.final_bytes:
