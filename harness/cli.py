@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -109,6 +111,24 @@ def _report(text: str) -> None:
             handler.handle(record)
 
 
+@contextmanager
+def _exit_on_error(*also: type[Exception]) -> Iterator[None]:
+    """A task's failure as one logged `error:` line and exit status 2: BytegolfError and the types in also."""
+    try:
+        yield
+    except (BytegolfError, *also) as exc:
+        log.error("error: %s", exc)
+        raise SystemExit(2) from None
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    """torch's intra-op threads from the run's `threads` (0: torch's default)."""
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
 def _output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -145,11 +165,8 @@ def eval_task(cfg: DictConfig) -> dict | None:
     from bytegolf.run.store import write_json_atomic
 
     out = _output_dir()
-    try:
+    with _exit_on_error():
         result = evaluate_artifact(cfg, Path(cfg.eval_artifact))
-    except BytegolfError as exc:
-        log.error("error: %s", exc)
-        raise SystemExit(2) from None
     write_json_atomic(out / "eval.json", result, strict=True)
     _report(eval_summary(result) + f"\n  written to {out / 'eval.json'}")
     return result
@@ -159,15 +176,9 @@ def compare_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf compare`."""
     from bytegolf.study.compare import run_compare
 
-    try:
-        if cfg.threads > 0:
-            import torch
-
-            torch.set_num_threads(cfg.threads)
+    with _exit_on_error():
+        _set_threads(cfg)
         run_compare(cfg, _output_dir())
-    except BytegolfError as exc:
-        log.error("error: %s", exc)
-        raise SystemExit(2) from None
 
 
 def allocate_task(cfg: DictConfig) -> None:
@@ -175,31 +186,22 @@ def allocate_task(cfg: DictConfig) -> None:
     from bytegolf.run.point import summary_line
     from bytegolf.search.allocate import describe, run_allocate
 
-    try:
-        if cfg.threads > 0:
-            import torch
-
-            torch.set_num_threads(cfg.threads)
+    with _exit_on_error():
+        _set_threads(cfg)
         result = run_allocate(cfg, _output_dir())
-    except BytegolfError as exc:
-        log.error("error: %s", exc)
-        raise SystemExit(2) from None
     print(f"allocation: {describe(result['allocation'])}\n{summary_line(result)}", flush=True)
 
 
 def train_task(cfg: DictConfig) -> None:
     """Hydra task for `bytegolf train`: build the corpus data if needed, train, write the bundle."""
-    import torch
-
     from bytegolf.data import bundle as data
     from bytegolf.model.gpt import ModelConfig
     from bytegolf.model.train import TrainConfig, train
 
     if cfg.get("rate") is not None and cfg.rate.get("init"):
         return _rate_task(cfg)
-    try:
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+    with _exit_on_error(ValueError):  # ValueError: a model shape that does not divide
+        _set_threads(cfg)
         tok = Path(cfg.data.tokenizer)
         if cfg.data.build and not tok.is_file():
             log.info("building corpus data into %s", tok.parent)
@@ -211,9 +213,6 @@ def train_task(cfg: DictConfig) -> None:
         mcfg = ModelConfig(**shape, vocab_size=cfg.data.vocab_size)
         out = Path(cfg.out) if cfg.out else _output_dir() / "bundle"
         stats = train(tcfg, files, out, mcfg, cfg.device)
-    except (BytegolfError, ValueError) as exc:  # ValueError: a model shape that does not divide
-        log.error("error: %s", exc)
-        raise SystemExit(2) from None
     print(
         f"bundle {out}: val_loss {stats['val_loss']:.4f} val_bpb {stats['val_bpb']:.4f} "
         f"({stats['steps']} steps, {stats['tokens_seen']:,} tokens, {stats['train_seconds'] / 60:.1f} min)"
@@ -222,16 +221,13 @@ def train_task(cfg: DictConfig) -> None:
 
 def _rate_task(cfg: DictConfig) -> None:
     """`bytegolf train rate.init=CKPT ...`: storage-native finetuning of a checkpoint (bytegolf.model.ratetrain)."""
-    import torch
-
     from bytegolf.data import bundle as data
     from bytegolf.data import shards
     from bytegolf.model import checkpoint
     from bytegolf.model.ratetrain import RateConfig, rate_finetune
 
-    try:
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+    with _exit_on_error(TypeError):  # TypeError: an unknown rate setting
+        _set_threads(cfg)
         settings = {k: v for k, v in OmegaConf.to_container(cfg.rate, resolve=True).items() if k != "init"}
         rcfg = RateConfig(**settings)
         files = data.DataFiles.locate(cfg.data.tokenizer, cfg.data.train, cfg.data.val)
@@ -240,9 +236,6 @@ def _rate_task(cfg: DictConfig) -> None:
         model = checkpoint.build_model(checkpoint.load_state_dict(cfg.rate.init))
         out = Path(cfg.out) if cfg.out else _output_dir() / "bundle"
         stats = rate_finetune(model, shards.read_shards(files.train), rcfg, out, cfg.device)
-    except (BytegolfError, TypeError) as exc:
-        log.error("error: %s", exc)
-        raise SystemExit(2) from None
     last = stats["history"][-1] if stats["history"] else {"loss": float("nan"), "code_bits_per_weight": float("nan")}
     print(
         f"rate-finetuned {out / 'model.safetensors'}: lam {rcfg.lam} {stats['steps']} steps "
