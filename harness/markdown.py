@@ -23,11 +23,25 @@ def cell(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
+def header(headers: list[str], align: str = "") -> str:
+    """A table's header and rule lines; align: one letter per column, r right-aligns it (numbers), l or
+    nothing leaves it left."""
+    rule = ["---:" if align[i : i + 1] == "r" else "---" for i in range(len(headers))]
+    return "| " + " | ".join(headers) + " |\n|" + "|".join(rule) + "|"
+
+
+def row(cells: list[Any]) -> str:
+    """One table line of cells (each as `cell` writes it; text as given, pipes escaped)."""
+    return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+
+def grid(headers: list[str], rows: list[list[Any]], align: str = "") -> str:
+    """A GitHub markdown table of rows of cells."""
+    return "\n".join([header(headers, align), *(row(r) for r in rows)]) + "\n"
+
+
 def table(rows: list[dict[str, Any]], cols: list[str], headers: list[str] | None = None) -> str:
-    """A GitHub markdown table of the given columns."""
+    """A GitHub markdown table of the given columns of dict rows."""
     if not rows:
         return "_none_\n"
-    head = headers or cols
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return grid(headers or cols, [[r.get(c) for c in cols] for r in rows])

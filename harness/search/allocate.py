@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from bytegolf import markdown
 from bytegolf.artifact import layout
 from bytegolf.codecs import get_codec
 from bytegolf.errors import ConfigError
@@ -330,16 +331,14 @@ def _markdown(body: dict[str, Any], rows: list[dict], result: dict[str, Any]) ->
         "(on ‖ΔW‖² without a Gram matrix); slope: error saved per byte from the richest cheaper point on the "
         "unit's convex hull to the chosen one (a chosen point off the hull is marked *).",
         "",
-        "| tensor | params | setting | bytes | error | sensitivity | slope |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        markdown.header(["tensor", "params", "setting", "bytes", "error", "sensitivity", "slope"], "lrlrrrr"),
     ]
     for r in rows:
         name = r["tensors"][0] + (f" +{len(r['tensors']) - 1}" if len(r["tensors"]) > 1 else "")
         slope_ = f"{r['slope']:.3e}" if r["slope"] is not None else "-"
         sens = f"{r['sensitivity']:.3e}" + ("" if r["gram"] else " (F)")
         setting = r["label"] + ("" if r["on_hull"] else " *")
-        cells = [name, f"{r['params']:,}", setting, f"{r['bytes']:,}", f"{r['error']:.3e}", sens, slope_]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown.row([name, r["params"], setting, r["bytes"], f"{r['error']:.3e}", sens, slope_]))
     return "\n".join(lines) + "\n"
 
 

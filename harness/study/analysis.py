@@ -52,8 +52,9 @@ def number(r: dict[str, Any], key: str) -> float:
         return math.nan
 
 
-def evaluated(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Results with a bpb (does-not-fit rows and errors left out)."""
+def scored(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results with a bpb (does-not-fit rows and errors left out); a single row's test is
+    bytegolf.study.ranking.evaluated."""
     return [r for r in results if r.get("bpb") is not None and r.get("status", "ok") != "does_not_fit"]
 
 
@@ -82,7 +83,7 @@ def labels(results: list[dict[str, Any]]) -> list[str]:
 
 def groups(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Comparable points: one group per compare budget, else one group of everything evaluated."""
-    ev = evaluated(results)
+    ev = scored(results)
     if any(r.get("budget_bytes") for r in ev):
         out: dict[str, list[dict[str, Any]]] = {}
         for r in sorted(ev, key=lambda r: -(r.get("budget_bytes") or 0)):
@@ -141,7 +142,7 @@ def reversal_groups(results: list[dict[str, Any]]) -> list[tuple[str, int | None
     takes them) unless the @own row is a twin of a landed row (same_as: one evaluation); then one
     "off budget" group of the unbudgeted own and front points. Other-seed repeats (status seed) and
     points set aside over budget are left out. A sweep (no budgets): one group of every evaluated point."""
-    ev = [r for r in evaluated(results) if r.get("status") not in UNRANKED]
+    ev = [r for r in scored(results) if r.get("status") not in UNRANKED]
     budgets = sorted({int(r["budget_bytes"]) for r in ev if r.get("budget_bytes")}, reverse=True)
     if not budgets:
         return [("all points", None, ev)] if ev else []
@@ -373,7 +374,7 @@ def _flip(d: stats.PairedDelta) -> stats.PairedDelta:
 
 def by_format(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    for r in evaluated(results):
+    for r in scored(results):
         out.setdefault(system(r) + (f"+{r.get('codec')}" if _many_codecs(results) else ""), []).append(r)
     return dict(sorted(out.items()))
 
@@ -441,7 +442,7 @@ def systems(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Evaluated points per system (the @own point of a reference joins its budget points), sorted by name."""
     out: dict[str, list[dict[str, Any]]] = {}
     many = _many_codecs(results)
-    for r in evaluated(results):
+    for r in scored(results):
         out.setdefault(base_system(r) + (f"+{r.get('codec')}" if many else ""), []).append(r)
     return dict(sorted(out.items()))
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from bytegolf import markdown
 from bytegolf.errors import BytegolfError
 from bytegolf.measure.stats import PairedDelta, kendall_tau_b, paired_bootstrap
 from bytegolf.run import store
@@ -159,15 +160,22 @@ def main(argv: list[str] | None = None) -> None:
                 f"{x} and {y} at those budgets (need 2)"
             )
     taus = [
-        f"| {x} | {t['budget']:,} | {y} | {t['budget_b']:,} | {len(t['systems'])} | {', '.join(t['systems'])} "
-        f"| {t['tau']:.3f} | {t['p']:.3g} |"
+        [
+            x,
+            t["budget"],
+            y,
+            t["budget_b"],
+            len(t["systems"]),
+            ", ".join(t["systems"]),
+            f"{t['tau']:.3f}",
+            f"{t['p']:.3g}",
+        ]
         for x, y, t in results
         if len(t["systems"]) >= 2
     ]
     if taus:
-        head = "| model | budget | model | budget | n | systems in both | Kendall tau-b (bpb) | p |\n"
-        head += "|---|---:|---|---:|---:|---|---:|---:|\n"
-        text += "\nDo the systems rank the same way on both models?\n\n" + head + "\n".join(taus) + "\n"
+        heads = ["model", "budget", "model", "budget", "n", "systems in both", "Kendall tau-b (bpb)", "p"]
+        text += "\nDo the systems rank the same way on both models?\n\n" + markdown.grid(heads, taus, "lrlrrlrr")
     (ns.out / "table.md").write_text(text)
     rows = [r for rs in points.values() for r in rs]
     plots.frontier(rows, "bpb", "bits per byte (sampled windows)", ns.out / "front.png", series="model")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from bytegolf import markdown
 from bytegolf.artifact import file as artifact
 from bytegolf.data import evaldata
 from bytegolf.errors import ConfigError
@@ -72,18 +73,24 @@ def pairs(rows: list[dict[str, Any]], budgets: list[int]) -> list[dict[str, Any]
 
 def table(checked: list[dict[str, Any]], precision: str, stored: str, tolerance: float) -> tuple[str, bool]:
     """Markdown table of the pairs and whether every Δbpb stayed within tolerance."""
-    lines = [
-        f"| budget | system | vs best | Δbpb {stored} | Δbpb {precision} | ratio |",
-        "|---:|---|---|---:|---:|---:|",
-    ]
+    lines = [markdown.header(["budget", "system", "vs best", f"Δbpb {stored}", f"Δbpb {precision}", "ratio"], "rllrrr")]
     ok = True
     for c in checked:
         ratio = c["delta_new"] / c["delta"] if c["delta"] else float("nan")
         within = bool(np.isfinite(ratio) and abs(ratio - 1) <= tolerance)
         ok &= within
+        mark = "" if within else " ✗"
         lines.append(
-            f"| {c['budget']:,} | {c['name']} | {c['best_name']} | {c['delta']:+.4f} | {c['delta_new']:+.4f} "
-            f"| {ratio:.3f}{'' if within else ' ✗'} |"
+            markdown.row(
+                [
+                    c["budget"],
+                    c["name"],
+                    c["best_name"],
+                    f"{c['delta']:+.4f}",
+                    f"{c['delta_new']:+.4f}",
+                    f"{ratio:.3f}{mark}",
+                ]
+            )
         )
     verdict = "within" if ok else "NOT within"
     lines.append(f"\nEvery Δbpb in {precision} {verdict} {tolerance:.0%} of its {stored} value ({len(checked)} pairs).")

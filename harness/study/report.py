@@ -273,7 +273,7 @@ def write_report(src: Path, out: Path, samples: int = 1000, correction: str = "h
     if not results:
         raise BytegolfError(f"{src}: no bytegolf result.json found (not a sweep, compare or run directory)")
     out.mkdir(parents=True, exist_ok=True)
-    ev = analysis.evaluated(results)
+    ev = analysis.scored(results)
     formats = sorted({analysis.system(r) for r in results})
     codecs = sorted({str(r.get("codec")) for r in results})
     md = [f"# bytegolf report: {src}\n"]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from bytegolf import markdown
 from bytegolf.artifact import file as artifact
 from bytegolf.artifact import layout
 from bytegolf.data import bundle as data
@@ -211,9 +212,9 @@ def main() -> None:
             )
 
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, bundle {b}")
-    print("| step | size / rate | seconds | detail |\n|---|---:|---:|---|")
+    print(markdown.header(["step", "size / rate", "seconds", "detail"], "lrrl"))
     for label, what, sec, detail in rows:
-        print(f"| {label} | {what} | {'' if sec is None else f'{sec:.2f}'} | {detail} |")
+        print(markdown.row([label, what, "" if sec is None else f"{sec:.2f}", detail]))
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -40,6 +40,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from bytegolf import markdown
 from bytegolf.artifact import container, layout
 from bytegolf.artifact import file as artifact
 from bytegolf.codecs import StreamInfo, get_codec
@@ -197,10 +198,8 @@ def stream_table(state: dict[str, torch.Tensor], cluster_layers: list[str]) -> s
         units = encoder.encode_state(chosen, plan, EncodeContext(), progress=False)
         sets.append((f"{label} indices, blocks {','.join(cluster_layers)}", *symbol_units(units, lambda n: True)))
     t_quant = time.perf_counter() - t0
-    lines = [
-        "| stream | symbols | weights | codec | bytes | bits/weight | × bound | enc s | dec s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
-    ]
+    heads = ["stream", "symbols", "weights", "codec", "bytes", "bits/weight", "× bound", "enc s", "dec s"]
+    lines = [markdown.header(heads, "lrrlrrrrr")]
     for label, units, weights in tqdm(sets, desc="stream table", unit="set"):
         streams = [s for u in units for s in u.streams.values()]
         n = sum(s.data.size for s in streams)
@@ -213,8 +212,8 @@ def stream_table(state: dict[str, torch.Tensor], cluster_layers: list[str]) -> s
                 name += " (" + ", ".join(f"{k} {v}" for k, v in sorted(r["won"].items())) + ")"
             cells = [
                 label,
-                f"{n:,}",
-                f"{weights:,}",
+                n,
+                weights,
                 name,
                 f"{r['bytes']:,.0f}",
                 f"{8 * r['bytes'] / weights:.4f}",
@@ -222,7 +221,7 @@ def stream_table(state: dict[str, torch.Tensor], cluster_layers: list[str]) -> s
                 "-" if math.isnan(r["enc_s"]) else f"{r['enc_s']:.2f}",
                 "-" if math.isnan(r["dec_s"]) else f"{r['dec_s']:.2f}",
             ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(markdown.row(cells))
     head = (
         f"Streams made in {t_quant:.1f}s: int6 = scalar int6 SDClip k=12.85 RTN (no Hessians), tok_emb int8 "
         f"(the pg_record preset without GPTQ); clustered = format clustered, scope tensor, unweighted, on the "

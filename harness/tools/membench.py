@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from bytegolf import markdown
 from bytegolf.model.checkpoint import save_state_dict
 from bytegolf.model.gpt import GPT, ModelConfig
 
@@ -92,10 +93,10 @@ def main() -> None:
     shape = f"{args.layers} layers × {args.dim}, MLP {args.mlp_mult}×"
     print(f"model: {shape}: {n:,} parameters ({n / default_params:.1f}× the default)")
     print(f"torch threads {torch.get_num_threads()}, RAM limit of this table's target: 24 GiB\n")
-    print("| verb | peak RSS GiB | seconds | exit |\n|---|---:|---:|---:|")
+    print(markdown.header(["verb", "peak RSS GiB", "seconds", "exit"], "lrrr"))
     for label, argv in verbs.items():
         gib, dt, rc = peak(["bytegolf", *argv, *common], work / f"{argv[0]}.log")
-        print(f"| {label} | {gib:.2f} | {dt:.0f} | {rc} |", flush=True)
+        print(markdown.row([label, f"{gib:.2f}", f"{dt:.0f}", str(rc)]), flush=True)
     print(f"\nlogs in {work}" if args.out else "")
     if tmp is not None:
         tmp.cleanup()
