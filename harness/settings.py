@@ -28,8 +28,8 @@ uses them, `run` reads the shape off the checkpoint. module: `file`, `build`, `l
 `path` (a save_pretrained directory)."""
 _NOT_SETTINGS = ("vocab_size", "tied_embed_init_std")  # the tokenizer's size; an init constant
 _SHAPE_TYPES = typing.get_type_hints(ModelConfig)
-ModelSettings = make_dataclass(
-    "ModelSettings",
+ModelGroupConfig = make_dataclass(
+    "ModelGroupConfig",
     [
         ("checkpoint", str, field(default=MISSING)),
         ("name", str, field(default="gpt")),
@@ -50,7 +50,7 @@ ModelSettings = make_dataclass(
 
 
 @dataclass
-class DataSettings:
+class DataConfig:
     """Tokenizer and shard globs (kind text: globs of raw text files); with `build`, `train` first makes them from
     `corpus` (glob; null: stdlib). `dir`: a dataset folder the globs may name as `${.dir}`; data=parameter_golf
     requires it (and `tokenizer`): its train/val are `${.dir}/fineweb_train_*.bin` and `${.dir}/fineweb_val_*.bin`.
@@ -69,7 +69,7 @@ class DataSettings:
 
 
 @dataclass
-class EvalSettings:
+class EvalConfig:
     """Non-overlapping validation windows (windows=0: all): the first ones, or with `sample` a sample
     drawn across all validation files with `seed`. stride (null: the windows as they are): sliding
     evaluation, windows `stride` tokens apart each scoring its last `stride` tokens (bytegolf.measure.evaluate);
@@ -94,7 +94,7 @@ class EvalSettings:
 
 
 @dataclass
-class BudgetSettings:
+class BudgetConfig:
     """The byte cap; `count_code` adds the decoder's code bytes to the artifact's."""
 
     cap_bytes: int = 16_000_000
@@ -121,13 +121,13 @@ def plugin_schema(kind: str, name: str, target: str) -> type:
 def register() -> None:
     """Put every schema into Hydra's ConfigStore (formats and codecs straight from their registries)."""
     cs = ConfigStore.instance()
-    cs.store(group="model", name="base_model", node=ModelSettings)
-    cs.store(group="data", name="base_data", node=DataSettings)
-    cs.store(group="eval", name="base_eval", node=EvalSettings)
+    cs.store(group="model", name="base_model", node=ModelGroupConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="eval", name="base_eval", node=EvalConfig)
     cs.store(group="calib", name="base_calib", node=CalibConfig)
     cs.store(group="layout", name="base_layout", node=LayoutConfig)
     cs.store(group="plan", name="base_plan", node=PlanConfig)
-    cs.store(group="budget", name="base_budget", node=BudgetSettings)
+    cs.store(group="budget", name="base_budget", node=BudgetConfig)
     cs.store(group="train", name="base_train", node=TrainConfig)
     cs.store(group="finetune", name="base_finetune", node=FinetuneConfig)
     for name, target in FORMATS.items():

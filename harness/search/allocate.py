@@ -78,7 +78,7 @@ log = logging.getLogger("bytegolf")
 
 
 @dataclass
-class AllocateSettings:
+class AllocateConfig:
     """candidates: settings of the run's format or of a named format, each optionally restricted by `match`
     (e.g. [{bits: 4}, {format: clustered, codebook_size: 256, match: "blocks.*.mlp.*"}]); knob: candidates
     along a rate knob ({name: clip_k, values: [8, 12]}, or a list of such); tol: the artifact should land
@@ -96,7 +96,7 @@ class AllocateSettings:
 
 def register() -> None:
 
-    ConfigStore.instance().store(name="base_allocate", node=AllocateSettings, package="allocate")
+    ConfigStore.instance().store(name="base_allocate", node=AllocateConfig, package="allocate")
 
 
 def run_allocate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:

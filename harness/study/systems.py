@@ -147,7 +147,7 @@ def _codec_choice(name: str) -> dict[str, Any]:
 
 
 @dataclass
-class CompareSettings:
+class CompareConfig:
     """Formats (null: every registered one but passthrough and lowrank; []: none), reference presets (each at its
     own size and, those in search_references (true: all), searched to every budget), budgets in bytes, search and
     bootstrap settings.
@@ -187,7 +187,7 @@ class CompareSettings:
 
 def register() -> None:
 
-    ConfigStore.instance().store(name="base_compare", node=CompareSettings, package="compare")
+    ConfigStore.instance().store(name="base_compare", node=CompareConfig, package="compare")
 
 
 def _variants(node: dict[str, Any], registry: dict[str, str]) -> dict[str, tuple[str, dict, dict, dict]]:
