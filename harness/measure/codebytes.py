@@ -13,13 +13,16 @@ each as "path\\nlength\\n" + content: deterministic for a given source tree.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import lzma
 import os
 from pathlib import Path
 from typing import Any
 
+from bytegolf.artifact import container
 from bytegolf.codecs.base import REGISTRY as CODECS
-from bytegolf.errors import ConfigError
+from bytegolf.codecs.best import DEFAULT_CANDIDATES
+from bytegolf.errors import ArtifactError, ConfigError
 from bytegolf.formats.base import REGISTRY as FORMATS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,8 +76,6 @@ def _target_path(kind: str, name: str, registry) -> str:
     module = registry[name].split(":")[0]
     path = _module_path(module)
     if path is None:
-        import importlib.util
-
         spec = importlib.util.find_spec(module)
         origin = spec.origin if spec is not None else None
         if origin is None or not origin.endswith(".py"):
@@ -87,8 +88,6 @@ def code_files(format_names: list[str], codec_names: list[str]) -> list[str]:
     """Sorted repository paths of every source file needed to decode those formats and codecs."""
     codecs = set(codec_names)
     if "best" in codecs:  # an artifact never stores "best": any default candidate may have won
-        from bytegolf.codecs.best import DEFAULT_CANDIDATES
-
         codecs = (codecs - {"best"}) | set(DEFAULT_CANDIDATES)
     todo = [_target_path("format", f, FORMATS) for f in sorted(set(format_names))]
     todo += [_target_path("codec", c, CODECS) for c in sorted(codecs)]
@@ -118,8 +117,6 @@ def code_bytes(format_names: list[str], codec_names: list[str]) -> dict[str, Any
 
 def artifact_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """(formats, codecs) an artifact file uses, from its checked header and manifest alone."""
-    from bytegolf.artifact import container
-    from bytegolf.errors import ArtifactError
 
     name = os.fspath(path)
     try:
@@ -130,19 +127,18 @@ def artifact_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     units = manifest.get("units")
     if not isinstance(units, list) or not all(isinstance(u, dict) and isinstance(u.get("format"), str) for u in units):
         raise ArtifactError(f"{name}: manifest 'units' is not a list of units with a format name")
-    from bytegolf.formats import REGISTRY
 
     def inner(node: Any) -> set[str]:
         """Formats named by nested settings (a wrapper's base, a basis_delta's parts)."""
         if isinstance(node, dict):
-            own = {node["name"]} if node.get("name") in REGISTRY else set()
+            own = {node["name"]} if node.get("name") in FORMATS else set()
             return own.union(*(inner(v) for v in node.values()))
         return set().union(*(inner(v) for v in node)) if isinstance(node, list) else set()
 
     formats = {u["format"] for u in units}.union(*(inner((u.get("meta") or {}).get("params")) for u in units))
     parts = [p for u in units for p in ((u.get("meta") or {}).get("parts") or []) if isinstance(p, dict)]
     for part in parts:  # a split unit's part in a format of its own (an LQER-corrected slice)
-        if part.get("format") in REGISTRY:
+        if part.get("format") in FORMATS:
             formats |= {part["format"]} | inner((part.get("meta") or {}).get("params"))
     return sorted(formats), sorted({b["codec"] for b in blobs})
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
 from bytegolf.figure import pyplot
 from bytegolf.measure import stats
@@ -177,7 +179,6 @@ def mb_ticks(xs: list[float], marks: list[int]) -> tuple[float, float, list[floa
 
 def _mb_axis(ax: Any, xs: list[float], marks: list[int]) -> None:
     """Log x axis over the sizes, ticked in MB (mb_ticks)."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     lo, hi, ticks = mb_ticks(xs, marks)
     if not ticks:
@@ -191,7 +192,6 @@ def _mb_axis(ax: Any, xs: list[float], marks: list[int]) -> None:
 
 def _log_y(ax: Any, lows: list[float]) -> None:
     """Log y axis with plain decimal ticks (1-2-5); symlog where some interval reaches 0 or below."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
 
     pos = [v for v in lows if math.isfinite(v) and v > 0]
     if any(math.isfinite(v) and v <= 0 for v in lows) and pos:
@@ -204,7 +204,6 @@ def _log_y(ax: Any, lows: list[float]) -> None:
 
 
 def _handle(style: Style | None, st: StatusStyle, label: str, ls: str = "none") -> Any:
-    from matplotlib.lines import Line2D
 
     color = style.color if style else "0.35"
     marker = style.marker if style else "o"
@@ -217,7 +216,6 @@ def _handle(style: Style | None, st: StatusStyle, label: str, ls: str = "none") 
 
 def _legend_table(ax: Any, sections: list[tuple[str, list[Any]]]) -> None:
     """One legend outside the axes on the right, its sections under bold headings (a table, no label on a point)."""
-    from matplotlib.lines import Line2D
 
     handles = []
     for title, hs in sections:
@@ -341,7 +339,6 @@ def _budget_lines(ax: Any, marks: list[int], budget: bool) -> list[Any]:
         ax.axvline(b, color="0.35", ls="--", lw=1, zorder=1).set_gid(f"cap:{b}")
     if not marks:
         return []
-    from matplotlib.lines import Line2D
 
     what = "budget" if budget else "byte cap"
     return [Line2D([], [], color="0.35", ls="--", lw=1, label=f"{what}{'s' if len(marks) > 1 else ''}: " +
@@ -351,8 +348,6 @@ def _budget_lines(ax: Any, marks: list[int], budget: bool) -> list[Any]:
 def _status_handles(seen: set[str], does_not_fit: bool) -> list[Any]:
     hs = [_handle(None, STATUS[s], STATUS[s].label) for s in STATUS if s in seen]
     if does_not_fit:
-        from matplotlib.lines import Line2D
-
         hs.append(Line2D([], [], ls="none", marker="X", ms=8, color="0.35", mec="black", mew=0.5, label=DOES_NOT_FIT))
     return hs
 
@@ -368,7 +363,6 @@ def frontier_figure(
     """The frontier plot of y against final bytes as a matplotlib Figure (see `frontier`); its artists carry gids:
     "front:<system>", "points:<system>:<status>", "cap:<bytes>", "ref_bpb", "reference:<label>" (a reference
     export's point) and "does_not_fit:<system>"."""
-    from matplotlib.lines import Line2D
 
     plt = pyplot()
     groups = by_system(results)
@@ -565,8 +559,6 @@ def delta_by_budget_figure(results: list[dict[str, Any]], samples: int = 1000, l
     if any(v <= 0 for v in lows) and pos:
         bottom.set_xscale("symlog", linthresh=10 ** math.floor(math.log10(min(pos))))
     else:
-        from matplotlib.ticker import FuncFormatter, LogLocator
-
         bottom.set_xscale("log")
         bottom.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
         bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -635,7 +627,6 @@ def nominal_vs_actual_figure(results: list[dict[str, Any]]):
     bx.set_xlabel("bits per weight")
     bx.set_title("per point: nominal (hollow) → actual (filled)", fontsize=10)
     bx.grid(True, axis="x", alpha=0.3)
-    from matplotlib.lines import Line2D
 
     key = [
         Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", mew=1.4, label="nominal (hollow)"),
