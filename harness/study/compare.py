@@ -193,11 +193,11 @@ def run_compare(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
                 via = f" (bytes through the probe codec {enc.codec})" if enc.codec != sysm.codec else ""
                 log.info("%s at %s B: %s%s", sysm.label, f"{budget:,}", landing.describe(), via)
                 print(f"{sysm.label} at {budget:,} B: {landing.describe()}{via}", flush=True)
-                if via and landing.status == "ok" and target == budget:
+                if via and landing.status == "does_not_fit":
+                    landing = _fits_when_written(enc, sysm, landing, budget, count_code)
+                if via and landing.status in ("ok", "short") and target == budget:
                     landing = _land_on_written(enc, sysm, landing, budget, count_code, cc)
                     landing = replace(landing, budget=budget, ratio=(landing.counted_bytes or 0) / budget)
-                elif via and landing.status == "does_not_fit":
-                    landing = _fits_when_written(enc, sysm, landing, budget, count_code)
                 same = sysm.reference and landing.value == own.value and "bpb" in own_row
                 twin = (Path(own_row["artifact"]).parent, own_row) if same else None
                 row = _point(cfg, sysm, enc, landing, out_dir, run_point, twin=twin)
@@ -243,11 +243,13 @@ def _land_on_written(
     writes the landed probe smaller than the probe codec measured it. While that leaves the file under
     (1 - tol)·budget, the search lands again (up to 3 times, to tol / 4) on a target raised by 90% of the last
     shrinkage (its probes are cached); a landing that ends over the budget is searched again below it by
-    the caller."""
+    the caller. A short landing is tried too: through the probe codec a dearer setting may look over the
+    budget that the system's codec writes under it (hqq's 2-bit codes at 4 MB)."""
     floor = (1 - float(cc.tol)) * budget
     written = written_bytes(enc, sysm, landing.value, count_code) if landing.value is not None else None
     for _ in range(3):
-        probe = landing.counted_bytes or 0
+        measured = enc.cache.get(landing.value) if landing.value is not None else None
+        probe = measured.counted(count_code) if measured and measured.final_bytes else (landing.counted_bytes or 0)
         if written is None or written >= floor or written >= probe:
             break
         target = budget + int(0.9 * (probe - written))

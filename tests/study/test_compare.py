@@ -411,7 +411,8 @@ def test_a_format_that_fits_only_through_the_artifacts_codec_is_landed_not_dropp
 ) -> None:
     """The probe codec (ans) says the cheapest setting is over the budget; fair, the artifact's codec, writes
     it under: the compare lands there (short) instead of reporting "does not fit", also when the second
-    compare reads the probe from the first one's cache file (so it must encode it again to write it)."""
+    compare reads the probe from the first one's cache file (so it must encode it again to write it); and a
+    short landing moves up to the dearer setting that the probe codec puts over the budget but fair writes under."""
     args = [f"bundle={tiny_bundle}", *TINY_ARGS, *ONE_POINT, "compare.formats=[hqq]", "compare.references=[]"]
     args += ["compare.embedding=null", "compare.knobs.hqq={lo: 1, hi: 2}", "compare.samples=100", "codec=fair"]
     first = bytegolf("compare", *args, "compare.budgets=[1000]", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
@@ -424,3 +425,12 @@ def test_a_format_that_fits_only_through_the_artifacts_codec_is_landed_not_dropp
     rows = [json.loads(p.read_text()) for p in out.glob(f"points/*/*/{store.RESULT}")]
     (r,) = [r for r in rows if r["status"] != "does_not_fit"]  # the first compare's 1,000 B row
     assert r["status"] == "short" and r["final_bytes"] <= probe - 1 and r["bpb"] is not None
+    # just under 2-bit's probe-codec bytes, 1 bit lands short; fair writes 2 bits under the budget: it lands there
+    (cache,) = (out / "search").glob("hqq_*.json")
+    two = next(p["final_bytes"] for p in json.loads(cache.read_text())["probes"] if p["value"] == 2)
+    up = tmp_path / "c"
+    proc = bytegolf("compare", *args, f"compare.budgets=[{two - 1}]", f"hydra.run.dir={up}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "landed again at bits=2" in proc.stdout, proc.stdout
+    (r,) = [json.loads(p.read_text()) for p in up.glob(f"points/*/*/{store.RESULT}")]
+    assert r["knob_value"] == 2 and r["final_bytes"] <= two - 1 and r["bpb"] is not None
